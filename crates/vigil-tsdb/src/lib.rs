@@ -1,0 +1,58 @@
+//! Vigil's embedded time-series store.
+//!
+//! What it owns: durable storage of float samples per (environment, label set) — a
+//! write-ahead log, a compressed in-memory head, immutable on-disk blocks, compaction,
+//! retention by age and size, downsampling to 5 m / 1 h rollups, deletion by tombstones,
+//! online snapshots — and reads by label matchers over time ranges.
+//!
+//! What it must not do: know about HTTP, auth, PromQL or any wire protocol. Environments are
+//! opaque names here; access control happens above.
+//!
+//! ```
+//! use vigil_model::{EnvId, Labels, Matcher};
+//! use vigil_tsdb::{Db, Options, WriteBatch};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Db::open(dir.path(), Options { maintenance_interval: None, ..Options::default() }).unwrap();
+//! let mut batch = WriteBatch::new(EnvId::new("prod").unwrap());
+//! let labels = Labels::from_pairs([("__name__", "up"), ("job", "node")]);
+//! batch.add_series(&labels, &[(1_000, 1.0), (2_000, 0.0)], &Default::default()).unwrap();
+//! let out = db.write(&batch).unwrap();
+//! assert_eq!(out.accepted, 2);
+//!
+//! let q = db.querier("prod", 0, 10_000);
+//! let series: Vec<_> = q.select(&[Matcher::eq("__name__", "up")]).unwrap().collect();
+//! assert_eq!(series.len(), 1);
+//! let samples = vigil_tsdb::collect_samples(series.into_iter().next().unwrap().samples).unwrap();
+//! assert_eq!(samples, vec![(1_000, 1.0), (2_000, 0.0)]);
+//! // Another environment sees nothing.
+//! assert_eq!(db.querier("staging", 0, 10_000).select(&[Matcher::eq("__name__", "up")]).unwrap().len(), 0);
+//! ```
+
+mod batch;
+mod block;
+pub mod chunk;
+pub mod codec;
+mod db;
+pub mod encoding;
+mod error;
+mod head;
+mod options;
+mod postings;
+mod querier;
+mod symbols;
+mod tombstones;
+pub mod wal;
+
+pub use batch::WriteBatch;
+pub use block::{BLOCK_VERSION, Block, BlockMeta};
+pub use codec::RollupPoint;
+pub use db::{
+    BlockStats, Db, OpenReport, ROLLUP_RESOLUTIONS, Rejected, Stats, WriteOutcome, collect_samples,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use head::RejectReason;
+pub use options::Options;
+pub use querier::{Querier, SampleIter, Series, SeriesSet};
+pub use tombstones::Tombstone;
+pub use wal::SyncPolicy;

@@ -1,0 +1,277 @@
+//! Inverted postings per environment: for every (label name, label value) the sorted list of
+//! series refs that carry it, and the evaluation of matchers over those lists.
+//!
+//! The same structure indexes the head (keys are ids in the head's symbol table) and each
+//! block (keys are ids in the block's own symbol table); [`EnvPostings::select`] takes the two
+//! small functions that translate between strings and ids.
+
+use std::collections::BTreeMap;
+
+use vigil_model::{MatchOp, Matcher};
+
+/// Postings of one environment.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct EnvPostings {
+    /// (name id, value id) → sorted refs.
+    pub(crate) by_label: BTreeMap<(u32, u32), Vec<u32>>,
+    /// Every ref in the environment, sorted.
+    pub(crate) all: Vec<u32>,
+}
+
+fn insert_sorted(v: &mut Vec<u32>, r: u32) {
+    match v.last() {
+        Some(&last) if last < r => v.push(r),
+        None => v.push(r),
+        _ => {
+            if let Err(i) = v.binary_search(&r) {
+                v.insert(i, r);
+            }
+        }
+    }
+}
+
+/// Sorted intersection.
+pub(crate) fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    let mut out = Vec::with_capacity(small.len());
+    if small.len() * 16 < large.len() {
+        for &x in small {
+            if large.binary_search(&x).is_ok() {
+                out.push(x);
+            }
+        }
+        return out;
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Sorted difference `a \ b`.
+pub(crate) fn subtract(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut j = 0;
+    for &x in a {
+        while j < b.len() && b[j] < x {
+            j += 1;
+        }
+        if j >= b.len() || b[j] != x {
+            out.push(x);
+        }
+    }
+    out
+}
+
+fn union(lists: Vec<&[u32]>) -> Vec<u32> {
+    match lists.len() {
+        0 => Vec::new(),
+        1 => lists[0].to_vec(),
+        _ => {
+            let mut v: Vec<u32> = Vec::with_capacity(lists.iter().map(|l| l.len()).sum());
+            for l in lists {
+                v.extend_from_slice(l);
+            }
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+    }
+}
+
+impl EnvPostings {
+    /// Adds a series.
+    pub(crate) fn add(&mut self, sref: u32, labels: &[(u32, u32)]) {
+        insert_sorted(&mut self.all, sref);
+        for &(n, v) in labels {
+            insert_sorted(self.by_label.entry((n, v)).or_default(), sref);
+        }
+    }
+
+    /// Removes the given series (sorted refs) everywhere.
+    pub(crate) fn remove_sorted(&mut self, refs: &[u32]) {
+        if refs.is_empty() {
+            return;
+        }
+        self.all = subtract(&self.all, refs);
+        self.by_label.retain(|_, v| {
+            *v = subtract(v, refs);
+            !v.is_empty()
+        });
+    }
+
+    /// Values present for label name id `n`.
+    pub(crate) fn values_of(&self, n: u32) -> impl Iterator<Item = (u32, &Vec<u32>)> {
+        self.by_label
+            .range((n, 0)..=(n, u32::MAX))
+            .map(|(&(_, v), l)| (v, l))
+    }
+
+    /// Refs of series matching all `matchers`, sorted. `id_of` maps a string to this index's
+    /// id (None when absent); `str_of` maps back.
+    pub(crate) fn select<'s>(
+        &self,
+        matchers: &[Matcher],
+        id_of: &dyn Fn(&str) -> Option<u32>,
+        str_of: &dyn Fn(u32) -> &'s str,
+    ) -> Vec<u32> {
+        let mut result: Option<Vec<u32>> = None;
+        let mut minus: Vec<Vec<u32>> = Vec::new();
+        // Positive matchers first, smallest expected result first (equality before regex).
+        let mut order: Vec<&Matcher> = matchers.iter().collect();
+        order.sort_by_key(|m| (m.matches_empty(), m.op != MatchOp::Eq));
+        for m in order {
+            let name = id_of(&m.name);
+            if m.matches_empty() {
+                // Series lacking the label match; those with a non-matching value do not.
+                let Some(n) = name else { continue };
+                let bad: Vec<&[u32]> = self
+                    .values_of(n)
+                    .filter(|(v, _)| !m.matches(str_of(*v)))
+                    .map(|(_, l)| l.as_slice())
+                    .collect();
+                if !bad.is_empty() {
+                    minus.push(union(bad));
+                }
+                continue;
+            }
+            let Some(n) = name else { return Vec::new() };
+            let lists: Vec<&[u32]> = if m.op == MatchOp::Eq {
+                id_of(&m.value)
+                    .and_then(|v| self.by_label.get(&(n, v)))
+                    .map(|l| vec![l.as_slice()])
+                    .unwrap_or_default()
+            } else if let Some(alts) = m.literal_alternatives() {
+                alts.iter()
+                    .filter_map(|a| id_of(a).and_then(|v| self.by_label.get(&(n, v))))
+                    .map(|l| l.as_slice())
+                    .collect()
+            } else {
+                self.values_of(n)
+                    .filter(|(v, _)| m.matches(str_of(*v)))
+                    .map(|(_, l)| l.as_slice())
+                    .collect()
+            };
+            let u = union(lists);
+            result = Some(match result {
+                None => u,
+                Some(r) => intersect(&r, &u),
+            });
+            if result.as_ref().is_some_and(|r| r.is_empty()) {
+                return Vec::new();
+            }
+        }
+        let mut r = result.unwrap_or_else(|| self.all.clone());
+        for m in minus {
+            r = subtract(&r, &m);
+        }
+        r
+    }
+
+    /// Approximate heap bytes.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.all.capacity() * 4
+            + self
+                .by_label
+                .values()
+                .map(|v| v.capacity() * 4 + 48)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Fx {
+        p: EnvPostings,
+        ids: HashMap<String, u32>,
+        strs: Vec<String>,
+    }
+
+    impl Fx {
+        fn id(&mut self, s: &str) -> u32 {
+            if let Some(i) = self.ids.get(s) {
+                return *i;
+            }
+            self.strs.push(s.to_string());
+            let i = self.strs.len() as u32 - 1;
+            self.ids.insert(s.to_string(), i);
+            i
+        }
+        fn add(&mut self, r: u32, labels: &[(&str, &str)]) {
+            let l: Vec<(u32, u32)> = labels
+                .iter()
+                .map(|(n, v)| (self.id(n), self.id(v)))
+                .collect();
+            self.p.add(r, &l);
+        }
+        fn sel(&self, m: &[Matcher]) -> Vec<u32> {
+            self.p.select(m, &|s| self.ids.get(s).copied(), &|i| {
+                self.strs[i as usize].as_str()
+            })
+        }
+    }
+
+    fn fx() -> Fx {
+        let mut f = Fx {
+            p: EnvPostings::default(),
+            ids: HashMap::new(),
+            strs: Vec::new(),
+        };
+        f.add(1, &[("__name__", "up"), ("job", "node"), ("zone", "a")]);
+        f.add(2, &[("__name__", "up"), ("job", "api"), ("zone", "b")]);
+        f.add(3, &[("__name__", "load"), ("job", "node")]);
+        f
+    }
+
+    fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
+        Matcher::new(op, n, v).unwrap()
+    }
+
+    #[test]
+    fn all_four_matchers() {
+        let f = fx();
+        assert_eq!(f.sel(&[m(MatchOp::Eq, "__name__", "up")]), vec![1, 2]);
+        assert_eq!(
+            f.sel(&[
+                m(MatchOp::Eq, "__name__", "up"),
+                m(MatchOp::Ne, "job", "node")
+            ]),
+            vec![2]
+        );
+        assert_eq!(f.sel(&[m(MatchOp::Re, "job", "no.*")]), vec![1, 3]);
+        assert_eq!(f.sel(&[m(MatchOp::Re, "job", "no")]), Vec::<u32>::new());
+        assert_eq!(f.sel(&[m(MatchOp::Nre, "zone", "a|b")]), vec![3]);
+        assert_eq!(f.sel(&[m(MatchOp::Eq, "zone", "")]), vec![3]);
+        assert_eq!(f.sel(&[m(MatchOp::Re, "zone", "a|b")]), vec![1, 2]);
+        assert_eq!(f.sel(&[m(MatchOp::Eq, "missing", "x")]), Vec::<u32>::new());
+        assert_eq!(f.sel(&[m(MatchOp::Ne, "missing", "x")]), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn remove_drops_refs_and_empty_lists() {
+        let mut f = fx();
+        f.p.remove_sorted(&[1, 3]);
+        assert_eq!(f.sel(&[m(MatchOp::Re, "job", ".+")]), vec![2]);
+        assert_eq!(f.p.all, vec![2]);
+    }
+
+    #[test]
+    fn set_ops() {
+        assert_eq!(intersect(&[1, 3, 5, 7], &[3, 4, 5]), vec![3, 5]);
+        assert_eq!(subtract(&[1, 3, 5, 7], &[3, 4, 5]), vec![1, 7]);
+        let big: Vec<u32> = (0..1000).collect();
+        assert_eq!(intersect(&[5, 999, 2000], &big), vec![5, 999]);
+    }
+}

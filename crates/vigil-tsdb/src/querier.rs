@@ -1,0 +1,388 @@
+//! Reading: select series by matchers over a time range and stream their samples.
+//!
+//! A [`Querier`] holds a consistent view: the list of blocks at the moment it was made (kept
+//! alive by `Arc`, so retention deleting a block does not break a running read) and the head.
+//! [`Querier::select`] resolves matching series in each source and groups them by label set; it
+//! materialises labels and chunk references, never samples. A [`SampleIter`] decodes one chunk
+//! at a time, merging sources that overlap in time and dropping duplicate timestamps (the head
+//! wins over blocks, newer blocks over older).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use vigil_model::{Labels, Matcher};
+
+use crate::block::{Block, ChunkMeta};
+use crate::chunk::decode_xor;
+use crate::codec::RollupPoint;
+use crate::error::Result;
+use crate::head::{Head, HeadChunk};
+use crate::tombstones::Tombstone;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    Head(HeadChunk),
+    Block { block: Arc<Block>, chunk: ChunkMeta },
+}
+
+impl Source {
+    fn min_time(&self) -> i64 {
+        match self {
+            Source::Head(h) => h.min_time(),
+            Source::Block { chunk, .. } => chunk.mint,
+        }
+    }
+
+    fn max_time(&self) -> i64 {
+        match self {
+            Source::Head(HeadChunk::Xor { maxt, .. }) => *maxt,
+            Source::Head(HeadChunk::Samples(s)) => s.last().map_or(i64::MIN, |x| x.0),
+            Source::Block { chunk, .. } => chunk.maxt,
+        }
+    }
+
+    /// Priority on equal timestamps: higher wins.
+    fn rank(&self) -> u8 {
+        match self {
+            Source::Head(_) => 2,
+            Source::Block { .. } => 1,
+        }
+    }
+
+    fn decode(&self, buf: &mut Vec<u8>, out: &mut Vec<(i64, f64)>) -> Result<()> {
+        match self {
+            Source::Head(HeadChunk::Xor { bytes, .. }) => {
+                // Head chunks come from memory this process wrote; a decode failure is a bug,
+                // reported as corruption rather than a panic.
+                decode_xor(bytes, out)
+                    .map_err(|e| crate::Error::corrupt("<head>", 0, e.to_string()))
+            }
+            Source::Head(HeadChunk::Samples(s)) => {
+                out.extend_from_slice(s);
+                Ok(())
+            }
+            Source::Block { block, chunk } => block.decode_chunk(chunk, buf, out),
+        }
+    }
+}
+
+/// A consistent read view over one environment and time range.
+#[derive(Debug, Clone)]
+pub struct Querier {
+    pub(crate) head: Arc<Head>,
+    pub(crate) blocks: Arc<Vec<Arc<Block>>>,
+    pub(crate) tombstones: Arc<Vec<Tombstone>>,
+    pub(crate) env: String,
+    pub(crate) mint: i64,
+    pub(crate) maxt: i64,
+}
+
+/// Matching series, in label order, each with its samples still encoded.
+#[derive(Debug)]
+pub struct SeriesSet {
+    items: std::vec::IntoIter<(Labels, Vec<Source>, Vec<(i64, i64)>)>,
+    mint: i64,
+    maxt: i64,
+}
+
+/// One series of a [`SeriesSet`].
+#[derive(Debug)]
+pub struct Series {
+    /// Its labels.
+    pub labels: Labels,
+    /// Its samples in time order.
+    pub samples: SampleIter,
+}
+
+impl Iterator for SeriesSet {
+    type Item = Series;
+    fn next(&mut self) -> Option<Series> {
+        let (labels, sources, deleted) = self.items.next()?;
+        Some(Series {
+            labels,
+            samples: SampleIter::new(sources, deleted, self.mint, self.maxt),
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.items.size_hint()
+    }
+}
+
+impl ExactSizeIterator for SeriesSet {}
+
+/// Streams one series' samples, decoding a chunk (or a group of overlapping chunks) at a time.
+#[derive(Debug)]
+pub struct SampleIter {
+    /// Sources not yet decoded, latest-starting first (popped from the back).
+    pending: Vec<Source>,
+    buf: Vec<(i64, f64)>,
+    pos: usize,
+    bytes: Vec<u8>,
+    deleted: Vec<(i64, i64)>,
+    mint: i64,
+    maxt: i64,
+    failed: bool,
+}
+
+impl SampleIter {
+    fn new(mut sources: Vec<Source>, deleted: Vec<(i64, i64)>, mint: i64, maxt: i64) -> Self {
+        sources.sort_by(|a, b| {
+            b.min_time()
+                .cmp(&a.min_time())
+                .then(b.rank().cmp(&a.rank()))
+        });
+        Self {
+            pending: sources,
+            buf: Vec::new(),
+            pos: 0,
+            bytes: Vec::new(),
+            deleted,
+            mint,
+            maxt,
+            failed: false,
+        }
+    }
+
+    fn refill(&mut self) -> Result<bool> {
+        self.buf.clear();
+        self.pos = 0;
+        let Some(first) = self.pending.pop() else {
+            return Ok(false);
+        };
+        let mut group = vec![first];
+        let mut hi = group[0].max_time();
+        while let Some(next) = self.pending.last() {
+            if next.min_time() <= hi {
+                hi = hi.max(next.max_time());
+                group.push(self.pending.pop().expect("peeked"));
+            } else {
+                break;
+            }
+        }
+        if group.len() == 1 {
+            group[0].decode(&mut self.bytes, &mut self.buf)?;
+        } else {
+            // Overlapping sources: decode all, keep the highest-ranked value per timestamp.
+            let mut tagged: Vec<(i64, u8, f64)> = Vec::new();
+            let mut tmp = Vec::new();
+            for s in &group {
+                tmp.clear();
+                s.decode(&mut self.bytes, &mut tmp)?;
+                tagged.extend(tmp.iter().map(|&(t, v)| (t, s.rank(), v)));
+            }
+            tagged.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            tagged.dedup_by_key(|x| x.0);
+            self.buf.extend(tagged.into_iter().map(|(t, _, v)| (t, v)));
+        }
+        let (mint, maxt) = (self.mint, self.maxt);
+        let deleted = &self.deleted;
+        self.buf.retain(|&(t, _)| {
+            t >= mint && t <= maxt && !deleted.iter().any(|&(a, b)| t >= a && t <= b)
+        });
+        Ok(true)
+    }
+
+    /// Collects the remaining samples into `out`.
+    pub fn read_all(&mut self, out: &mut Vec<(i64, f64)>) -> Result<()> {
+        for s in self {
+            out.push(s?);
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for SampleIter {
+    type Item = Result<(i64, f64)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            if let Some(&s) = self.buf.get(self.pos) {
+                self.pos += 1;
+                return Some(Ok(s));
+            }
+            match self.refill() {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Querier {
+    /// The environment read.
+    pub fn env(&self) -> &str {
+        &self.env
+    }
+
+    /// The effective time range (after retention).
+    pub fn range(&self) -> (i64, i64) {
+        (self.mint, self.maxt)
+    }
+
+    fn deleted_for(&self, labels: &Labels) -> Vec<(i64, i64)> {
+        self.tombstones
+            .iter()
+            .filter(|t| {
+                t.env == self.env
+                    && t.matchers
+                        .iter()
+                        .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
+            })
+            .map(|t| (t.mint, t.maxt))
+            .collect()
+    }
+
+    /// Series matching `matchers` with samples in the range.
+    pub fn select(&self, matchers: &[Matcher]) -> Result<SeriesSet> {
+        let mut map: BTreeMap<Labels, Vec<Source>> = BTreeMap::new();
+        if self.mint <= self.maxt {
+            for b in self.blocks.iter() {
+                if b.meta.resolution_ms != 0
+                    || b.meta.max_time < self.mint
+                    || b.meta.min_time > self.maxt
+                {
+                    continue;
+                }
+                for i in b.select_ids(&self.env, matchers) {
+                    let s = &b.series[i as usize];
+                    let chunks: Vec<Source> = s
+                        .chunks
+                        .iter()
+                        .filter(|c| c.maxt >= self.mint && c.mint <= self.maxt)
+                        .map(|c| Source::Block {
+                            block: b.clone(),
+                            chunk: *c,
+                        })
+                        .collect();
+                    if !chunks.is_empty() {
+                        map.entry(b.labels(s)).or_default().extend(chunks);
+                    }
+                }
+            }
+            for (labels, chunks) in self.head.select(&self.env, matchers, self.mint, self.maxt) {
+                map.entry(labels)
+                    .or_default()
+                    .extend(chunks.into_iter().map(Source::Head));
+            }
+        }
+        let items: Vec<_> = map
+            .into_iter()
+            .map(|(l, s)| {
+                let d = self.deleted_for(&l);
+                (l, s, d)
+            })
+            .collect();
+        Ok(SeriesSet {
+            items: items.into_iter(),
+            mint: self.mint,
+            maxt: self.maxt,
+        })
+    }
+
+    /// The newest sample at or before the range end of each matching series, if it is inside
+    /// the range. Answered from the head's last-sample fields without decoding when the head
+    /// has the series; falls back to reading blocks for series only they hold.
+    pub fn latest(&self, matchers: &[Matcher]) -> Result<Vec<(Labels, i64, f64)>> {
+        let head_now = self.head.maxt.load(std::sync::atomic::Ordering::Relaxed);
+        let mut out: BTreeMap<Labels, (i64, f64)> = BTreeMap::new();
+        if self.maxt >= head_now && self.tombstones.is_empty() {
+            for (l, t, v) in self.head.latest(&self.env, matchers, self.mint) {
+                out.insert(l, (t, v));
+            }
+        }
+        let mut set = self.select(matchers)?;
+        let mut tmp = Vec::new();
+        for s in set.by_ref() {
+            if out.contains_key(&s.labels) {
+                continue;
+            }
+            tmp.clear();
+            let mut it = s.samples;
+            it.read_all(&mut tmp)?;
+            if let Some(&(t, v)) = tmp.last() {
+                out.insert(s.labels, (t, v));
+            }
+        }
+        Ok(out.into_iter().map(|(l, (t, v))| (l, t, v)).collect())
+    }
+
+    /// Label names of series in the range matching `matchers` (all if empty).
+    pub fn label_names(&self, matchers: &[Matcher]) -> Vec<String> {
+        let mut set: std::collections::BTreeSet<String> = self
+            .head
+            .label_names(&self.env, matchers)
+            .into_iter()
+            .collect();
+        for b in self.blocks_in_range() {
+            b.label_names(&self.env, matchers, &mut set);
+        }
+        set.into_iter().collect()
+    }
+
+    /// Values of label `name` among series in the range matching `matchers`.
+    pub fn label_values(&self, name: &str, matchers: &[Matcher]) -> Vec<String> {
+        let mut set: std::collections::BTreeSet<String> = self
+            .head
+            .label_values(&self.env, name, matchers)
+            .into_iter()
+            .collect();
+        for b in self.blocks_in_range() {
+            b.label_values(&self.env, name, matchers, &mut set);
+        }
+        set.into_iter().collect()
+    }
+
+    fn blocks_in_range(&self) -> impl Iterator<Item = &Arc<Block>> {
+        self.blocks.iter().filter(|b| {
+            b.meta.resolution_ms == 0
+                && b.meta.max_time >= self.mint
+                && b.meta.min_time <= self.maxt
+        })
+    }
+
+    /// Rollups at `resolution_ms` (300000 or 3600000) of matching series in the range.
+    pub fn select_rollups(
+        &self,
+        matchers: &[Matcher],
+        resolution_ms: i64,
+    ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
+        let mut map: BTreeMap<Labels, Vec<RollupPoint>> = BTreeMap::new();
+        let mut buf = Vec::new();
+        for b in self.blocks.iter() {
+            if b.meta.resolution_ms != resolution_ms
+                || b.meta.max_time < self.mint
+                || b.meta.min_time > self.maxt
+            {
+                continue;
+            }
+            for i in b.select_ids(&self.env, matchers) {
+                let s = &b.series[i as usize];
+                let pts = map.entry(b.labels(s)).or_default();
+                for c in s
+                    .chunks
+                    .iter()
+                    .filter(|c| c.maxt >= self.mint && c.mint <= self.maxt)
+                {
+                    b.decode_rollup_chunk(c, &mut buf, pts)?;
+                }
+            }
+        }
+        Ok(map
+            .into_iter()
+            .map(|(l, mut pts)| {
+                pts.sort_by_key(|p| p.ts_ms);
+                pts.dedup_by_key(|p| p.ts_ms);
+                pts.retain(|p| p.ts_ms >= self.mint && p.ts_ms <= self.maxt);
+                (l, pts)
+            })
+            .filter(|(_, p)| !p.is_empty())
+            .collect())
+    }
+}
