@@ -348,6 +348,16 @@ impl Db {
         self.inner.head.cardinality(env)
     }
 
+    /// Reads every chunk of every block and verifies its checksum; the first damage found is
+    /// returned as [`Error::Corrupt`].
+    pub fn blocks_verify_all(&self) -> Result<()> {
+        let blocks = self.inner.blocks.read().clone();
+        for b in blocks.iter() {
+            b.verify()?;
+        }
+        Ok(())
+    }
+
     /// Statistics.
     pub fn stats(&self) -> Stats {
         self.inner.stats()
@@ -590,8 +600,15 @@ impl Inner {
     }
 
     fn querier(&self, env: &str, mint: i64, maxt: i64) -> Querier {
-        let floor = self.now().saturating_sub(self.env_retention_ms(env));
+        let now = self.now();
+        let floor = now.saturating_sub(self.env_retention_ms(env));
+        let rollup_keep = self
+            .opts
+            .env_retention
+            .get(env)
+            .map_or(ms(self.opts.rollup_retention), |d| ms(*d));
         Querier {
+            rollup_mint: mint.max(now.saturating_sub(rollup_keep)),
             head: self.head.clone(),
             blocks: self.blocks.read().clone(),
             tombstones: self.tombstones.read().clone(),
@@ -826,7 +843,12 @@ impl Inner {
         let (mut bytes, mut raw, mut parts, mut pts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((env, labels), srcs) in &all {
-            let floor = now.saturating_sub(self.env_retention_ms(env));
+            let keep_ms = match (res, self.opts.env_retention.get(env.as_str())) {
+                (_, Some(d)) => ms(*d),
+                (0, None) => ms(self.opts.retention),
+                (_, None) => ms(self.opts.rollup_retention),
+            };
+            let floor = now.saturating_sub(keep_ms);
             let deleted = self.deletions_for(&ids, env, labels);
             let keep = |t: i64| t >= floor && !deleted.iter().any(|&(a, b)| t >= a && t <= b);
             if res == 0 {

@@ -9,11 +9,15 @@
 //! opaque names here; access control happens above.
 //!
 //! ```
-//! use vigil_model::{EnvId, Labels, Matcher};
+//! use std::sync::Arc;
+//! use vigil_model::{EnvId, Labels, ManualClock, Matcher};
 //! use vigil_tsdb::{Db, Options, WriteBatch};
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let db = Db::open(dir.path(), Options { maintenance_interval: None, ..Options::default() }).unwrap();
+//! // Time is injectable; retention and maintenance read this clock.
+//! let clock = Arc::new(ManualClock::new(5_000));
+//! let opts = Options { clock, maintenance_interval: None, ..Options::default() };
+//! let db = Db::open(dir.path(), opts).unwrap();
 //! let mut batch = WriteBatch::new(EnvId::new("prod").unwrap());
 //! let labels = Labels::from_pairs([("__name__", "up"), ("job", "node")]);
 //! batch.add_series(&labels, &[(1_000, 1.0), (2_000, 0.0)], &Default::default()).unwrap();

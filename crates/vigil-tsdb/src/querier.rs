@@ -75,6 +75,8 @@ pub struct Querier {
     pub(crate) env: String,
     pub(crate) mint: i64,
     pub(crate) maxt: i64,
+    /// Start of the range for rollups (rollups have their own, longer retention).
+    pub(crate) rollup_mint: i64,
 }
 
 /// Matching series, in label order, each with its samples still encoded.
@@ -357,7 +359,7 @@ impl Querier {
         let mut buf = Vec::new();
         for b in self.blocks.iter() {
             if b.meta.resolution_ms != resolution_ms
-                || b.meta.max_time < self.mint
+                || b.meta.max_time < self.rollup_mint
                 || b.meta.min_time > self.maxt
             {
                 continue;
@@ -368,7 +370,7 @@ impl Querier {
                 for c in s
                     .chunks
                     .iter()
-                    .filter(|c| c.maxt >= self.mint && c.mint <= self.maxt)
+                    .filter(|c| c.maxt >= self.rollup_mint && c.mint <= self.maxt)
                 {
                     b.decode_rollup_chunk(c, &mut buf, pts)?;
                 }
@@ -379,7 +381,7 @@ impl Querier {
             .map(|(l, mut pts)| {
                 pts.sort_by_key(|p| p.ts_ms);
                 pts.dedup_by_key(|p| p.ts_ms);
-                pts.retain(|p| p.ts_ms >= self.mint && p.ts_ms <= self.maxt);
+                pts.retain(|p| p.ts_ms >= self.rollup_mint && p.ts_ms <= self.maxt);
                 (l, pts)
             })
             .filter(|(_, p)| !p.is_empty())

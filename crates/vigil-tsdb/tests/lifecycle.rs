@@ -1,0 +1,422 @@
+//! Blocks, compaction, retention, downsampling, deletion, snapshots, tenancy and limits,
+//! driven by an injected clock (no sleeping).
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use vigil_model::{ManualClock, MatchOp, Matcher};
+use vigil_tsdb::{Db, Error, Options, ROLLUP_RESOLUTIONS, RejectReason};
+
+fn name(n: &str) -> Matcher {
+    Matcher::eq("__name__", n)
+}
+
+/// `hours` hours of one sample per minute for `n` series of metric `metric`.
+fn fill(db: &Db, env: &str, metric: &str, n: usize, from: i64, hours: i64) {
+    for s in 0..n {
+        let l = labels(metric, &[("s", &s.to_string())]);
+        let samples: Vec<(i64, f64)> = (0..hours * 60)
+            .map(|i| (from + i * 60_000, (i % 17) as f64 + s as f64))
+            .collect();
+        for part in samples.chunks(500) {
+            let out = write(db, env, &l, part);
+            assert_eq!(out.accepted, part.len());
+        }
+    }
+}
+
+#[test]
+fn head_is_cut_into_2h_blocks_then_compacted_to_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    fill(&db, "prod", "m", 3, T0, 30);
+    clock.set(T0 + 30 * HOUR);
+    db.maintain().unwrap();
+    let st = db.stats();
+    // Day 1 compacted into one 24 h block; the rest of day 2 stays in 2 h blocks until the
+    // day is complete, and the last 1.5 h stays in the head.
+    let day_blocks: Vec<_> = st
+        .blocks
+        .iter()
+        .filter(|b| b.range_end - b.range_start == DAY)
+        .collect();
+    assert_eq!(day_blocks.len(), 1, "{:#?}", st.blocks);
+    assert_eq!(day_blocks[0].level, 2);
+    assert!(
+        st.blocks
+            .iter()
+            .filter(|b| b.range_end - b.range_start == 2 * HOUR)
+            .count()
+            >= 2
+    );
+    assert!(st.head_series > 0);
+    let got = read(&db, "prod", &[name("m")], T0, T0 + 30 * HOUR);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|(_, s)| s.len() == 30 * 60));
+    assert!(st.bytes_per_sample > 0.0 && st.bytes_per_sample < 16.0);
+    // Reads over a sub-range skip what is outside it.
+    let got = read(
+        &db,
+        "prod",
+        &[name("m")],
+        T0 + HOUR,
+        T0 + HOUR + 59 * 60_000,
+    );
+    assert!(got.iter().all(|(_, s)| s.len() == 60));
+}
+
+#[test]
+fn retention_by_age_drops_old_blocks_and_hides_old_data_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        retention: secs(2 * 86_400),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    fill(&db, "prod", "m", 1, T0, 4 * 24);
+    clock.set(T0 + 4 * DAY);
+    db.maintain().unwrap();
+    let st = db.stats();
+    assert!(
+        st.blocks.iter().all(|b| b.range_end > T0 + 2 * DAY),
+        "{:#?}",
+        st.blocks
+    );
+    let got = read(&db, "prod", &[name("m")], i64::MIN, i64::MAX);
+    let first = got[0].1[0].0;
+    assert!(
+        first >= T0 + 2 * DAY,
+        "data older than retention is visible"
+    );
+}
+
+#[test]
+fn per_environment_retention_overrides_the_global_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut env_retention = HashMap::new();
+    env_retention.insert("ci".to_string(), secs(86_400));
+    let o = Options {
+        env_retention,
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    fill(&db, "prod", "m", 1, T0, 72);
+    fill(&db, "ci", "m", 1, T0, 72);
+    clock.set(T0 + 3 * DAY + HOUR);
+    db.maintain().unwrap();
+    let prod = read(&db, "prod", &[name("m")], i64::MIN, i64::MAX);
+    let ci = read(&db, "ci", &[name("m")], i64::MIN, i64::MAX);
+    assert_eq!(prod[0].1[0].0, T0, "prod keeps 15 days");
+    assert!(ci[0].1[0].0 >= T0 + 2 * DAY + HOUR, "ci keeps one day");
+    // Physically gone too: reopening with the override removed does not bring it back.
+    drop(db);
+    let db = open(dir.path(), &clock);
+    let ci = read(&db, "ci", &[name("m")], i64::MIN, i64::MAX);
+    assert!(ci[0].1[0].0 >= T0 + 2 * DAY, "{}", ci[0].1[0].0 - T0);
+}
+
+#[test]
+fn retention_by_size_drops_oldest_blocks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    fill(&db, "prod", "m", 20, T0, 48);
+    clock.set(T0 + 3 * DAY);
+    db.maintain().unwrap();
+    let before = db.stats();
+    let total: u64 = before.blocks.iter().map(|b| b.bytes).sum();
+    drop(db);
+    let o = Options {
+        retention_bytes: Some(total * 6 / 10),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    db.maintain().unwrap();
+    let after = db.stats();
+    assert!(after.blocks.len() < before.blocks.len());
+    let oldest_before = before.blocks.iter().map(|b| b.range_start).min().unwrap();
+    assert!(after.blocks.iter().all(|b| b.range_start > oldest_before));
+}
+
+#[test]
+fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        downsample_after: Some(secs(86_400)),
+        retention: secs(3 * 86_400),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o.clone()).unwrap();
+    fill(&db, "prod", "cpu", 2, T0, 24);
+    clock.set(T0 + 2 * DAY + 2 * HOUR);
+    db.maintain().unwrap();
+    let q = db.querier("prod", T0, T0 + DAY);
+    let five = q
+        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
+        .unwrap();
+    let hour = q
+        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[1])
+        .unwrap();
+    assert_eq!(five.len(), 2);
+    assert_eq!(five[0].1.len(), 24 * 12);
+    assert_eq!(hour[0].1.len(), 24);
+    // Check one bucket against the raw data: series s=0, minute i has value i % 17.
+    let raw = read(
+        &db,
+        "prod",
+        &[name("cpu"), Matcher::eq("s", "0")],
+        T0,
+        T0 + 5 * 60_000 - 1,
+    );
+    let vals: Vec<f64> = raw[0].1.iter().map(|(_, b)| f64::from_bits(*b)).collect();
+    let p = five[0].1[0];
+    assert_eq!(p.ts_ms, T0);
+    assert_eq!(p.count as usize, vals.len());
+    assert_eq!(p.sum, vals.iter().sum::<f64>());
+    assert_eq!(p.min, vals.iter().cloned().fold(f64::INFINITY, f64::min));
+    assert_eq!(
+        p.max,
+        vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+    );
+    assert_eq!(p.last, *vals.last().unwrap());
+    // Raw data expires on its own retention; rollups stay.
+    clock.set(T0 + 5 * DAY);
+    db.maintain().unwrap();
+    assert!(read(&db, "prod", &[name("cpu")], i64::MIN, i64::MAX).is_empty());
+    let q = db.querier("prod", T0, T0 + DAY);
+    assert_eq!(
+        q.select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[1])
+            .unwrap()[0]
+            .1
+            .len(),
+        24
+    );
+    drop(db);
+    let db = Db::open(dir.path(), o).unwrap();
+    let q = db.querier("prod", T0, T0 + DAY);
+    assert_eq!(
+        q.select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
+            .unwrap()[1]
+            .1
+            .len(),
+        24 * 12
+    );
+}
+
+#[test]
+fn deletion_hides_data_at_once_and_is_applied_to_blocks_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    fill(&db, "prod", "m", 2, T0, 6);
+    clock.set(T0 + 6 * HOUR);
+    db.maintain().unwrap();
+    assert!(!db.stats().blocks.is_empty());
+    // Delete series s=1 between hour 1 and hour 5 (part in blocks, part in head).
+    let sel = [name("m"), Matcher::eq("s", "1")];
+    db.delete("prod", &sel, T0 + HOUR, T0 + 5 * HOUR).unwrap();
+    let check = |db: &Db| {
+        let got = read(db, "prod", &[name("m")], i64::MIN, i64::MAX);
+        let s1 = &got.iter().find(|(l, _)| l.get("s") == Some("1")).unwrap().1;
+        assert!(s1.iter().all(|(t, _)| *t < T0 + HOUR || *t > T0 + 5 * HOUR));
+        assert_eq!(s1.len(), 6 * 60 - 4 * 60 - 1);
+        let s0 = &got.iter().find(|(l, _)| l.get("s") == Some("0")).unwrap().1;
+        assert_eq!(s0.len(), 6 * 60);
+    };
+    check(&db);
+    db.maintain().unwrap();
+    check(&db);
+    assert!(
+        !dir.path().join("tombstones.json").exists()
+            || std::fs::read_to_string(dir.path().join("tombstones.json"))
+                .unwrap()
+                .trim()
+                == "[]"
+    );
+    drop(db);
+    let db = open(dir.path(), &clock);
+    check(&db);
+    assert!(
+        db.delete("prod", &[], 0, 1).is_err(),
+        "delete without matchers must be refused"
+    );
+}
+
+#[test]
+fn snapshot_restores_blocks_and_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    fill(&db, "prod", "m", 3, T0, 5);
+    clock.set(T0 + 5 * HOUR);
+    db.maintain().unwrap();
+    let before = all(&db, "prod");
+    let snap = dir.path().join("snap");
+    db.snapshot(&snap).unwrap();
+    assert!(
+        db.snapshot(&snap).is_err(),
+        "existing target must be refused"
+    );
+    // Writes after the snapshot are not in it.
+    write(
+        &db,
+        "prod",
+        &labels("m", &[("s", "0")]),
+        &[(T0 + 6 * HOUR, 1.0)],
+    );
+    let restored = open(&snap, &clock);
+    assert_eq!(all(&restored, "prod"), before);
+    // The restored store accepts new data right after the snapshot's newest sample.
+    let out = write(
+        &restored,
+        "prod",
+        &labels("m", &[("s", "0")]),
+        &[(T0 + 5 * HOUR, 2.0)],
+    );
+    assert_eq!(out.accepted, 1);
+    clock.set(T0 + 2 * DAY);
+    restored.maintain().unwrap();
+    let mut expect = before.clone();
+    let s0 = expect
+        .iter_mut()
+        .find(|(l, _)| l.get("s") == Some("0"))
+        .unwrap();
+    s0.1.push((T0 + 5 * HOUR, 2.0f64.to_bits()));
+    assert_eq!(all(&restored, "prod"), expect);
+}
+
+#[test]
+fn environments_never_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    write(&db, "a", &labels("up", &[("job", "x")]), &[(T0, 1.0)]);
+    write(&db, "b", &labels("up", &[("job", "y")]), &[(T0, 2.0)]);
+    let a = db.querier("a", 0, i64::MAX);
+    assert_eq!(a.label_values("job", &[]), vec!["x"]);
+    assert_eq!(a.select(&[name("up")]).unwrap().len(), 1);
+    assert!(db.querier("c", 0, i64::MAX).label_names(&[]).is_empty());
+    clock.set(T0 + DAY);
+    db.maintain().unwrap();
+    let b = db.querier("b", 0, i64::MAX);
+    assert_eq!(b.label_values("job", &[]), vec!["y"]);
+    let got = read(
+        &db,
+        "a",
+        &[Matcher::new(MatchOp::Re, "job", ".*").unwrap()],
+        0,
+        i64::MAX,
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.get("job"), Some("x"));
+}
+
+#[test]
+fn rejections_carry_typed_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        max_series_per_env: Some(2),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    let l = labels("m", &[]);
+    assert_eq!(write(&db, "p", &l, &[(T0 + HOUR, 1.0)]).accepted, 1);
+    // Out of order inside the 10 min window: accepted.
+    assert_eq!(
+        write(&db, "p", &l, &[(T0 + HOUR - 60_000, 1.0)]).accepted,
+        1
+    );
+    let out = write(
+        &db,
+        "p",
+        &l,
+        &[(T0, 1.0), (T0 + HOUR, 2.0), (T0 + HOUR, 1.0)],
+    );
+    assert_eq!(out.rejected_too_old, 1);
+    assert_eq!(out.rejected_duplicate, 1);
+    assert_eq!(out.unchanged, 1);
+    assert_eq!(out.rejected[0].reason, RejectReason::TooOld);
+    assert_eq!(out.rejected[1].reason, RejectReason::DuplicateTimestamp);
+    write(&db, "p", &labels("m2", &[]), &[(T0, 1.0)]);
+    let out = write(&db, "p", &labels("m3", &[]), &[(T0, 1.0)]);
+    assert_eq!(out.rejected_series_limit, 1);
+    assert_eq!(out.rejected[0].reason, RejectReason::SeriesLimit);
+    // Another environment has its own limit.
+    assert_eq!(
+        write(&db, "q", &labels("m3", &[]), &[(T0, 1.0)]).accepted,
+        1
+    );
+    assert_eq!(db.cardinality("p").len(), 2);
+}
+
+#[test]
+fn second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let _db = open(dir.path(), &clock);
+    let e = Db::open(dir.path(), opts(&clock)).unwrap_err();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+}
+
+#[test]
+fn bad_options_are_refused_with_the_option_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        ooo_window: secs(5 * 3600),
+        ..opts(&clock)
+    };
+    let e = Db::open(dir.path(), o).unwrap_err();
+    assert!(e.to_string().contains("ooo_window"), "{e}");
+}
+
+#[test]
+fn readers_and_writers_run_concurrently() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = std::sync::Arc::new(open(dir.path(), &clock));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000i64 {
+                    let l = labels("c", &[("w", &w.to_string()), ("s", &(i % 50).to_string())]);
+                    assert_eq!(
+                        write(&db, "prod", &l, &[(T0 + i * 1000, i as f64)]).accepted,
+                        1
+                    );
+                }
+            })
+        })
+        .collect();
+    let reader = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            for _ in 0..200 {
+                let got = read(&db, "prod", &[name("c")], i64::MIN, i64::MAX);
+                for (_, s) in &got {
+                    assert!(s.windows(2).all(|w| w[0].0 < w[1].0), "unsorted read");
+                }
+                seen = seen.max(got.iter().map(|(_, s)| s.len()).sum::<usize>());
+            }
+            seen
+        })
+    };
+    for w in writers {
+        w.join().unwrap();
+    }
+    reader.join().unwrap();
+    let total: usize = read(&db, "prod", &[name("c")], i64::MIN, i64::MAX)
+        .iter()
+        .map(|(_, s)| s.len())
+        .sum();
+    assert_eq!(total, 4000);
+}
