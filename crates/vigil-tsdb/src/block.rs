@@ -147,6 +147,8 @@ fn empty_meta() -> BlockMeta {
     }
 }
 
+type PendingSeries = (u32, Vec<(u32, u32)>, Vec<ChunkMeta>);
+
 /// Writes one block; series must be added in (env, labels) order.
 pub(crate) struct BlockWriter {
     tmp: PathBuf,
@@ -155,7 +157,8 @@ pub(crate) struct BlockWriter {
     off: u64,
     sym_ids: HashMap<String, u32>,
     syms: Vec<String>,
-    series: Vec<(u32, Vec<(u32, u32)>, Vec<ChunkMeta>)>,
+    /// (env symbol, label symbols, chunks) per series, in the order added.
+    series: Vec<PendingSeries>,
     scratch: Scratch,
     buf: Vec<u8>,
     max_chunk_samples: usize,

@@ -448,18 +448,16 @@ impl Head {
         let Some(env_sym) = self.symbols.intern(env) else {
             return Ok(Err(RejectReason::SeriesLimit));
         };
-        if forced_ref.is_none() {
-            if let Some(limit) = self.opts.max_series_per_env {
-                if self
-                    .postings
-                    .read()
-                    .get(&env_sym)
-                    .map_or(0, |p| p.all.len())
-                    >= limit
-                {
-                    return Ok(Err(RejectReason::SeriesLimit));
-                }
-            }
+        if forced_ref.is_none()
+            && let Some(limit) = self.opts.max_series_per_env
+            && self
+                .postings
+                .read()
+                .get(&env_sym)
+                .map_or(0, |p| p.all.len())
+                >= limit
+        {
+            return Ok(Err(RejectReason::SeriesLimit));
         }
         let mut labels = Vec::new();
         for (n, v) in pairs.clone() {
@@ -664,10 +662,10 @@ impl Head {
             }
         } else {
             for r in self.select_refs(env, matchers) {
-                if let Some(s) = self.by_ref(r) {
-                    if let Some(&(_, v)) = s.labels.iter().find(|l| l.0 == n) {
-                        vals.insert(self.symbols.get(v).to_string());
-                    }
+                if let Some(s) = self.by_ref(r)
+                    && let Some(&(_, v)) = s.labels.iter().find(|l| l.0 == n)
+                {
+                    vals.insert(self.symbols.get(v).to_string());
                 }
             }
         }

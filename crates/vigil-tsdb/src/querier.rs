@@ -79,10 +79,13 @@ pub struct Querier {
     pub(crate) rollup_mint: i64,
 }
 
+/// A selected series: labels, chunk sources, deleted intervals.
+type SelectedSeries = (Labels, Vec<Source>, Vec<(i64, i64)>);
+
 /// Matching series, in label order, each with its samples still encoded.
 #[derive(Debug)]
 pub struct SeriesSet {
-    items: std::vec::IntoIter<(Labels, Vec<Source>, Vec<(i64, i64)>)>,
+    items: std::vec::IntoIter<SelectedSeries>,
     mint: i64,
     maxt: i64,
 }

@@ -114,10 +114,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let e = e.map_err(Error::io("list WAL directory", dir))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = name.parse() {
-                v.push((n, e.path()));
-            }
+        if name.len() == 8
+            && name.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = name.parse()
+        {
+            v.push((n, e.path()));
         }
     }
     v.sort();
@@ -138,10 +139,10 @@ pub fn latest_checkpoint(dir: &Path) -> Result<Option<(u64, PathBuf)>> {
         let Some(n) = name.to_str().and_then(|s| s.strip_prefix("checkpoint.")) else {
             continue;
         };
-        if let Ok(n) = n.parse::<u64>() {
-            if best.as_ref().is_none_or(|(b, _)| n > *b) {
-                best = Some((n, e.path()));
-            }
+        if let Ok(n) = n.parse::<u64>()
+            && best.as_ref().is_none_or(|(b, _)| n > *b)
+        {
+            best = Some((n, e.path()));
         }
     }
     Ok(best)
@@ -354,10 +355,10 @@ impl Wal {
         let mut out = Vec::new();
         let mut report = CheckpointReport::default();
         let mut sources: Vec<PathBuf> = Vec::new();
-        if let Some((n, p)) = latest_checkpoint(&self.dir)? {
-            if n <= upto {
-                sources.push(p);
-            }
+        if let Some((n, p)) = latest_checkpoint(&self.dir)?
+            && n <= upto
+        {
+            sources.push(p);
         }
         let segs: Vec<(u64, PathBuf)> = list_segments(&self.dir)?
             .into_iter()
@@ -397,10 +398,9 @@ impl Wal {
             if let Some(n) = name
                 .strip_prefix("checkpoint.")
                 .and_then(|s| s.parse::<u64>().ok())
+                && n < upto
             {
-                if n < upto {
-                    let _ = fs::remove_file(e.path());
-                }
+                let _ = fs::remove_file(e.path());
             }
         }
         report.bytes = out.len() as u64 + SEGMENT_HEADER as u64;

@@ -164,8 +164,7 @@ fn truncated_wal_keeps_everything_before_the_tear_and_reports_it() {
         .unwrap()
         .into_iter()
         .map(|s| s.1)
-        .filter(|p| fs::metadata(p).unwrap().len() > 8)
-        .next_back()
+        .rfind(|p| fs::metadata(p).unwrap().len() > 8)
         .unwrap();
     let len = fs::metadata(&seg).unwrap().len();
     fs::OpenOptions::new()
