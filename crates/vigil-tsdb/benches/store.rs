@@ -5,6 +5,7 @@
 //! cargo bench -p vigil-tsdb --bench store                 # quick: 100 agents for size, 200k series for memory
 //! VIGIL_BENCH_FULL=1 cargo bench -p vigil-tsdb --bench store   # issue-sized: 1,000 agents × 24 h, 1M series
 //! VIGIL_BENCH_VM=/usr/bin/victoria-metrics …              # also load the same data into VictoriaMetrics
+//! VIGIL_BENCH_ONLY=append,memory,read,size …              # run only some sections
 //! ```
 //!
 //! Sections run in child processes where memory is measured, so one part's allocations do not
@@ -30,13 +31,20 @@ fn full() -> bool {
 
 /// Midnight UTC two days ago, so that peers with age-based retention accept the data.
 fn recent_start() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     (now / DAY - 2) * DAY
 }
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = s.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -70,19 +78,39 @@ struct Row {
     note: String,
 }
 
-fn row(rows: &mut Vec<Row>, what: impl Into<String>, value: impl Into<String>, note: impl Into<String>) {
-    let r = Row { what: what.into(), value: value.into(), note: note.into() };
+fn row(
+    rows: &mut Vec<Row>,
+    what: impl Into<String>,
+    value: impl Into<String>,
+    note: impl Into<String>,
+) {
+    let r = Row {
+        what: what.into(),
+        value: value.into(),
+        note: note.into(),
+    };
     eprintln!("  {:<58} {:>16}  {}", r.what, r.value, r.note);
     rows.push(r);
 }
 
 /// Batches of one sample per series for `series_per_batch` series each (remote_write shape).
-fn step_batches(fleet: &Fleet, step: &[FleetSample], series_per_batch: usize, env: &EnvId, lim: &LabelLimits) -> Vec<WriteBatch> {
+fn step_batches(
+    fleet: &Fleet,
+    step: &[FleetSample],
+    series_per_batch: usize,
+    env: &EnvId,
+    lim: &LabelLimits,
+) -> Vec<WriteBatch> {
     step.chunks(series_per_batch)
         .map(|part| {
             let mut b = WriteBatch::new(env.clone());
             for s in part {
-                b.add_series(&fleet.series()[s.series as usize], &[(s.ts_ms, s.value)], lim).unwrap();
+                b.add_series(
+                    &fleet.series()[s.series as usize],
+                    &[(s.ts_ms, s.value)],
+                    lim,
+                )
+                .unwrap();
             }
             b
         })
@@ -94,7 +122,11 @@ fn bench_append(rows: &mut Vec<Row>) {
     let steps = if full() { 20 } else { 10 };
     let env = EnvId::new("prod").unwrap();
     let lim = LabelLimits::default();
-    let mut fleet = Fleet::new(FleetSpec { agents, start_ms: recent_start(), ..FleetSpec::default() });
+    let mut fleet = Fleet::new(FleetSpec {
+        agents,
+        start_ms: recent_start(),
+        ..FleetSpec::default()
+    });
     let mut step = Vec::new();
     let mut all_steps: Vec<Vec<WriteBatch>> = Vec::new();
     for _ in 0..=steps {
@@ -132,7 +164,10 @@ fn bench_append(rows: &mut Vec<Row>) {
         let rate = (samples_per_step * steps) as f64 / secs;
         row(
             rows,
-            format!("append head+WAL, sync=interval, {threads} writer(s), {}k series", samples_per_step / 1000),
+            format!(
+                "append head+WAL, sync=interval, {threads} writer(s), {}k series",
+                samples_per_step / 1000
+            ),
             format!("{:.2} M/s", rate / 1e6),
             "target ≥ 2.0 M/s; 25k-series batches",
         );
@@ -154,7 +189,12 @@ fn bench_append(rows: &mut Vec<Row>) {
             }
             w.flush().unwrap();
             let base = (samples_per_step * steps) as f64 / t.elapsed().as_secs_f64();
-            row(rows, "  baseline: raw 16-byte samples to a buffered file", format!("{:.2} M/s", base / 1e6), format!("store/baseline = {:.2}", rate / base));
+            row(
+                rows,
+                "  baseline: raw 16-byte samples to a buffered file",
+                format!("{:.2} M/s", base / 1e6),
+                format!("store/baseline = {:.2}", rate / base),
+            );
         }
     }
 }
@@ -165,7 +205,10 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     s.write_all(body).unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
-    let code = std::str::from_utf8(&resp[9..12]).ok().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = std::str::from_utf8(&resp[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, resp)
 }
 
@@ -187,7 +230,11 @@ fn bench_size(rows: &mut Vec<Row>) {
     let agents = if full() { 1_000 } else { 100 };
     let hours = 24;
     let start = recent_start();
-    let spec = FleetSpec { agents, start_ms: start, ..FleetSpec::default() };
+    let spec = FleetSpec {
+        agents,
+        start_ms: start,
+        ..FleetSpec::default()
+    };
     let steps = hours * 3600 * 1000 / spec.interval_ms;
     let env = EnvId::new("prod").unwrap();
     let lim = LabelLimits::default();
@@ -230,16 +277,31 @@ fn bench_size(rows: &mut Vec<Row>) {
         fleet.next_step(&mut step);
         batch.clear(env.clone());
         for s in &step {
-            batch.add_series(&fleet.series()[s.series as usize], &[(s.ts_ms, s.value)], &lim).unwrap();
+            batch
+                .add_series(
+                    &fleet.series()[s.series as usize],
+                    &[(s.ts_ms, s.value)],
+                    &lim,
+                )
+                .unwrap();
             if vm.is_some() {
-                prom_line(&mut text, &fleet.series()[s.series as usize], s.ts_ms, s.value);
+                prom_line(
+                    &mut text,
+                    &fleet.series()[s.series as usize],
+                    s.ts_ms,
+                    s.value,
+                );
             }
         }
         total += step.len() as u64;
         db.write(&batch).unwrap();
         if vm.is_some() && (text.len() > 32 << 20 || i == steps - 1) {
             let (code, resp) = http(vm_addr, "POST", "/api/v1/import/prometheus", &text);
-            assert!(code / 100 == 2, "VM import failed: {}", String::from_utf8_lossy(&resp));
+            assert!(
+                code / 100 == 2,
+                "VM import failed: {}",
+                String::from_utf8_lossy(&resp)
+            );
             text.clear();
         }
         if i % 360 == 0 {
@@ -253,8 +315,12 @@ fn bench_size(rows: &mut Vec<Row>) {
     let st = db.stats();
     let (mut xor_all, mut pco_all, mut chunks_bytes) = (0u64, 0u64, 0u64);
     let mut level = 0;
-    for b in std::fs::read_dir(dir.path().join("blocks")).unwrap().flatten() {
-        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(b.path().join("meta.json")).unwrap()).unwrap();
+    for b in std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .flatten()
+    {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.path().join("meta.json")).unwrap()).unwrap();
         xor_all += m["xor_bytes_if_all"].as_u64().unwrap();
         pco_all += m["pco_bytes_if_all"].as_u64().unwrap();
         chunks_bytes += m["chunk_bytes"].as_u64().unwrap();
@@ -264,14 +330,50 @@ fn bench_size(rows: &mut Vec<Row>) {
     let series = agents * SERIES_PER_AGENT;
     assert_eq!(st.block_samples, total, "every sample must be in blocks");
     let bps = disk as f64 / total as f64;
-    row(rows, format!("ingest {agents} agents × {hours} h ({series} series, {:.1} M samples)", total as f64 / 1e6), format!("{:.1} s", ingest.as_secs_f64()), "incl. dataset generation, cut and compaction every 2 h");
-    row(rows, "on disk after compaction (blocks dir), bytes/sample", format!("{bps:.3}"), format!("{:.1}% of 16 raw bytes; level {level} blocks", bps / 16.0 * 100.0));
-    row(rows, "  chunks only, chosen codec per chunk, bytes/sample", format!("{:.3}", chunks_bytes as f64 / total as f64), "");
-    row(rows, "  chunks if all XOR (Gorilla-style), bytes/sample", format!("{:.3}", xor_all as f64 / total as f64), "");
-    row(rows, "  chunks if all pcodec, bytes/sample", format!("{:.3}", pco_all as f64 / total as f64), format!("pco/xor = {:.2}", pco_all as f64 / xor_all as f64));
+    row(
+        rows,
+        format!(
+            "ingest {agents} agents × {hours} h ({series} series, {:.1} M samples)",
+            total as f64 / 1e6
+        ),
+        format!("{:.1} s", ingest.as_secs_f64()),
+        "incl. dataset generation, cut and compaction every 2 h",
+    );
+    row(
+        rows,
+        "on disk after compaction (blocks dir), bytes/sample",
+        format!("{bps:.3}"),
+        format!(
+            "{:.1}% of 16 raw bytes; level {level} blocks",
+            bps / 16.0 * 100.0
+        ),
+    );
+    row(
+        rows,
+        "  chunks only, chosen codec per chunk, bytes/sample",
+        format!("{:.3}", chunks_bytes as f64 / total as f64),
+        "",
+    );
+    row(
+        rows,
+        "  chunks if all XOR (Gorilla-style), bytes/sample",
+        format!("{:.3}", xor_all as f64 / total as f64),
+        "",
+    );
+    row(
+        rows,
+        "  chunks if all pcodec, bytes/sample",
+        format!("{:.3}", pco_all as f64 / total as f64),
+        format!("pco/xor = {:.2}", pco_all as f64 / xor_all as f64),
+    );
     if let Some(mut p) = vm_proc {
         let _ = http(vm_addr, "GET", "/internal/force_flush", b"");
-        let _ = http(vm_addr, "GET", "/internal/force_merge?partition_prefix=", b"");
+        let _ = http(
+            vm_addr,
+            "GET",
+            "/internal/force_merge?partition_prefix=",
+            b"",
+        );
         // Wait for merges to settle: size stable for 5 s.
         let mut last = 0;
         let mut stable = 0;
@@ -289,9 +391,19 @@ fn bench_size(rows: &mut Vec<Row>) {
             }
         }
         let vm_bytes = du(&vm_dir.path().join("data"));
-        let (code, body) = http(vm_addr, "GET", "/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D%5B2d%5D)", b"");
+        let (code, body) = http(
+            vm_addr,
+            "GET",
+            "/api/v1/query?query=count(%7B__name__%3D~%22.%2B%22%7D%5B2d%5D)",
+            b"",
+        );
         let vm_bps = vm_bytes as f64 / total as f64;
-        row(rows, "  VictoriaMetrics data dir (same data, after force_merge)", format!("{vm_bps:.3}"), format!("vigil/VM = {:.2} (aim ≤ 0.85); query {code}", bps / vm_bps));
+        row(
+            rows,
+            "  VictoriaMetrics data dir (same data, after force_merge)",
+            format!("{vm_bps:.3}"),
+            format!("vigil/VM = {:.2} (aim ≤ 0.85); query {code}", bps / vm_bps),
+        );
         let _ = body;
         let _ = p.kill();
         let _ = p.wait();
@@ -300,7 +412,10 @@ fn bench_size(rows: &mut Vec<Row>) {
 
 /// Child: creates `n` series with 2 samples each and reports RSS bytes per series.
 fn child_memory(n: usize) {
-    let template = Fleet::new(FleetSpec { agents: 1, ..FleetSpec::default() });
+    let template = Fleet::new(FleetSpec {
+        agents: 1,
+        ..FleetSpec::default()
+    });
     let agents = n.div_ceil(SERIES_PER_AGENT);
     let dir = tempfile::tempdir().unwrap();
     let start = recent_start();
@@ -329,7 +444,10 @@ fn child_memory(n: usize) {
                         };
                         batch.push_label(&lab.name, v);
                     }
-                    batch.push_sample(start + round * 10_000 + (a % 100) as i64, (k as f64) * 1.5 + round as f64);
+                    batch.push_sample(
+                        start + round * 10_000 + (a % 100) as i64,
+                        (k as f64) * 1.5 + round as f64,
+                    );
                     batch.finish_series(&lim).unwrap();
                 }
             }
@@ -348,7 +466,10 @@ fn child_memory(n: usize) {
     let latest_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(latest.len(), created);
     // 1,000 series × 1 h from the head: one agent's worth ×10.
-    println!("MEM {created} {per:.1} {} {latest_ms:.1}", st.head_bytes as f64 / created as f64);
+    println!(
+        "MEM {created} {per:.1} {} {latest_ms:.1}",
+        st.head_bytes as f64 / created as f64
+    );
 }
 
 fn bench_memory(rows: &mut Vec<Row>) {
@@ -358,15 +479,40 @@ fn bench_memory(rows: &mut Vec<Row>) {
         .output()
         .unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    let line = s.lines().find(|l| l.starts_with("MEM ")).unwrap_or_else(|| panic!("memory child failed: {}", String::from_utf8_lossy(&out.stderr)));
-    let f: Vec<f64> = line[4..].split_whitespace().map(|x| x.parse().unwrap()).collect();
-    row(rows, format!("head RSS per active series at {} series", f[0] as u64), format!("{:.0} B", f[1]), format!("target ≤ 600 B; head's own estimate {:.0} B", f[2]));
-    row(rows, format!("latest sample of {} series (head fast path)", f[0] as u64), format!("{:.0} ms", f[3]), "");
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("MEM "))
+        .unwrap_or_else(|| {
+            panic!(
+                "memory child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let f: Vec<f64> = line[4..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    row(
+        rows,
+        format!("head RSS per active series at {} series", f[0] as u64),
+        format!("{:.0} B", f[1]),
+        format!("target ≤ 600 B; head's own estimate {:.0} B", f[2]),
+    );
+    row(
+        rows,
+        format!("latest sample of {} series (head fast path)", f[0] as u64),
+        format!("{:.0} ms", f[3]),
+        "",
+    );
 }
 
 fn bench_reads_and_replay(rows: &mut Vec<Row>) {
     let agents = if full() { 9_434 } else { 1_000 };
-    let spec = FleetSpec { agents, start_ms: recent_start(), ..FleetSpec::default() };
+    let spec = FleetSpec {
+        agents,
+        start_ms: recent_start(),
+        ..FleetSpec::default()
+    };
     let steps = 2 * 360; // 2 h at 10 s
     let env = EnvId::new("prod").unwrap();
     let lim = LabelLimits::default();
@@ -384,14 +530,23 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
             for part in step.chunks(25_000) {
                 batch.clear(env.clone());
                 for s in part {
-                    batch.add_series(&fleet.series()[s.series as usize], &[(s.ts_ms, s.value)], &lim).unwrap();
+                    batch
+                        .add_series(
+                            &fleet.series()[s.series as usize],
+                            &[(s.ts_ms, s.value)],
+                            &lim,
+                        )
+                        .unwrap();
                 }
                 db.write(&batch).unwrap();
             }
         }
         // 1,000 series × 1 h from the head.
         let q = db.querier("prod", spec.start_ms + HOUR, spec.start_ms + 2 * HOUR);
-        let m = [Matcher::eq("__name__", "node_cpu_seconds_total"), Matcher::new(MatchOp::Re, "agent", "agent-000[0-5].").unwrap()];
+        let m = [
+            Matcher::eq("__name__", "node_cpu_seconds_total"),
+            Matcher::new(MatchOp::Re, "agent", "agent-000[0-5].").unwrap(),
+        ];
         let mut times = Vec::new();
         let mut n = 0;
         let mut samples = 0;
@@ -406,7 +561,12 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        row(rows, format!("read {n} series × 1 h from the head ({samples} samples)"), format!("{:.1} ms", times[2]), "median of 5");
+        row(
+            rows,
+            format!("read {n} series × 1 h from the head ({samples} samples)"),
+            format!("{:.1} ms", times[2]),
+            "median of 5",
+        );
         // Cut into a block and read the same from the block.
         clock.set(spec.start_ms + 3 * HOUR);
         db.maintain().unwrap();
@@ -420,7 +580,12 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        row(rows, format!("read {n} series × 1 h from a block"), format!("{:.1} ms", times[2]), "median of 5");
+        row(
+            rows,
+            format!("read {n} series × 1 h from a block"),
+            format!("{:.1} ms", times[2]),
+            "median of 5",
+        );
         std::mem::forget(db); // leave the WAL as a crash would (no final checkpoint)
     }
     // Replay: reopen a copy of the WAL alone (blocks removed) so all 2 h are replayed.
@@ -436,9 +601,17 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
     let st = db.stats();
     row(
         rows,
-        format!("WAL replay {series} series × 2 h ({:.0} M samples, {:.0} MiB)", (series * steps) as f64 / 1e6, wal_bytes as f64 / (1 << 20) as f64),
+        format!(
+            "WAL replay {series} series × 2 h ({:.0} M samples, {:.0} MiB)",
+            (series * steps) as f64 / 1e6,
+            wal_bytes as f64 / (1 << 20) as f64
+        ),
         format!("{secs:.1} s"),
-        format!("{:.1} M samples/s; {} series in head", (series * steps) as f64 / secs / 1e6, st.head_series),
+        format!(
+            "{:.1} M samples/s; {} series in head",
+            (series * steps) as f64 / secs / 1e6,
+            st.head_series
+        ),
     );
 }
 
@@ -454,11 +627,24 @@ fn main() {
         return;
     }
     let mut rows = Vec::new();
-    eprintln!("vigil-tsdb store benchmark ({} mode)", if full() { "full" } else { "quick" });
-    bench_append(&mut rows);
-    bench_memory(&mut rows);
-    bench_reads_and_replay(&mut rows);
-    bench_size(&mut rows);
+    eprintln!(
+        "vigil-tsdb store benchmark ({} mode)",
+        if full() { "full" } else { "quick" }
+    );
+    let only = std::env::var("VIGIL_BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    if run("append") {
+        bench_append(&mut rows);
+    }
+    if run("memory") {
+        bench_memory(&mut rows);
+    }
+    if run("read") {
+        bench_reads_and_replay(&mut rows);
+    }
+    if run("size") {
+        bench_size(&mut rows);
+    }
     println!("\n| measurement | value | note |\n|---|---|---|");
     for r in rows {
         println!("| {} | {} | {} |", r.what, r.value, r.note);

@@ -64,6 +64,12 @@ pub struct BlockMeta {
     pub xor_bytes_if_all: u64,
     /// What all chunks would have taken pcodec-encoded (chunks under 32 samples count as XOR).
     pub pco_bytes_if_all: u64,
+    /// Distinct shared timestamp columns stored.
+    #[serde(default)]
+    pub ts_columns: u64,
+    /// Bytes of shared timestamp columns (included in `chunk_bytes`).
+    #[serde(default)]
+    pub ts_column_bytes: u64,
     /// Whether rollups were made from this raw block.
     #[serde(default)]
     pub downsampled: bool,
@@ -100,7 +106,11 @@ pub struct Block {
     symbols: Vec<Box<str>>,
     pub(crate) series: Vec<BlockSeries>,
     postings: HashMap<u32, EnvPostings>,
+    /// Decoded shared timestamp columns by offset (bounded; cleared when full).
+    ts_cache: parking_lot::Mutex<HashMap<u64, std::sync::Arc<[i64]>>>,
 }
+
+const TS_CACHE_ENTRIES: usize = 8192;
 
 fn now_nanos() -> u128 {
     std::time::SystemTime::now()
@@ -142,6 +152,8 @@ fn empty_meta() -> BlockMeta {
         index_bytes: 0,
         xor_bytes_if_all: 0,
         pco_bytes_if_all: 0,
+        ts_columns: 0,
+        ts_column_bytes: 0,
         downsampled: false,
         sources: Vec::new(),
     }
@@ -163,6 +175,8 @@ pub(crate) struct BlockWriter {
     buf: Vec<u8>,
     max_chunk_samples: usize,
     meta: BlockMeta,
+    /// Timestamp columns already written: hash of the compressed stream → (offset, bytes).
+    ts_columns: HashMap<u64, Vec<(u64, Vec<u8>)>>,
 }
 
 impl BlockWriter {
@@ -200,6 +214,7 @@ impl BlockWriter {
             scratch: Scratch::default(),
             buf: Vec::new(),
             max_chunk_samples: max_chunk_samples.max(1),
+            ts_columns: HashMap::new(),
             meta: BlockMeta {
                 id,
                 range_start,
@@ -273,21 +288,70 @@ impl BlockWriter {
         let (e, ls) = self.intern_labels(env, labels);
         let mut metas = Vec::new();
         for part in samples.chunks(self.max_chunk_samples) {
-            self.buf.clear();
-            let (enc, x, p) = codec::encode_best(part, &mut self.scratch, &mut self.buf);
-            self.meta.xor_bytes_if_all += x as u64;
-            self.meta.pco_bytes_if_all += if p == usize::MAX { x as u64 } else { p as u64 };
-            match enc {
-                Encoding::Xor => self.meta.xor_chunks += 1,
-                _ => self.meta.pco_chunks += 1,
-            }
-            let m = self.write_chunk(enc, part[0].0, part[part.len() - 1].0, part.len())?;
+            let m = self.add_chunk(part)?;
             metas.push(m);
         }
         self.meta.num_samples += samples.len() as u64;
         self.meta.num_series += 1;
         self.series.push((e, ls, metas));
         Ok(())
+    }
+
+    /// Writes a shared timestamp column (once per distinct column) and returns its offset.
+    fn ts_column(&mut self, col: Vec<u8>) -> Result<u64> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = foldhash::fast::FixedState::with_seed(7).build_hasher();
+        h.write(&col);
+        let key = h.finish();
+        if let Some(off) = self
+            .ts_columns
+            .get(&key)
+            .and_then(|v| v.iter().find(|(_, b)| *b == col).map(|(o, _)| *o))
+        {
+            return Ok(off);
+        }
+        let off = self.off;
+        let crc = crc32c::crc32c(&col);
+        let path = self.tmp.join("chunks");
+        self.chunks
+            .write_all(&col)
+            .map_err(Error::io("write block chunks", &path))?;
+        self.chunks
+            .write_all(&crc.to_le_bytes())
+            .map_err(Error::io("write block chunks", &path))?;
+        self.off += col.len() as u64 + 4;
+        self.meta.ts_columns += 1;
+        self.meta.ts_column_bytes += col.len() as u64 + 4;
+        self.ts_columns.entry(key).or_default().push((off, col));
+        Ok(off)
+    }
+
+    /// Encodes one chunk of raw samples with the smaller of XOR, or pcodec values with a
+    /// pcodec timestamp column shared by all series with the same timestamps.
+    fn add_chunk(&mut self, part: &[(i64, f64)]) -> Result<ChunkMeta> {
+        self.buf.clear();
+        codec::encode_xor(part, &mut self.buf);
+        let xor_len = self.buf.len();
+        self.meta.xor_bytes_if_all += xor_len as u64;
+        let (first, last) = (part[0].0, part[part.len() - 1].0);
+        if part.len() < 32 {
+            self.meta.pco_bytes_if_all += xor_len as u64;
+            self.meta.xor_chunks += 1;
+            return self.write_chunk(Encoding::Xor, first, last, part.len());
+        }
+        let ts = codec::encode_ts_column(part, &mut self.scratch);
+        let vals = codec::encode_value_column(part, &mut self.scratch);
+        self.meta.pco_bytes_if_all += (ts.len() + vals.len() + 6) as u64;
+        if vals.len() + 12 >= xor_len {
+            self.meta.xor_chunks += 1;
+            return self.write_chunk(Encoding::Xor, first, last, part.len());
+        }
+        let ts_len = ts.len();
+        let ts_off = self.ts_column(ts)?;
+        self.buf.clear();
+        codec::encode_shared_ts(part.len(), ts_off, ts_len, &vals, &mut self.buf);
+        self.meta.pco_chunks += 1;
+        self.write_chunk(Encoding::PcoSharedTs, first, last, part.len())
     }
 
     /// Adds a series of rollup points (sorted by bucket).
@@ -486,6 +550,7 @@ impl Block {
             symbols,
             series,
             postings,
+            ts_cache: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -626,8 +691,47 @@ impl Block {
                 format!("unknown chunk encoding {}", c.enc),
             )
         })?;
-        codec::decode(enc, buf, out)
-            .map_err(|e| Error::corrupt(self.dir.join("chunks"), c.off, e.0))
+        let corrupt = |e: codec::DecodeError| Error::corrupt(self.dir.join("chunks"), c.off, e.0);
+        if enc != Encoding::PcoSharedTs {
+            return codec::decode(enc, buf, out).map_err(corrupt);
+        }
+        let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(buf).map_err(corrupt)?;
+        let values = codec::decode_value_column(vals, n).map_err(corrupt)?;
+        let ts = self.ts_column(ts_off, ts_len, n)?;
+        out.extend(ts.iter().copied().zip(values));
+        Ok(())
+    }
+
+    fn ts_column(&self, off: u64, len: usize, n: usize) -> Result<std::sync::Arc<[i64]>> {
+        if let Some(t) = self.ts_cache.lock().get(&off) {
+            if t.len() == n {
+                return Ok(t.clone());
+            }
+        }
+        let len = u32::try_from(len).map_err(|_| {
+            Error::corrupt(self.dir.join("chunks"), off, "timestamp column too long")
+        })?;
+        let mut b = Vec::new();
+        self.read_chunk(
+            &ChunkMeta {
+                enc: 0,
+                mint: 0,
+                maxt: 0,
+                off,
+                len,
+                samples: 0,
+            },
+            &mut b,
+        )?;
+        let ts: std::sync::Arc<[i64]> = codec::decode_ts_column(&b, n)
+            .map_err(|e| Error::corrupt(self.dir.join("chunks"), off, e.0))?
+            .into();
+        let mut cache = self.ts_cache.lock();
+        if cache.len() >= TS_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(off, ts.clone());
+        Ok(ts)
     }
 
     /// Decodes a rollup chunk into `out` (appending).
@@ -644,10 +748,16 @@ impl Block {
 
     /// Verifies every chunk's checksum.
     pub fn verify(&self) -> Result<()> {
-        let mut buf = Vec::new();
+        let (mut buf, mut out, mut pts) = (Vec::new(), Vec::new(), Vec::new());
         for s in &self.series {
             for c in s.chunks.iter() {
-                self.read_chunk(c, &mut buf)?;
+                if c.enc == Encoding::RollupPco as u8 {
+                    self.decode_rollup_chunk(c, &mut buf, &mut pts)?;
+                } else {
+                    self.decode_chunk(c, &mut buf, &mut out)?;
+                }
+                out.clear();
+                pts.clear();
             }
         }
         Ok(())

@@ -1,10 +1,11 @@
 //! Encodings of sealed chunks in blocks, chosen per chunk by size.
 //!
-//! Two encodings hold raw samples: [`Encoding::Xor`] (the head's Gorilla-style stream, cheap
-//! for short or regular series) and [`Encoding::Pco`] (timestamps and values as two pcodec
-//! columns, which wins on longer noisy series). The block writer encodes both and keeps the
+//! Raw samples are stored as [`Encoding::Xor`] (the head's Gorilla-style stream, cheap for
+//! short or regular series) or [`Encoding::PcoSharedTs`] (values as a pcodec column, timestamps
+//! as a pcodec column stored once per block and shared by every series with identical
+//! timestamps — all series of one agent). The block writer encodes both ways and keeps the
 //! smaller, so the choice is a measurement made for every chunk; the benchmark prints the totals
-//! of each. Rollups (downsampled data) use [`Encoding::RollupPco`]: six pcodec columns.
+//! of each. [`Encoding::Pco`] (both columns inline) is still read. Rollups (downsampled data) use [`Encoding::RollupPco`]: six pcodec columns.
 //!
 //! Decoding takes untrusted bytes (checksums are verified by the caller first, but the decoders
 //! still bound every length) and never panics.
@@ -22,6 +23,10 @@ pub enum Encoding {
     Pco = 2,
     /// A rollup chunk: `[uvarint n]` then ts, min, max, sum, count, last as pcodec streams.
     RollupPco = 3,
+    /// `[uvarint n][uvarint ts_offset][uvarint ts_len][bytes values]`: values as pcodec, the
+    /// timestamps in a pcodec stream stored once per block at `ts_offset` in the chunks file
+    /// and shared by every series with the same timestamps (all series of one agent).
+    PcoSharedTs = 4,
 }
 
 impl Encoding {
@@ -31,6 +36,7 @@ impl Encoding {
             1 => Some(Self::Xor),
             2 => Some(Self::Pco),
             3 => Some(Self::RollupPco),
+            4 => Some(Self::PcoSharedTs),
             _ => None,
         }
     }
@@ -91,6 +97,69 @@ pub fn encode_pco(samples: &[(i64, f64)], s: &mut Scratch, out: &mut Vec<u8>) {
     }
 }
 
+/// The timestamps of `samples` as one pcodec stream (for sharing between series).
+pub fn encode_ts_column(samples: &[(i64, f64)], s: &mut Scratch) -> Vec<u8> {
+    s.ts.clear();
+    s.ts.extend(samples.iter().map(|x| x.0));
+    pco_i64(&s.ts)
+}
+
+/// The values of `samples` as one pcodec stream.
+pub fn encode_value_column(samples: &[(i64, f64)], s: &mut Scratch) -> Vec<u8> {
+    s.vals.clear();
+    s.vals.extend(samples.iter().map(|x| x.1));
+    pco_f64(&s.vals)
+}
+
+/// Builds a [`Encoding::PcoSharedTs`] chunk.
+pub fn encode_shared_ts(n: usize, ts_off: u64, ts_len: usize, values: &[u8], out: &mut Vec<u8>) {
+    put_uvarint(out, n as u64);
+    put_uvarint(out, ts_off);
+    put_uvarint(out, ts_len as u64);
+    put_bytes(out, values);
+}
+
+/// Parses a [`Encoding::PcoSharedTs`] chunk: (n, ts offset, ts length, values stream).
+pub fn parse_shared_ts(buf: &[u8]) -> Result<(usize, u64, usize, &[u8]), DecodeError> {
+    let mut r = Reader::new(buf);
+    let bad = || DecodeError("shared-timestamp chunk header truncated".into());
+    let n = r.uvarint().ok_or_else(bad)? as usize;
+    let off = r.uvarint().ok_or_else(bad)?;
+    let len = r.uvarint().ok_or_else(bad)?;
+    let vals = r.bytes().ok_or_else(bad)?;
+    if n > vals.len().saturating_mul(64) + 64 {
+        return Err(DecodeError(format!("implausible sample count {n}")));
+    }
+    let len = usize::try_from(len).map_err(|_| bad())?;
+    Ok((n, off, len, vals))
+}
+
+/// Decodes a pcodec timestamp stream holding exactly `n` values.
+pub fn decode_ts_column(buf: &[u8], n: usize) -> Result<Vec<i64>, DecodeError> {
+    let v = pco::standalone::simple_decompress::<i64>(buf)
+        .map_err(|e| DecodeError(format!("timestamp column: {e}")))?;
+    if v.len() != n {
+        return Err(DecodeError(format!(
+            "timestamp column has {} values, chunk says {n}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+/// Decodes a pcodec value stream holding exactly `n` values.
+pub fn decode_value_column(buf: &[u8], n: usize) -> Result<Vec<f64>, DecodeError> {
+    let v = pco::standalone::simple_decompress::<f64>(buf)
+        .map_err(|e| DecodeError(format!("value column: {e}")))?;
+    if v.len() != n {
+        return Err(DecodeError(format!(
+            "value column has {} values, chunk says {n}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
 fn pco_i64(v: &[i64]) -> Vec<u8> {
     // Compressing a valid slice with the default config cannot fail; an empty stream decodes
     // to a length mismatch that the reader reports.
@@ -103,37 +172,6 @@ fn pco_f64(v: &[f64]) -> Vec<u8> {
 
 fn pco_u32(v: &[u32]) -> Vec<u8> {
     pco::standalone::simple_compress(v, &pco_config()).unwrap_or_default()
-}
-
-/// Encodes with whichever of XOR and pcodec is smaller; returns the encoding used and, for
-/// the benchmark's comparison, the sizes of both.
-pub fn encode_best(
-    samples: &[(i64, f64)],
-    s: &mut Scratch,
-    out: &mut Vec<u8>,
-) -> (Encoding, usize, usize) {
-    s.tmp.clear();
-    encode_xor(samples, &mut s.tmp);
-    let xor_len = s.tmp.len();
-    let start = out.len();
-    // pcodec only pays off past a few dozen samples; below that XOR always wins.
-    if samples.len() < 32 {
-        out.extend_from_slice(&s.tmp);
-        return (Encoding::Xor, xor_len, usize::MAX);
-    }
-    let mut tmp = std::mem::take(&mut s.tmp);
-    encode_pco(samples, s, out);
-    let pco_len = out.len() - start;
-    let r = if pco_len < xor_len {
-        (Encoding::Pco, xor_len, pco_len)
-    } else {
-        out.truncate(start);
-        out.extend_from_slice(&tmp);
-        (Encoding::Xor, xor_len, pco_len)
-    };
-    tmp.clear();
-    s.tmp = tmp;
-    r
 }
 
 fn decode_col<T: pco::data_types::Number>(
@@ -174,6 +212,7 @@ pub fn decode(enc: Encoding, buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()
             Ok(())
         }
         Encoding::RollupPco => Err(DecodeError("rollup chunk read as raw samples".into())),
+        Encoding::PcoSharedTs => Err(DecodeError("shared-timestamp chunk needs its block".into())),
     }
 }
 
@@ -246,16 +285,22 @@ mod tests {
     }
 
     #[test]
-    fn best_picks_the_smaller() {
+    fn shared_ts_columns_roundtrip() {
         let s: Vec<(i64, f64)> = (0..2000)
             .map(|i| (i * 10_000 + (i * 7919) % 11, ((i * 31) % 97) as f64 * 0.37))
             .collect();
+        let mut sc = Scratch::default();
+        let ts = encode_ts_column(&s, &mut sc);
+        let vals = encode_value_column(&s, &mut sc);
         let mut out = Vec::new();
-        let (enc, x, p) = encode_best(&s, &mut Scratch::default(), &mut out);
-        assert_eq!(out.len(), x.min(p));
-        let mut back = Vec::new();
-        decode(enc, &out, &mut back).unwrap();
+        encode_shared_ts(s.len(), 1234, ts.len(), &vals, &mut out);
+        let (n, off, len, v) = parse_shared_ts(&out).unwrap();
+        assert_eq!((n, off, len), (2000, 1234, ts.len()));
+        let t = decode_ts_column(&ts, n).unwrap();
+        let v = decode_value_column(v, n).unwrap();
+        let back: Vec<(i64, f64)> = t.into_iter().zip(v).collect();
         assert_eq!(bits(&back), bits(&s));
+        assert!(decode_ts_column(&ts, n + 1).is_err());
     }
 
     #[test]
@@ -279,26 +324,33 @@ mod tests {
 
     proptest! {
         #[test]
-        fn best_roundtrips_any_series(
+        fn xor_and_pco_roundtrip_any_series(
             deltas in proptest::collection::vec(1i64..100_000, 1..400),
             vals in proptest::collection::vec(prop_oneof![any::<u64>(), (0u64..1000).prop_map(|x| (x as f64 * 0.01).to_bits())], 400),
         ) {
             let mut t = 1_700_000_000_000i64;
             let s: Vec<(i64, f64)> = deltas.iter().enumerate().map(|(i, d)| { t += d; (t, f64::from_bits(vals[i])) }).collect();
-            let mut out = Vec::new();
-            let (enc, _, _) = encode_best(&s, &mut Scratch::default(), &mut out);
-            let mut back = Vec::new();
-            decode(enc, &out, &mut back).unwrap();
-            prop_assert_eq!(bits(&back), bits(&s));
+            for enc in [Encoding::Xor, Encoding::Pco] {
+                let mut out = Vec::new();
+                match enc {
+                    Encoding::Xor => encode_xor(&s, &mut out),
+                    _ => encode_pco(&s, &mut Scratch::default(), &mut out),
+                }
+                let mut back = Vec::new();
+                decode(enc, &out, &mut back).unwrap();
+                prop_assert_eq!(bits(&back), bits(&s));
+            }
         }
 
         #[test]
-        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), e in 1u8..4) {
+        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), e in 1u8..5) {
             let enc = Encoding::from_u8(e).unwrap();
             let mut out = Vec::new();
             let _ = decode(enc, &b, &mut out);
             let mut pts = Vec::new();
             let _ = decode_rollup(&b, &mut pts);
+            let _ = parse_shared_ts(&b);
+            let _ = decode_ts_column(&b, 3);
         }
     }
 }

@@ -420,3 +420,59 @@ fn readers_and_writers_run_concurrently() {
         .sum();
     assert_eq!(total, 4000);
 }
+
+#[test]
+fn fleet_data_shares_timestamp_columns_and_reads_back_exactly() {
+    use vigil_fleet::{Fleet, FleetSpec, SERIES_PER_AGENT};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    let agents = 4;
+    let mut fleet = Fleet::new(FleetSpec {
+        agents,
+        start_ms: T0,
+        ..FleetSpec::default()
+    });
+    let mut step = Vec::new();
+    let mut expect: Vec<Vec<(i64, u64)>> = vec![Vec::new(); fleet.series().len()];
+    for _ in 0..(2 * 360) {
+        step.clear();
+        fleet.next_step(&mut step);
+        let mut b = vigil_tsdb::WriteBatch::new(vigil_model::EnvId::new("prod").unwrap());
+        for s in &step {
+            b.add_series(
+                &fleet.series()[s.series as usize],
+                &[(s.ts_ms, s.value)],
+                &Default::default(),
+            )
+            .unwrap();
+            expect[s.series as usize].push((s.ts_ms, s.value.to_bits()));
+        }
+        db.write(&b).unwrap();
+    }
+    clock.set(T0 + DAY);
+    db.maintain().unwrap();
+    assert_eq!(db.stats().head_series, 0);
+    let metas: Vec<vigil_tsdb::BlockMeta> = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).unwrap()).unwrap()
+        })
+        .collect();
+    let pco: u64 = metas.iter().map(|m| m.pco_chunks).sum();
+    let cols: u64 = metas.iter().map(|m| m.ts_columns).sum();
+    assert!(pco > 0, "{metas:#?}");
+    // One timestamp column per agent per block (plus at most a few where series differ).
+    assert!(
+        cols <= (agents * metas.len()) as u64 * 2,
+        "{cols} columns for {agents} agents"
+    );
+    let got = all(&db, "prod");
+    assert_eq!(got.len(), agents * SERIES_PER_AGENT);
+    for (labels, samples) in got {
+        let i = fleet.series().iter().position(|l| *l == labels).unwrap();
+        assert_eq!(samples, expect[i], "{labels}");
+    }
+    db.blocks_verify_all().unwrap();
+}
