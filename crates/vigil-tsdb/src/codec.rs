@@ -69,7 +69,6 @@ pub struct RollupPoint {
 pub struct Scratch {
     ts: Vec<i64>,
     vals: Vec<f64>,
-    tmp: Vec<u8>,
 }
 
 fn pco_config() -> pco::ChunkConfig {

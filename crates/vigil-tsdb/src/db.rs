@@ -509,6 +509,9 @@ impl Inner {
             let mut guard = cell.borrow_mut();
             let (buf, recs) = &mut *guard;
             recs.clear();
+            // The head's time range is noted once per batch: two shared atomics per sample
+            // would bounce a cache line between writer threads.
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
             for i in 0..batch.series_len() {
                 let samples = batch.samples_of(i);
                 if samples.is_empty() {
@@ -547,7 +550,6 @@ impl Inner {
                         continue;
                     }
                     out.series_created += usize::from(res.created);
-                    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
                     for &(t, v) in samples {
                         match self.head.append_locked(&mut d, t, v, Mode::Live) {
                             Ok(Appended::New) => {
@@ -578,11 +580,11 @@ impl Inner {
                         }
                     }
                     drop(d);
-                    if lo <= hi {
-                        self.head.note_range(lo, hi);
-                    }
                     break;
                 }
+            }
+            if lo <= hi {
+                self.head.note_range(lo, hi);
             }
             if !recs.is_empty() {
                 buf.clear();

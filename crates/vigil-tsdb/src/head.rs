@@ -86,6 +86,8 @@ pub(crate) struct SeriesData {
 #[derive(Debug)]
 pub(crate) struct MemSeries {
     pub(crate) sref: u32,
+    /// Second identity hash (see [`series_hash`]).
+    pub(crate) hash2: u64,
     pub(crate) env: u32,
     pub(crate) labels: Box<[(u32, u32)]>,
     pub(crate) data: Mutex<SeriesData>,
@@ -151,18 +153,30 @@ impl std::fmt::Debug for Head {
     }
 }
 
-fn series_hash<'a>(env: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+/// A series' identity: two independent 64-bit hashes of (environment, labels). The first
+/// keys the shard map; both must match for a lookup to hit. Two different label sets collide
+/// on both with probability 2^-128 per pair (about 10^-27 across a million series), far below
+/// the rate of undetected memory errors, so lookups compare hashes instead of chasing every
+/// label string through the symbol table (measured: a quarter of append time).
+fn series_hash<'a>(env: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> (u64, u64) {
     use std::hash::{BuildHasher, Hasher};
-    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
-    h.write(env.as_bytes());
-    h.write_u8(0xff);
+    let mut a = foldhash::quality::FixedState::with_seed(0x5eed_0001).build_hasher();
+    let mut b = foldhash::quality::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).build_hasher();
+    a.write(env.as_bytes());
+    a.write_u8(0xff);
+    b.write(env.as_bytes());
+    b.write_u8(0xff);
     for (n, v) in pairs {
-        h.write(n.as_bytes());
-        h.write_u8(0xff);
-        h.write(v.as_bytes());
-        h.write_u8(0xfe);
+        a.write(n.as_bytes());
+        a.write_u8(0xff);
+        a.write(v.as_bytes());
+        a.write_u8(0xfe);
+        b.write(n.as_bytes());
+        b.write_u8(0xff);
+        b.write(v.as_bytes());
+        b.write_u8(0xfe);
     }
-    h.finish()
+    (a.finish(), b.finish())
 }
 
 impl SeriesData {
@@ -383,40 +397,17 @@ impl Head {
         self.postings.read().values().map(|p| p.all.len()).sum()
     }
 
-    fn same<'a>(
-        &self,
-        s: &MemSeries,
-        env: &str,
-        mut pairs: impl Iterator<Item = (&'a str, &'a str)>,
-    ) -> bool {
-        if self.symbols.get(s.env) != env {
-            return false;
+    fn find_in(&self, shard: &Shard, hash: (u64, u64)) -> Option<Arc<MemSeries>> {
+        let s = shard.map.get(&hash.0)?;
+        if s.hash2 == hash.1 {
+            return Some(s.clone());
         }
-        for &(n, v) in s.labels.iter() {
-            match pairs.next() {
-                Some((pn, pv)) if self.symbols.get(n) == pn && self.symbols.get(v) == pv => {}
-                _ => return false,
-            }
-        }
-        pairs.next().is_none()
-    }
-
-    fn find_in<'a>(
-        &self,
-        shard: &Shard,
-        hash: u64,
-        env: &str,
-        pairs: &(impl Iterator<Item = (&'a str, &'a str)> + Clone),
-    ) -> Option<Arc<MemSeries>> {
-        if let Some(s) = shard.map.get(&hash) {
-            if self.same(s, env, pairs.clone()) {
-                return Some(s.clone());
-            }
-            if let Some(v) = shard.collisions.get(&hash) {
-                return v.iter().find(|s| self.same(s, env, pairs.clone())).cloned();
-            }
-        }
-        None
+        shard
+            .collisions
+            .get(&hash.0)?
+            .iter()
+            .find(|s| s.hash2 == hash.1)
+            .cloned()
     }
 
     /// Finds the series, or creates it and calls `log` (to write its WAL record) while no other
@@ -429,8 +420,9 @@ impl Head {
         log: impl FnOnce(u32) -> Result<(), E>,
     ) -> Result<Result<Resolved, RejectReason>, E> {
         let hash = series_hash(env, pairs.clone());
-        let shard = &self.shards[hash as usize % SHARDS];
-        if let Some(s) = self.find_in(&shard.read(), hash, env, &pairs) {
+        let (h1, _) = hash;
+        let shard = &self.shards[h1 as usize % SHARDS];
+        if let Some(s) = self.find_in(&shard.read(), hash) {
             self.alias(&s, forced_ref);
             return Ok(Ok(Resolved {
                 series: s,
@@ -438,7 +430,7 @@ impl Head {
             }));
         }
         let mut w = shard.write();
-        if let Some(s) = self.find_in(&w, hash, env, &pairs) {
+        if let Some(s) = self.find_in(&w, hash) {
             self.alias(&s, forced_ref);
             return Ok(Ok(Resolved {
                 series: s,
@@ -478,6 +470,7 @@ impl Head {
             }
             let s = Arc::new(MemSeries {
                 sref,
+                hash2: hash.1,
                 env: env_sym,
                 labels,
                 data: Mutex::new(SeriesData::new()),
@@ -486,12 +479,12 @@ impl Head {
             s
         };
         log(series.sref)?;
-        match w.map.entry(hash) {
+        match w.map.entry(h1) {
             hashbrown::hash_map::Entry::Vacant(e) => {
                 e.insert(series.clone());
             }
             hashbrown::hash_map::Entry::Occupied(_) => {
-                w.collisions.entry(hash).or_default().push(series.clone())
+                w.collisions.entry(h1).or_default().push(series.clone())
             }
         }
         drop(w);

@@ -291,31 +291,67 @@ impl Querier {
         })
     }
 
-    /// The newest sample at or before the range end of each matching series, if it is inside
-    /// the range. Answered from the head's last-sample fields without decoding when the head
-    /// has the series; falls back to reading blocks for series only they hold.
+    /// The newest sample in the range of each matching series, sorted by labels. Answered
+    /// from the head's last-sample fields without decoding when the range reaches the head's
+    /// newest data; series only blocks hold cost a read of their last chunk.
     pub fn latest(&self, matchers: &[Matcher]) -> Result<Vec<(Labels, i64, f64)>> {
         let head_now = self.head.maxt.load(std::sync::atomic::Ordering::Relaxed);
-        let mut out: BTreeMap<Labels, (i64, f64)> = BTreeMap::new();
-        if self.maxt >= head_now && self.tombstones.is_empty() {
-            for (l, t, v) in self.head.latest(&self.env, matchers, self.mint) {
-                out.insert(l, (t, v));
+        let fast = self.maxt >= head_now && !self.tombstones.iter().any(|t| t.env == self.env);
+        if !fast {
+            let mut out = Vec::new();
+            let mut tmp = Vec::new();
+            for mut s in self.select(matchers)? {
+                tmp.clear();
+                s.samples.read_all(&mut tmp)?;
+                if let Some(&(t, v)) = tmp.last() {
+                    out.push((s.labels, t, v));
+                }
+            }
+            return Ok(out);
+        }
+        let mut found: hashbrown::HashMap<Labels, (i64, f64)> = self
+            .head
+            .latest(&self.env, matchers, self.mint)
+            .into_iter()
+            .map(|(l, t, v)| (l, (t, v)))
+            .collect();
+        let (mut bytes, mut tmp) = (Vec::new(), Vec::new());
+        for b in self.blocks_in_range() {
+            for i in b.select_ids(&self.env, matchers) {
+                let s = &b.series[i as usize];
+                let Some(c) = s
+                    .chunks
+                    .iter()
+                    .rev()
+                    .find(|c| c.mint <= self.maxt && c.maxt >= self.mint)
+                else {
+                    continue;
+                };
+                let labels = b.labels(s);
+                if found
+                    .get(&labels)
+                    .is_some_and(|(t, _)| *t >= c.maxt.min(self.maxt))
+                {
+                    continue;
+                }
+                tmp.clear();
+                b.decode_chunk(c, &mut bytes, &mut tmp)?;
+                if let Some(&(t, v)) = tmp
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| *t >= self.mint && *t <= self.maxt)
+                {
+                    let e = found.entry(labels).or_insert((t, v));
+                    if t > e.0 {
+                        *e = (t, v);
+                    }
+                }
             }
         }
-        let mut set = self.select(matchers)?;
-        let mut tmp = Vec::new();
-        for s in set.by_ref() {
-            if out.contains_key(&s.labels) {
-                continue;
-            }
-            tmp.clear();
-            let mut it = s.samples;
-            it.read_all(&mut tmp)?;
-            if let Some(&(t, v)) = tmp.last() {
-                out.insert(s.labels, (t, v));
-            }
-        }
-        Ok(out.into_iter().map(|(l, (t, v))| (l, t, v)).collect())
+        let mut out: Vec<(Labels, i64, f64)> =
+            found.into_iter().map(|(l, (t, v))| (l, t, v)).collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Label names of series in the range matching `matchers` (all if empty).

@@ -476,3 +476,46 @@ fn fleet_data_shares_timestamp_columns_and_reads_back_exactly() {
     }
     db.blocks_verify_all().unwrap();
 }
+
+#[test]
+fn latest_reads_head_fast_path_and_blocks_for_series_only_they_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    let (a, b) = (labels("g", &[("s", "a")]), labels("g", &[("s", "b")]));
+    write(&db, "p", &b, &[(T0, 1.0), (T0 + 60_000, 2.0)]);
+    write(&db, "p", &a, &[(T0, 5.0)]);
+    clock.set(T0 + 4 * HOUR);
+    db.maintain().unwrap();
+    assert_eq!(db.stats().head_series, 0);
+    write(
+        &db,
+        "p",
+        &a,
+        &[(T0 + 4 * HOUR, 6.0), (T0 + 4 * HOUR + 1000, 7.0)],
+    );
+    let q = db.querier("p", T0, T0 + 5 * HOUR);
+    let got = q.latest(&[name("g")]).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (a.clone(), T0 + 4 * HOUR + 1000, 7.0),
+            (b.clone(), T0 + 60_000, 2.0)
+        ]
+    );
+    // A range ending before the head's newest sample takes the slow path and agrees with it.
+    let q = db.querier("p", T0, T0 + 4 * HOUR);
+    assert_eq!(
+        q.latest(&[name("g")]).unwrap(),
+        vec![
+            (a.clone(), T0 + 4 * HOUR, 6.0),
+            (b.clone(), T0 + 60_000, 2.0)
+        ]
+    );
+    // Samples older than the range start do not count.
+    let q = db.querier("p", T0 + HOUR, T0 + 5 * HOUR);
+    assert_eq!(
+        q.latest(&[name("g")]).unwrap(),
+        vec![(a, T0 + 4 * HOUR + 1000, 7.0)]
+    );
+}
