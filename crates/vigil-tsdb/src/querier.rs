@@ -291,7 +291,7 @@ impl Querier {
         })
     }
 
-    /// The newest sample in the range of each matching series, sorted by labels. Answered
+    /// The newest sample in the range of each matching series, in no particular order. Answered
     /// from the head's last-sample fields without decoding when the range reaches the head's
     /// newest data; series only blocks hold cost a read of their last chunk.
     pub fn latest(&self, matchers: &[Matcher]) -> Result<Vec<(Labels, i64, f64)>> {
@@ -309,12 +309,12 @@ impl Querier {
             }
             return Ok(out);
         }
-        let mut found: hashbrown::HashMap<Labels, (i64, f64)> = self
-            .head
-            .latest(&self.env, matchers, self.mint)
-            .into_iter()
-            .map(|(l, t, v)| (l, (t, v)))
-            .collect();
+        let head = self.head.latest(&self.env, matchers, self.mint);
+        if self.blocks_in_range().next().is_none() {
+            return Ok(head);
+        }
+        let mut found: hashbrown::HashMap<Labels, (i64, f64)> =
+            head.into_iter().map(|(l, t, v)| (l, (t, v))).collect();
         let (mut bytes, mut tmp) = (Vec::new(), Vec::new());
         for b in self.blocks_in_range() {
             for i in b.select_ids(&self.env, matchers) {
