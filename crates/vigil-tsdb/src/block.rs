@@ -703,10 +703,10 @@ impl Block {
     }
 
     fn ts_column(&self, off: u64, len: usize, n: usize) -> Result<std::sync::Arc<[i64]>> {
-        if let Some(t) = self.ts_cache.lock().get(&off) {
-            if t.len() == n {
-                return Ok(t.clone());
-            }
+        if let Some(t) = self.ts_cache.lock().get(&off)
+            && t.len() == n
+        {
+            return Ok(t.clone());
         }
         let len = u32::try_from(len).map_err(|_| {
             Error::corrupt(self.dir.join("chunks"), off, "timestamp column too long")

@@ -1,0 +1,135 @@
+//! Prometheus remote_write 1.0: a snappy (block format) compressed protobuf `WriteRequest`.
+//!
+//! The decoder reads the protobuf wire format directly into a [`WriteBatch`] without building
+//! intermediate messages: labels are copied once into the batch's arena, samples into its
+//! sample vector. The snappy length header is checked against the limit before anything is
+//! allocated. Exemplars, native histograms and metadata are skipped (counted).
+//!
+//! ```text
+//! WriteRequest { repeated TimeSeries timeseries = 1; repeated MetricMetadata metadata = 3; }
+//! TimeSeries   { repeated Label labels = 1; repeated Sample samples = 2;
+//!                repeated Exemplar exemplars = 3; repeated Histogram histograms = 4; }
+//! Label        { string name = 1; string value = 2; }
+//! Sample       { double value = 1; int64 timestamp = 2; }
+//! ```
+
+use vigil_tsdb::WriteBatch;
+
+use crate::protobuf::{Fields, Wire};
+use crate::{DecodeError, Limits, Summary};
+
+/// Decompresses a snappy block, refusing bodies whose declared size exceeds the limit.
+pub fn decompress(body: &[u8], limits: &Limits, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    let n = snap::raw::decompress_len(body)
+        .map_err(|e| DecodeError::Compression(format!("snappy: {e}")))?;
+    if n > limits.max_decompressed_bytes {
+        return Err(DecodeError::TooLarge {
+            what: "decompressed body",
+            size: n,
+            limit: limits.max_decompressed_bytes,
+        });
+    }
+    out.clear();
+    out.resize(n, 0);
+    let got = snap::raw::Decoder::new()
+        .decompress(body, out)
+        .map_err(|e| DecodeError::Compression(format!("snappy: {e}")))?;
+    out.truncate(got);
+    Ok(())
+}
+
+/// Decodes a snappy-compressed `WriteRequest` into `batch`.
+pub fn decode(
+    body: &[u8],
+    limits: &Limits,
+    scratch: &mut Vec<u8>,
+    batch: &mut WriteBatch,
+) -> Result<Summary, DecodeError> {
+    decompress(body, limits, scratch)?;
+    decode_uncompressed(scratch, limits, batch)
+}
+
+fn utf8<'a>(b: &'a [u8], what: &'static str, series: usize) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(b).map_err(|_| DecodeError::Field {
+        series,
+        field: what,
+        reason: "not valid UTF-8".into(),
+    })
+}
+
+/// Decodes an uncompressed `WriteRequest` into `batch`.
+pub fn decode_uncompressed(
+    buf: &[u8],
+    limits: &Limits,
+    batch: &mut WriteBatch,
+) -> Result<Summary, DecodeError> {
+    let mut sum = Summary::default();
+    let mut req = Fields::new(buf);
+    let wire = |series: usize, e: crate::protobuf::WireError| DecodeError::Protobuf {
+        series,
+        reason: e.0.to_string(),
+    };
+    while let Some(f) = req.next_field() {
+        let (num, w, _, bytes) = f.map_err(|e| wire(sum.series, e))?;
+        match (num, w) {
+            (1, Wire::Len) => {
+                let idx = sum.series;
+                let mut ts = Fields::new(bytes);
+                let mut samples = 0usize;
+                while let Some(f) = ts.next_field() {
+                    let (num, w, _, b) = f.map_err(|e| wire(idx, e))?;
+                    match (num, w) {
+                        (1, Wire::Len) => {
+                            let (mut name, mut value) = ("", "");
+                            let mut l = Fields::new(b);
+                            while let Some(f) = l.next_field() {
+                                let (num, w, _, b) = f.map_err(|e| wire(idx, e))?;
+                                match (num, w) {
+                                    (1, Wire::Len) => name = utf8(b, "label name", idx)?,
+                                    (2, Wire::Len) => value = utf8(b, "label value", idx)?,
+                                    _ => {}
+                                }
+                            }
+                            batch.push_label(name, value);
+                        }
+                        (2, Wire::Len) => {
+                            let (mut v, mut t) = (0u64, 0i64);
+                            let mut s = Fields::new(b);
+                            while let Some(f) = s.next_field() {
+                                let (num, w, x, _) = f.map_err(|e| wire(idx, e))?;
+                                match (num, w) {
+                                    (1, Wire::I64) => v = x,
+                                    (2, Wire::Varint) => t = x as i64,
+                                    _ => {}
+                                }
+                            }
+                            batch.push_sample(t, f64::from_bits(v));
+                            samples += 1;
+                        }
+                        (3, _) => sum.exemplars_skipped += 1,
+                        (4, _) => sum.histograms_skipped += 1,
+                        _ => {}
+                    }
+                }
+                sum.samples += samples;
+                if sum.samples > limits.max_samples_per_request {
+                    return Err(DecodeError::TooLarge {
+                        what: "samples in request",
+                        size: sum.samples,
+                        limit: limits.max_samples_per_request,
+                    });
+                }
+                batch
+                    .finish_series(&limits.labels)
+                    .map_err(|source| DecodeError::Labels {
+                        series: idx,
+                        source,
+                    })?;
+                sum.series += 1;
+            }
+            (3, _) => sum.metadata_skipped += 1,
+            _ => {}
+        }
+    }
+    Ok(sum)
+}
