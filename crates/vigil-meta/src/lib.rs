@@ -1,0 +1,351 @@
+//! Vigil's metadata store: environments and API tokens today; rules, channels, policies,
+//! silences and the audit chain as later issues add them.
+//!
+//! One SQLite database (`<data-dir>/meta.db`) in WAL mode, so the CLI (`vigil token create`)
+//! and a running server can use it at the same time. The schema is versioned: [`Meta::open`]
+//! applies every migration newer than the database's `user_version` in one transaction, and
+//! refuses a database written by a newer Vigil.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let meta = vigil_meta::Meta::open(&dir.path().join("meta.db")).unwrap();
+//! let t = vigil_meta::TokenRecord {
+//!     jti: "abc".into(), sub: "ci".into(), role: "agent".into(),
+//!     envs: vec!["prod".into()], created_ms: 1, expires_ms: 2, revoked_ms: None,
+//! };
+//! meta.insert_token(&t).unwrap();
+//! assert!(!meta.is_revoked("abc").unwrap());
+//! meta.revoke_token("abc", 5).unwrap();
+//! assert!(meta.is_revoked("abc").unwrap());
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Metadata store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite failed.
+    #[error("metadata store {path}: {op}: {source}")]
+    Sqlite {
+        /// Database file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer Vigil.
+    #[error(
+        "metadata store {path} has schema version {found}; this build knows up to {supported}. Upgrade Vigil"
+    )]
+    FutureSchema {
+        /// Database file.
+        path: PathBuf,
+        /// Version found.
+        found: i64,
+        /// Newest known.
+        supported: i64,
+    },
+    /// No such record.
+    #[error("{what} {key:?} not found")]
+    NotFound {
+        /// Kind of record.
+        what: &'static str,
+        /// Its key.
+        key: String,
+    },
+}
+
+/// Migrations, in order; entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: environments and tokens.
+    "CREATE TABLE environments (
+        name TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE tokens (
+        jti TEXT PRIMARY KEY,
+        sub TEXT NOT NULL,
+        role TEXT NOT NULL,
+        envs TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+     );",
+];
+
+/// The newest schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// A token as recorded when it was minted (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRecord {
+    /// Token id (the JWT `jti`).
+    pub jti: String,
+    /// Subject.
+    pub sub: String,
+    /// Role name.
+    pub role: String,
+    /// Environments, or `["*"]`.
+    pub envs: Vec<String>,
+    /// Minted at, ms.
+    pub created_ms: i64,
+    /// Expires at, ms.
+    pub expires_ms: i64,
+    /// Revoked at, ms.
+    pub revoked_ms: Option<i64>,
+}
+
+/// The metadata store.
+#[derive(Debug)]
+pub struct Meta {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Meta {
+    /// Opens (creating if needed) the database and migrates it to [`SCHEMA_VERSION`].
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |op| {
+            let path = path.to_path_buf();
+            move |source| Error::Sqlite { path, op, source }
+        };
+        let mut conn = Connection::open(path).map_err(err("open"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err("set busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("enable WAL mode"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err("set synchronous"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err("read schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::FutureSchema {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            let tx = conn.transaction().map_err(err("begin migration"))?;
+            for m in &MIGRATIONS[version as usize..] {
+                tx.execute_batch(m).map_err(err("migrate"))?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err("set schema version"))?;
+            tx.commit().map_err(err("commit migration"))?;
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Sqlite {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Records an environment (idempotent).
+    pub fn ensure_environment(&self, name: &str, now_ms: i64) -> Result<()> {
+        self.conn
+            .lock()
+            .execute(
+                "INSERT OR IGNORE INTO environments (name, created_ms) VALUES (?1, ?2)",
+                params![name, now_ms],
+            )
+            .map_err(self.err("insert environment"))?;
+        Ok(())
+    }
+
+    /// Known environments.
+    pub fn environments(&self) -> Result<Vec<String>> {
+        let c = self.conn.lock();
+        let mut st = c
+            .prepare("SELECT name FROM environments ORDER BY name")
+            .map_err(self.err("list environments"))?;
+        let rows = st
+            .query_map([], |r| r.get(0))
+            .map_err(self.err("list environments"))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.err("list environments"))
+    }
+
+    /// Records a minted token.
+    pub fn insert_token(&self, t: &TokenRecord) -> Result<()> {
+        let envs = serde_json::to_string(&t.envs).unwrap_or_else(|_| "[]".into());
+        self.conn
+            .lock()
+            .execute(
+                "INSERT INTO tokens (jti, sub, role, envs, created_ms, expires_ms, revoked_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![t.jti, t.sub, t.role, envs, t.created_ms, t.expires_ms, t.revoked_ms],
+            )
+            .map_err(self.err("insert token"))?;
+        Ok(())
+    }
+
+    /// All tokens, newest first.
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let c = self.conn.lock();
+        let mut st = c
+            .prepare("SELECT jti, sub, role, envs, created_ms, expires_ms, revoked_ms FROM tokens ORDER BY created_ms DESC, jti")
+            .map_err(self.err("list tokens"))?;
+        let rows = st
+            .query_map([], |r| {
+                let envs: String = r.get(3)?;
+                Ok(TokenRecord {
+                    jti: r.get(0)?,
+                    sub: r.get(1)?,
+                    role: r.get(2)?,
+                    envs: serde_json::from_str(&envs).unwrap_or_default(),
+                    created_ms: r.get(4)?,
+                    expires_ms: r.get(5)?,
+                    revoked_ms: r.get(6)?,
+                })
+            })
+            .map_err(self.err("list tokens"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("list tokens"))
+    }
+
+    /// Revokes a token; revoking twice keeps the first time.
+    pub fn revoke_token(&self, jti: &str, now_ms: i64) -> Result<()> {
+        let n = self
+            .conn
+            .lock()
+            .execute(
+                "UPDATE tokens SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE jti = ?1",
+                params![jti, now_ms],
+            )
+            .map_err(self.err("revoke token"))?;
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "token",
+                key: jti.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a token id is revoked.
+    pub fn is_revoked(&self, jti: &str) -> Result<bool> {
+        let r: Option<Option<i64>> = self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT revoked_ms FROM tokens WHERE jti = ?1",
+                params![jti],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("check revocation"))?;
+        Ok(matches!(r, Some(Some(_))))
+    }
+
+    /// Every revoked token id.
+    pub fn revoked(&self) -> Result<Vec<String>> {
+        let c = self.conn.lock();
+        let mut st = c
+            .prepare("SELECT jti FROM tokens WHERE revoked_ms IS NOT NULL")
+            .map_err(self.err("list revoked"))?;
+        let rows = st
+            .query_map([], |r| r.get(0))
+            .map_err(self.err("list revoked"))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.err("list revoked"))
+    }
+
+    /// A number that changes whenever another connection commits (SQLite `data_version`):
+    /// lets a cache notice changes made by the CLI cheaply.
+    pub fn data_version(&self) -> Result<i64> {
+        self.conn
+            .lock()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(self.err("read data version"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(jti: &str) -> TokenRecord {
+        TokenRecord {
+            jti: jti.into(),
+            sub: "s".into(),
+            role: "viewer".into(),
+            envs: vec!["*".into()],
+            created_ms: 1,
+            expires_ms: 9,
+            revoked_ms: None,
+        }
+    }
+
+    #[test]
+    fn migrates_once_and_reopens() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("meta.db");
+        let m = Meta::open(&p).unwrap();
+        m.ensure_environment("prod", 1).unwrap();
+        m.ensure_environment("prod", 2).unwrap();
+        drop(m);
+        let m = Meta::open(&p).unwrap();
+        assert_eq!(m.environments().unwrap(), vec!["prod"]);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("meta.db");
+        Connection::open(&p)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Meta::open(&p),
+            Err(Error::FutureSchema { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn tokens_list_and_revoke() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Meta::open(&d.path().join("meta.db")).unwrap();
+        m.insert_token(&rec("a")).unwrap();
+        m.insert_token(&rec("b")).unwrap();
+        assert!(m.insert_token(&rec("a")).is_err(), "duplicate jti");
+        m.revoke_token("a", 5).unwrap();
+        m.revoke_token("a", 7).unwrap();
+        assert!(matches!(
+            m.revoke_token("zz", 5),
+            Err(Error::NotFound { .. })
+        ));
+        let l = m.list_tokens().unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.iter().find(|t| t.jti == "a").unwrap().revoked_ms, Some(5));
+        assert_eq!(m.revoked().unwrap(), vec!["a"]);
+    }
+
+    #[test]
+    fn another_connection_sees_revocations() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("meta.db");
+        let server = Meta::open(&p).unwrap();
+        let cli = Meta::open(&p).unwrap();
+        cli.insert_token(&rec("x")).unwrap();
+        let v0 = server.data_version().unwrap();
+        cli.revoke_token("x", 3).unwrap();
+        assert_ne!(server.data_version().unwrap(), v0);
+        assert!(server.is_revoked("x").unwrap());
+    }
+}
