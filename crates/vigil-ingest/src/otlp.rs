@@ -462,3 +462,22 @@ fn format_le(b: f64) -> String {
         s
     }
 }
+
+/// The body of a successful export: an `ExportMetricsServiceResponse`, with `partial_success`
+/// when some data points were refused, encoded as the request was (JSON or protobuf).
+pub fn response(rejected_points: i64, message: &str, json: bool) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::{
+        ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+    };
+    let resp = ExportMetricsServiceResponse {
+        partial_success: (rejected_points > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected_points,
+            error_message: message.to_string(),
+        }),
+    };
+    if json {
+        serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec())
+    } else {
+        resp.encode_to_vec()
+    }
+}

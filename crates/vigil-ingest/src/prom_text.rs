@@ -85,7 +85,10 @@ pub fn decode(
                             Some((_, '\\')) => val.push('\\'),
                             Some((_, '"')) => val.push('"'),
                             Some((_, o)) => {
-                                return Err(err(ln, format!("bad escape \\{o} in label {lname:?}")));
+                                return Err(err(
+                                    ln,
+                                    format!("bad escape \\{o} in label {lname:?}"),
+                                ));
                             }
                             None => return Err(err(ln, "unterminated label value")),
                         },

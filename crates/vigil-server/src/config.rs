@@ -1,0 +1,325 @@
+//! Server configuration: a serde struct read from TOML (every field has a documented default),
+//! then overridden by `VIGIL_*` environment variables and flags in the binary, then checked
+//! once into the values the server uses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Top-level configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on (default `127.0.0.1:9700`).
+    pub listen: String,
+    /// Data directory (default `./vigil-data`).
+    pub data_dir: PathBuf,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// TLS; off unless `cert` and `key` are set.
+    pub tls: TlsConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// The time-series store.
+    pub tsdb: TsdbConfig,
+    /// Seconds to finish in-flight requests on shutdown (default 10).
+    pub shutdown_timeout: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9700".into(),
+            data_dir: PathBuf::from("./vigil-data"),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            tsdb: TsdbConfig::default(),
+            shutdown_timeout: "10s".into(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require a token on every call except `/healthz` and `/readyz` (default true). Turning it
+    /// off logs a warning at every start.
+    pub enabled: bool,
+    /// PEM files of RS256 or EdDSA public keys whose tokens are accepted too.
+    pub public_keys: Vec<PathBuf>,
+    /// Lifetime of the admin token written on first start (default `365d`).
+    pub admin_token_ttl: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public_keys: Vec::new(),
+            admin_token_ttl: "365d".into(),
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Also accept TLS 1.2 (default: TLS 1.3 only).
+    pub allow_tls12: bool,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body as sent (default 16 MiB).
+    pub max_body_bytes: usize,
+    /// Largest body after decompression (default 64 MiB).
+    pub max_decompressed_bytes: usize,
+    /// Most samples in one request (default 2,000,000).
+    pub max_samples_per_request: usize,
+    /// Most labels per series (default 40).
+    pub max_labels_per_series: usize,
+    /// Longest label name (default 256).
+    pub max_label_name_length: usize,
+    /// Longest label value (default 2048).
+    pub max_label_value_length: usize,
+    /// Active series per environment (default unlimited).
+    pub max_series_per_environment: Option<usize>,
+    /// Ingest requests processed at once; more get 429 with `Retry-After` (default 16).
+    pub max_inflight_writes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+            max_samples_per_request: 2_000_000,
+            max_labels_per_series: 40,
+            max_label_name_length: 256,
+            max_label_value_length: 2048,
+            max_series_per_environment: None,
+            max_inflight_writes: 16,
+        }
+    }
+}
+
+/// `[tsdb]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TsdbConfig {
+    /// `always`, `interval` or `never` (default `interval`).
+    pub sync: String,
+    /// Sync period under `interval` (default `200ms`).
+    pub sync_interval: String,
+    /// Raw data retention (default `15d`).
+    pub retention: String,
+    /// Size cap of blocks + WAL in bytes (default none).
+    pub retention_bytes: Option<u64>,
+    /// Retention per environment, e.g. `{ ci = "2d" }`.
+    pub env_retention: BTreeMap<String, String>,
+    /// Out-of-order window (default `10m`).
+    pub ooo_window: String,
+    /// Age after which rollups are made (default `3d`; `off` disables).
+    pub downsample_after: String,
+    /// Rollup retention (default `400d`).
+    pub rollup_retention: String,
+}
+
+impl Default for TsdbConfig {
+    fn default() -> Self {
+        Self {
+            sync: "interval".into(),
+            sync_interval: "200ms".into(),
+            retention: "15d".into(),
+            retention_bytes: None,
+            env_retention: BTreeMap::new(),
+            ooo_window: "10m".into(),
+            downsample_after: "3d".into(),
+            rollup_retention: "400d".into(),
+        }
+    }
+}
+
+/// A configuration value that does not parse; names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {key}: {reason}")]
+pub struct ConfigError {
+    /// The key, e.g. `[tsdb].retention`.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a duration like `200ms`, `30s`, `10m`, `2h`, `15d`, `1w`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        "y" => 365 * 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(n.checked_mul(ms)?))
+}
+
+fn dur(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    parse_duration(v).ok_or_else(|| {
+        bad(
+            key,
+            format!("{v:?} is not a duration like 200ms, 30s, 10m, 2h, 15d"),
+        )
+    })
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Auth on?
+    pub auth_enabled: bool,
+    /// Extra public keys.
+    pub public_keys: Vec<PathBuf>,
+    /// Admin token lifetime.
+    pub admin_token_ttl: Duration,
+    /// TLS cert and key.
+    pub tls: Option<(PathBuf, PathBuf, bool)>,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Store options (clock and maintenance at defaults).
+    pub tsdb: vigil_tsdb::Options,
+    /// Shutdown grace period.
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Checks every value, naming the key of the first bad one.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| bad("listen", format!("{:?}: {e}", self.listen)))?;
+        let sync = match self.tsdb.sync.as_str() {
+            "always" => vigil_tsdb::SyncPolicy::Always,
+            "never" => vigil_tsdb::SyncPolicy::Never,
+            "interval" => vigil_tsdb::SyncPolicy::Interval(dur(
+                "[tsdb].sync_interval",
+                &self.tsdb.sync_interval,
+            )?),
+            other => {
+                return Err(bad(
+                    "[tsdb].sync",
+                    format!("{other:?} is not one of always, interval, never"),
+                ));
+            }
+        };
+        let mut env_retention = std::collections::HashMap::new();
+        for (env, v) in &self.tsdb.env_retention {
+            env_retention.insert(env.clone(), dur(&format!("[tsdb].env_retention.{env}"), v)?);
+        }
+        let downsample_after = match self.tsdb.downsample_after.as_str() {
+            "off" | "" => None,
+            v => Some(dur("[tsdb].downsample_after", v)?),
+        };
+        let l = &self.limits;
+        if l.max_inflight_writes == 0 {
+            return Err(bad("[limits].max_inflight_writes", "must be at least 1"));
+        }
+        let tsdb = vigil_tsdb::Options {
+            sync,
+            retention: dur("[tsdb].retention", &self.tsdb.retention)?,
+            retention_bytes: self.tsdb.retention_bytes,
+            env_retention,
+            ooo_window: dur("[tsdb].ooo_window", &self.tsdb.ooo_window)?,
+            downsample_after,
+            rollup_retention: dur("[tsdb].rollup_retention", &self.tsdb.rollup_retention)?,
+            label_limits: vigil_model::LabelLimits {
+                max_labels: l.max_labels_per_series,
+                max_name_len: l.max_label_name_length,
+                max_value_len: l.max_label_value_length,
+            },
+            max_series_per_env: l.max_series_per_environment,
+            ..vigil_tsdb::Options::default()
+        };
+        let tls = match (&self.tls.cert, &self.tls.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone(), self.tls.allow_tls12)),
+            (None, None) => None,
+            _ => return Err(bad("[tls]", "set both cert and key, or neither")),
+        };
+        Ok(Resolved {
+            listen,
+            data_dir: self.data_dir.clone(),
+            auth_enabled: self.auth.enabled,
+            public_keys: self.auth.public_keys.clone(),
+            admin_token_ttl: dur("[auth].admin_token_ttl", &self.auth.admin_token_ttl)?,
+            tls,
+            limits: self.limits.clone(),
+            tsdb,
+            shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_matches_defaults() {
+        let text = include_str!("../../../config/vigil.example.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        assert_eq!(c, Config::default());
+        c.resolve().unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_duration("15d"), Some(Duration::from_secs(15 * 86400)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("5x"), None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let c: Config = toml::from_str("[tsdb]\nretention = \"forever\"").unwrap();
+        assert!(
+            c.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("[tsdb].retention")
+        );
+        let e = toml::from_str::<Config>("[tsdb]\nretension = \"1d\"").unwrap_err();
+        assert!(e.to_string().contains("retension"), "{e}");
+        let c: Config = toml::from_str("[tls]\ncert = \"a.pem\"").unwrap();
+        assert!(c.resolve().unwrap_err().to_string().contains("[tls]"));
+    }
+}

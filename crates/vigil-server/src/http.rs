@@ -1,0 +1,7 @@
+//! The HTTP layer: router, state, error shape, auth extraction, handlers.
+
+pub mod error;
+pub mod extract;
+pub mod ingest;
+pub mod router;
+pub mod state;

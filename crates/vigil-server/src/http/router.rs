@@ -1,0 +1,90 @@
+//! The whole `Router`, built in one function.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::auth::Need;
+use crate::http::error::ApiError;
+use crate::http::extract::authorize;
+use crate::http::ingest;
+use crate::http::state::AppState;
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/write", post(ingest::remote_write))
+        .route("/v1/metrics", post(ingest::otlp_metrics))
+        .route("/write", post(ingest::influx_v1))
+        .route("/api/v2/write", post(ingest::influx_v2))
+        .route("/api/v1/import/prometheus", post(ingest::prom_import))
+        .route("/api/telemetry/ingest", post(ingest::native_ingest))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        // Bodies are read with our own limit inside the handlers (JSON errors); this only
+        // lifts axum's 2 MB default so it does not answer first.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .0
+        .metrics
+        .request(&route, resp.status().as_u16(), t.elapsed());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /api/openapi.json once available, or the README's API list",
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.0.db.get().is_some() {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "starting", "reason": "WAL replay in progress"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers, Need::Read)?;
+    let stats = state.0.db.get().map(|db| db.stats());
+    let body = state.0.metrics.render(stats.as_ref());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}

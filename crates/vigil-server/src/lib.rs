@@ -1,0 +1,259 @@
+//! `vigil serve`: the HTTP server that wires the store, metadata, auth and ingestion together.
+//!
+//! Owns: configuration ([`config`]), tokens and roles ([`auth`]), the router and handlers
+//! ([`http`]), self-metrics ([`metrics`]), TLS ([`tls`]). Domain crates below it know nothing
+//! of HTTP; nothing depends on this crate but the `vigil` binary.
+//!
+//! Start-up order: bind the listener (so `/healthz` answers at once), open the metadata store,
+//! create the signing key and the admin token on first start, then open the time-series store
+//! (WAL replay) in the background; `/readyz` turns 200 and ingest accepts writes when it is done.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use vigil_meta::Meta;
+use vigil_model::{Clock, SystemClock};
+use vigil_tsdb::Db;
+
+use crate::auth::{Authn, Envs, Role};
+use crate::config::Resolved;
+use crate::http::state::{AppState, Inner};
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Could not bind the listen address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Data directory problem.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Metadata store problem.
+    #[error(transparent)]
+    Meta(#[from] vigil_meta::Error),
+    /// Time-series store problem.
+    #[error(transparent)]
+    Store(#[from] vigil_tsdb::Error),
+    /// TLS set-up problem.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Auth set-up problem.
+    #[error("auth: {0}")]
+    Auth(String),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    cfg: Resolved,
+    listener: std::net::TcpListener,
+    state: AppState,
+    /// Where the admin token was written on first start.
+    pub admin_token_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+/// The admin token file in a data directory.
+pub fn admin_token_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+impl Server {
+    /// Binds the listener and prepares the metadata store, keys and admin token.
+    pub fn bind(cfg: Resolved) -> Result<Self, ServeError> {
+        let dd = &cfg.data_dir;
+        std::fs::create_dir_all(dd).map_err(|e| ServeError::DataDir {
+            path: dd.clone(),
+            reason: e.to_string(),
+        })?;
+        let meta = Arc::new(Meta::open(&dd.join("meta.db"))?);
+        let (key, _created) = auth::load_or_create_key(dd).map_err(|e| ServeError::DataDir {
+            path: dd.clone(),
+            reason: format!("signing key: {e}"),
+        })?;
+        let mut written_token = None;
+        let tok_path = admin_token_path(dd);
+        if !tok_path.exists() {
+            let (token, rec) = auth::mint(
+                &meta,
+                &key,
+                "admin",
+                Role::Admin,
+                Envs::All("*".into()),
+                cfg.admin_token_ttl,
+                SystemClock.now_ms(),
+            )
+            .map_err(ServeError::Auth)?;
+            auth::write_token_file(&tok_path, &token).map_err(|e| ServeError::DataDir {
+                path: tok_path.clone(),
+                reason: e.to_string(),
+            })?;
+            tracing::info!(path = %tok_path.display(), jti = %rec.jti, "Admin token written (mode 0600).");
+            written_token = Some(tok_path);
+        }
+        let authn = if cfg.auth_enabled {
+            Some(Authn::new(&key, &cfg.public_keys, meta.clone()).map_err(ServeError::Auth)?)
+        } else {
+            tracing::warn!(
+                "Authentication is switched off ([auth].enabled = false): every call is accepted as admin."
+            );
+            None
+        };
+        let listener =
+            std::net::TcpListener::bind(cfg.listen).map_err(|source| ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let labels = cfg.tsdb.label_limits;
+        let known = meta
+            .environments()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let state = AppState(Arc::new(Inner {
+            db: OnceLock::new(),
+            authn,
+            meta,
+            limits: http::ingest::limits_from(&cfg.limits, labels),
+            max_body_bytes: cfg.limits.max_body_bytes,
+            write_slots: tokio::sync::Semaphore::new(cfg.limits.max_inflight_writes),
+            metrics: metrics::Metrics::default(),
+            known_envs: parking_lot::RwLock::new(known),
+        }));
+        Ok(Self {
+            cfg,
+            listener,
+            state,
+            admin_token_path: written_token,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.cfg.listen)
+    }
+
+    /// Whether the server speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.cfg.tls.is_some()
+    }
+
+    /// Opens the store and serves until `shutdown` resolves; then stops accepting, lets
+    /// in-flight requests finish (bounded by the configured timeout), and closes the store
+    /// (flushing the WAL).
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Server {
+            cfg,
+            listener,
+            state,
+            ..
+        } = self;
+        let dd = cfg.data_dir.clone();
+        let opts = cfg.tsdb.clone();
+        let st = state.clone();
+        let opener = tokio::task::spawn_blocking(move || -> Result<(), ServeError> {
+            let db = Db::open(&dd, opts)?;
+            let rep = db.open_report();
+            tracing::info!(
+                blocks = rep.blocks,
+                wal_records = rep.replay.records,
+                repairs = rep.replay.repairs.len(),
+                quarantined = rep.quarantined.len(),
+                "Store ready."
+            );
+            let _ = st.0.db.set(Arc::new(db));
+            Ok(())
+        });
+        let app = http::router::router(state.clone());
+        let timeout = cfg.shutdown_timeout;
+        let served = if let Some((cert, key, tls12)) = &cfg.tls {
+            let rustls_cfg = tls::server_config(cert, key, *tls12).map_err(ServeError::Tls)?;
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h2.graceful_shutdown(Some(timeout));
+            });
+            axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(rustls_cfg),
+            )
+            .map_err(ServeError::Serve)?
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await
+            .map_err(ServeError::Serve)
+        } else {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = tx.send(());
+            });
+            let mut serve = std::pin::pin!(serve.into_future());
+            tokio::select! {
+                r = &mut serve => r.map_err(ServeError::Serve),
+                _ = async { let _ = rx.await; tokio::time::sleep(timeout).await } => {
+                    tracing::warn!(timeout_s = timeout.as_secs(), "In-flight requests did not finish in time; closing anyway.");
+                    Ok(())
+                }
+            }
+        };
+        match opener.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(ServeError::Serve(std::io::Error::other(e.to_string()))),
+        }
+        // Requests are done; wait briefly for their last references to the store to drop,
+        // then close it (flushing and syncing the WAL).
+        let started = std::time::Instant::now();
+        while Arc::strong_count(&state.0) > 1 && started.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(db) = Arc::into_inner(state.0)
+            .and_then(|i| i.db.into_inner())
+            .and_then(Arc::into_inner)
+        {
+            db.close()?;
+            tracing::info!("Store closed.");
+        }
+        served
+    }
+}

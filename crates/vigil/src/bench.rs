@@ -1,0 +1,416 @@
+//! `vigil bench ingest`: pushes the reference fleet dataset to a running server and reports
+//! acknowledged samples per second, errors, and (with `--pid`) the server's CPU and peak RSS.
+//!
+//! Requests are encoded before the clock starts; K connections (HTTP/1.1 keep-alive) each send
+//! their share. The same command pointed at VictoriaMetrics (`--url http://…:8428`) pushes the
+//! same bytes there, which is how the README's ratio is measured.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use prost::Message;
+use vigil_fleet::{Fleet, FleetSpec};
+
+/// Benchmarks.
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Push the reference fleet to a server and measure acknowledged samples/s.
+    Ingest(IngestArgs),
+}
+
+/// `vigil bench ingest` options.
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// Server base URL (http only).
+    #[arg(long, default_value = "http://127.0.0.1:9700")]
+    url: String,
+    /// File holding a token (e.g. <data-dir>/admin.token); none for servers without auth.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// Environment (X-Scope-OrgID).
+    #[arg(long, default_value = "bench")]
+    env: String,
+    /// remote_write, influx or prometheus_text.
+    #[arg(long, default_value = "remote_write")]
+    protocol: String,
+    /// Agents (× ~106 series each).
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Series per request (one sample each).
+    #[arg(long, default_value_t = 25_000)]
+    series_per_request: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Scrape rounds to pre-encode and send (the first, which creates the series, is sent
+    /// before timing starts).
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Server PID, to report its CPU time and peak RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WriteRequest {
+    #[prost(message, repeated, tag = "1")]
+    timeseries: Vec<TimeSeries>,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct TimeSeries {
+    #[prost(message, repeated, tag = "1")]
+    labels: Vec<PLabel>,
+    #[prost(message, repeated, tag = "2")]
+    samples: Vec<PSample>,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct PLabel {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    value: String,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct PSample {
+    #[prost(double, tag = "1")]
+    value: f64,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+}
+
+struct Req {
+    path: &'static str,
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    body: Vec<u8>,
+    samples: usize,
+}
+
+fn encode(fleet: &Fleet, part: &[vigil_fleet::FleetSample], protocol: &str) -> Result<Req> {
+    Ok(match protocol {
+        "remote_write" => {
+            let wr = WriteRequest {
+                timeseries: part
+                    .iter()
+                    .map(|s| TimeSeries {
+                        labels: fleet.series()[s.series as usize]
+                            .iter()
+                            .map(|l| PLabel {
+                                name: l.name.clone(),
+                                value: l.value.clone(),
+                            })
+                            .collect(),
+                        samples: vec![PSample {
+                            value: s.value,
+                            timestamp: s.ts_ms,
+                        }],
+                    })
+                    .collect(),
+            };
+            let body = snap::raw::Encoder::new().compress_vec(&wr.encode_to_vec())?;
+            Req {
+                path: "/api/v1/write",
+                content_type: "application/x-protobuf",
+                encoding: Some("snappy"),
+                body,
+                samples: part.len(),
+            }
+        }
+        "influx" => {
+            let mut b = Vec::new();
+            for s in part {
+                let l = &fleet.series()[s.series as usize];
+                b.extend_from_slice(l.metric_name().unwrap_or("m").as_bytes());
+                for lab in l.iter().filter(|x| x.name != "__name__") {
+                    write!(
+                        b,
+                        ",{}={}",
+                        lab.name,
+                        lab.value
+                            .replace(' ', "\\ ")
+                            .replace(',', "\\,")
+                            .replace('=', "\\=")
+                    )?;
+                }
+                writeln!(b, " value={} {}", s.value, s.ts_ms)?;
+            }
+            Req {
+                path: "/write?precision=ms",
+                content_type: "text/plain",
+                encoding: None,
+                body: b,
+                samples: part.len(),
+            }
+        }
+        "prometheus_text" => {
+            let mut b = Vec::new();
+            for s in part {
+                let l = &fleet.series()[s.series as usize];
+                b.extend_from_slice(l.metric_name().unwrap_or("m").as_bytes());
+                b.push(b'{');
+                let mut first = true;
+                for lab in l.iter().filter(|x| x.name != "__name__") {
+                    if !first {
+                        b.push(b',');
+                    }
+                    first = false;
+                    write!(b, "{}={:?}", lab.name, lab.value)?;
+                }
+                writeln!(b, "}} {} {}", s.value, s.ts_ms)?;
+            }
+            Req {
+                path: "/api/v1/import/prometheus",
+                content_type: "text/plain",
+                encoding: None,
+                body: b,
+                samples: part.len(),
+            }
+        }
+        other => bail!("--protocol {other:?}: use remote_write, influx or prometheus_text"),
+    })
+}
+
+struct Conn {
+    host: String,
+    stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(host: &str) -> Result<Self> {
+        let s = TcpStream::connect(host).with_context(|| format!("connect {host}"))?;
+        s.set_nodelay(true)?;
+        Ok(Self {
+            host: host.to_string(),
+            stream: BufReader::new(s),
+        })
+    }
+
+    fn send(&mut self, r: &Req, token: Option<&str>, env: &str) -> Result<(u16, String)> {
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Scope-OrgID: {env}\r\n",
+            r.path,
+            self.host,
+            r.content_type,
+            r.body.len()
+        );
+        if let Some(e) = r.encoding {
+            head.push_str(&format!(
+                "Content-Encoding: {e}\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n"
+            ));
+        }
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        head.push_str("\r\n");
+        let w = self.stream.get_mut();
+        w.write_all(head.as_bytes())?;
+        w.write_all(&r.body)?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line {line:?}"))?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l
+                .split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.trim())
+            {
+                len = v.parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+fn proc_figures(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?
+        * 1024;
+    Some((cpu, hwm))
+}
+
+/// Runs a benchmark command.
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Ingest(a) => ingest(a),
+    }
+}
+
+fn ingest(a: IngestArgs) -> Result<()> {
+    let host = a
+        .url
+        .strip_prefix("http://")
+        .context("--url must start with http://")?
+        .trim_end_matches('/')
+        .to_string();
+    let token = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("read {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let start_ms = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        now - (a.rounds as i64 + 1) * 10_000
+    };
+    let mut fleet = Fleet::new(FleetSpec {
+        agents: a.agents,
+        start_ms,
+        ..FleetSpec::default()
+    });
+    eprintln!(
+        "encoding {} rounds × {} series ({}) …",
+        a.rounds,
+        fleet.series().len(),
+        a.protocol
+    );
+    let mut rounds: Vec<Vec<Req>> = Vec::new();
+    let mut step = Vec::new();
+    for _ in 0..a.rounds {
+        step.clear();
+        fleet.next_step(&mut step);
+        rounds.push(
+            step.chunks(a.series_per_request.max(1))
+                .map(|p| encode(&fleet, p, &a.protocol))
+                .collect::<Result<_>>()?,
+        );
+    }
+    let bytes: usize = rounds.iter().flatten().map(|r| r.body.len()).sum();
+    // Round 0 creates the series.
+    let mut c = Conn::open(&host)?;
+    for r in &rounds[0] {
+        let (st, body) = c.send(r, token.as_deref(), &a.env)?;
+        if st / 100 != 2 {
+            bail!("warm-up request failed: {st} {body}");
+        }
+    }
+    let before = a.pid.and_then(proc_figures);
+    let work: Vec<&Req> = rounds[1..].iter().flatten().collect();
+    let next = AtomicUsize::new(0);
+    let acked = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let last_err = parking_lot_free::Slot::default();
+    let t = Instant::now();
+    std::thread::scope(|sc| -> Result<()> {
+        let mut hs = Vec::new();
+        for _ in 0..a.connections.max(1) {
+            let (work, next, acked, errors, last_err, token, host, env) = (
+                &work,
+                &next,
+                &acked,
+                &errors,
+                &last_err,
+                token.as_deref(),
+                &host,
+                &a.env,
+            );
+            hs.push(sc.spawn(move || -> Result<()> {
+                let mut c = Conn::open(host)?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(r) = work.get(i) else { return Ok(()) };
+                    match c.send(r, token, env) {
+                        Ok((st, _)) if st / 100 == 2 => {
+                            acked.fetch_add(r.samples as u64, Ordering::Relaxed);
+                        }
+                        Ok((st, body)) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            last_err.set(format!("{st} {body}"));
+                        }
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            last_err.set(e.to_string());
+                            c = Conn::open(host)?;
+                        }
+                    }
+                }
+            }));
+        }
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let after = a.pid.and_then(proc_figures);
+    let n = acked.load(Ordering::Relaxed);
+    println!("protocol            {}", a.protocol);
+    println!("series              {}", fleet.series().len());
+    println!(
+        "requests            {} × {} series, {} connections, {:.1} MB encoded",
+        work.len(),
+        a.series_per_request,
+        a.connections,
+        bytes as f64 / 1e6
+    );
+    println!("acknowledged        {n} samples in {secs:.2} s");
+    println!("throughput          {:.0} samples/s", n as f64 / secs);
+    println!(
+        "errors              {}{}",
+        errors.load(Ordering::Relaxed),
+        last_err
+            .get()
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
+    );
+    if let (Some((c0, _)), Some((c1, hwm))) = (before, after) {
+        println!(
+            "server CPU          {:.2} s ({:.0}% of one core)",
+            c1 - c0,
+            (c1 - c0) / secs * 100.0
+        );
+        println!(
+            "server peak RSS     {:.1} MiB",
+            hwm as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+mod parking_lot_free {
+    /// A last-value slot shared between threads.
+    #[derive(Default)]
+    pub struct Slot(std::sync::Mutex<Option<String>>);
+    impl Slot {
+        pub fn set(&self, s: String) {
+            if let Ok(mut g) = self.0.lock() {
+                *g = Some(s);
+            }
+        }
+        pub fn get(&self) -> Option<String> {
+            self.0.lock().ok().and_then(|g| g.clone())
+        }
+    }
+}
