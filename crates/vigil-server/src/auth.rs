@@ -378,13 +378,12 @@ impl Authn {
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
         if stale {
             r.checked = Some(Instant::now());
-            if let Ok(v) = self.meta.data_version() {
-                if v != r.version {
-                    if let Ok(list) = self.meta.revoked() {
-                        r.set = list.into_iter().collect();
-                        r.version = v;
-                    }
-                }
+            if let Ok(v) = self.meta.data_version()
+                && v != r.version
+                && let Ok(list) = self.meta.revoked()
+            {
+                r.set = list.into_iter().collect();
+                r.version = v;
             }
         }
         r.set.contains(jti)

@@ -28,7 +28,7 @@ pub struct IngestArgs {
     /// Server base URL (http only).
     #[arg(long, default_value = "http://127.0.0.1:9700")]
     url: String,
-    /// File holding a token (e.g. <data-dir>/admin.token); none for servers without auth.
+    /// File holding a token (e.g. `<data-dir>/admin.token`); none for servers without auth.
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
     /// Environment (X-Scope-OrgID).

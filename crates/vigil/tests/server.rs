@@ -63,7 +63,10 @@ fn rw(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Vec<u8> {
 }
 
 /// One valid body per write route.
-fn bodies(t: i64) -> Vec<(&'static str, Vec<(&'static str, &'static str)>, Vec<u8>)> {
+/// (path, headers, body) of one request.
+type Case = (&'static str, Vec<(&'static str, &'static str)>, Vec<u8>);
+
+fn bodies(t: i64) -> Vec<Case> {
     vec![
         (
             "/api/v1/write",
@@ -316,7 +319,14 @@ fn malformed_payloads_get_4xx_and_store_nothing() {
     let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     bomb.write_all(&vec![b'a'; 80 << 20]).unwrap();
     let bomb = bomb.finish().unwrap();
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    type Bad = (
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        Vec<u8>,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Bad> = vec![
         ("/api/v1/write", vec![], b"definitely not snappy".to_vec(), 400, "snappy"),
         ("/api/v1/write", vec![], huge_snappy.to_vec(), 413, "decompressed"),
         ("/api/v1/write", vec![], snap::raw::Encoder::new().compress_vec(&[0x0a, 0xff, 0x01]).unwrap(), 400, "protobuf"),

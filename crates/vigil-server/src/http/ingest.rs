@@ -1,7 +1,7 @@
 //! Ingestion endpoints: one handler per protocol, each extracting, decoding with
 //! `vigil-ingest`, writing to the store and mapping the outcome to the protocol's answer.
 //!
-//! Shared steps (in [`ingest`]): authenticate (role may write), resolve the environment,
+//! Shared steps (in the private `ingest` function): authenticate (role may write), resolve the environment,
 //! admit the request (a bounded number in flight, else 429 with `Retry-After`), read the body
 //! within the size limit, decompress within the decompressed limit, decode the whole payload
 //! (a malformed one is a 400 and nothing is stored), then write it as one batch.

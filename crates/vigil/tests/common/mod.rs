@@ -74,10 +74,10 @@ impl Server {
     pub fn wait_ready(&self) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
-            if let Ok(r) = request(&self.addr, "GET", "/readyz", &[], b"") {
-                if r.status == 200 {
-                    return;
-                }
+            if let Ok(r) = request(&self.addr, "GET", "/readyz", &[], b"")
+                && r.status == 200
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
