@@ -17,7 +17,9 @@
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, metric, number_data_point};
+use opentelemetry_proto::tonic::metrics::v1::{
+    self as om_point, AggregationTemporality, metric, number_data_point,
+};
 use prost::Message;
 use vigil_tsdb::WriteBatch;
 
@@ -216,6 +218,36 @@ impl Out<'_> {
     }
 }
 
+impl Out<'_> {
+    /// Emits gauge or sum points; returns the newest point time (ns).
+    fn numbers(
+        &mut self,
+        name: &str,
+        base: &[(String, String)],
+        points: &[om_point::NumberDataPoint],
+        metric: &str,
+    ) -> Result<u64, DecodeError> {
+        let mut newest = 0;
+        for p in points {
+            let v = match p.value {
+                Some(number_data_point::Value::AsDouble(d)) => d,
+                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                None => continue,
+            };
+            newest = newest.max(p.time_unix_nano);
+            self.emit(
+                name,
+                &point_labels(base, &p.attributes),
+                &[],
+                ts_ms(p.time_unix_nano),
+                value_or_stale(p.flags, v),
+                metric,
+            )?;
+        }
+        Ok(newest)
+    }
+}
+
 fn point_labels(resource: &[(String, String)], attrs: &[KeyValue]) -> Vec<(String, String)> {
     let mut v = resource.to_vec();
     for kv in attrs {
@@ -277,22 +309,7 @@ pub fn translate(
                 match data {
                     metric::Data::Gauge(g) => {
                         let name = metric_name(&m.name, &m.unit, false, true);
-                        for p in &g.data_points {
-                            let v = match p.value {
-                                Some(number_data_point::Value::AsDouble(d)) => d,
-                                Some(number_data_point::Value::AsInt(i)) => i as f64,
-                                None => continue,
-                            };
-                            newest = newest.max(p.time_unix_nano);
-                            out.emit(
-                                &name,
-                                &point_labels(&base, &p.attributes),
-                                &[],
-                                ts_ms(p.time_unix_nano),
-                                value_or_stale(p.flags, v),
-                                &m.name,
-                            )?;
-                        }
+                        newest = newest.max(out.numbers(&name, &base, &g.data_points, &m.name)?);
                     }
                     metric::Data::Sum(s) => {
                         if s.aggregation_temporality == AggregationTemporality::Delta as i32 {
@@ -302,22 +319,7 @@ pub fn translate(
                             )));
                         }
                         let name = metric_name(&m.name, &m.unit, s.is_monotonic, !s.is_monotonic);
-                        for p in &s.data_points {
-                            let v = match p.value {
-                                Some(number_data_point::Value::AsDouble(d)) => d,
-                                Some(number_data_point::Value::AsInt(i)) => i as f64,
-                                None => continue,
-                            };
-                            newest = newest.max(p.time_unix_nano);
-                            out.emit(
-                                &name,
-                                &point_labels(&base, &p.attributes),
-                                &[],
-                                ts_ms(p.time_unix_nano),
-                                value_or_stale(p.flags, v),
-                                &m.name,
-                            )?;
-                        }
+                        newest = newest.max(out.numbers(&name, &base, &s.data_points, &m.name)?);
                     }
                     metric::Data::Histogram(h) => {
                         if h.aggregation_temporality == AggregationTemporality::Delta as i32 {

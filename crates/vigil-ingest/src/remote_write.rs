@@ -133,3 +133,74 @@ pub fn decode_uncompressed(
     }
     Ok(sum)
 }
+
+/// The remote_write 1.0 messages as prost types, for senders (the load generator, tests, the
+/// agent): decoding does not use them.
+pub mod proto {
+    /// `prometheus.WriteRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        /// Series.
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+    }
+    /// `prometheus.TimeSeries`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        /// Labels, `__name__` included.
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        /// Samples.
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+    /// `prometheus.Label`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        /// Name.
+        #[prost(string, tag = "1")]
+        pub name: String,
+        /// Value.
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    /// `prometheus.Sample`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        /// Value.
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        /// Milliseconds since the epoch.
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+
+    impl WriteRequest {
+        /// The request as a remote_write body: protobuf, snappy block-compressed.
+        pub fn encode_snappy(&self) -> Vec<u8> {
+            use prost::Message;
+            snap::raw::Encoder::new()
+                .compress_vec(&self.encode_to_vec())
+                .unwrap_or_default()
+        }
+    }
+
+    impl TimeSeries {
+        /// A series from (name, value) label pairs and (timestamp ms, value) samples.
+        pub fn new(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Self {
+            Self {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| Label {
+                        name: n.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                samples: samples
+                    .iter()
+                    .map(|&(timestamp, value)| Sample { value, timestamp })
+                    .collect(),
+            }
+        }
+    }
+}

@@ -25,50 +25,10 @@ fn dump(b: &WriteBatch) -> Vec<(String, Vec<(i64, f64)>)> {
 
 // ---- remote_write: the real message shapes, encoded by prost --------------------------------
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<PLabel>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<PSample>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct PLabel {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct PSample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
+use remote_write::proto::{Label as PLabel, Sample as PSample, TimeSeries, WriteRequest};
 
 fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
-    TimeSeries {
-        labels: labels
-            .iter()
-            .map(|(n, v)| PLabel {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        samples: samples
-            .iter()
-            .map(|&(t, v)| PSample {
-                value: v,
-                timestamp: t,
-            })
-            .collect(),
-    }
+    TimeSeries::new(labels, samples)
 }
 
 fn snappy(b: &[u8]) -> Vec<u8> {

@@ -12,8 +12,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use prost::Message;
 use vigil_fleet::{Fleet, FleetSpec};
+use vigil_ingest::remote_write::proto::{
+    Label as PLabel, Sample as PSample, TimeSeries, WriteRequest,
+};
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -55,33 +57,6 @@ pub struct IngestArgs {
     pid: Option<u32>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<PLabel>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<PSample>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct PLabel {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct PSample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
-
 struct Req {
     path: &'static str,
     content_type: &'static str,
@@ -111,7 +86,7 @@ fn encode(fleet: &Fleet, part: &[vigil_fleet::FleetSample], protocol: &str) -> R
                     })
                     .collect(),
             };
-            let body = snap::raw::Encoder::new().compress_vec(&wr.encode_to_vec())?;
+            let body = wr.encode_snappy();
             Req {
                 path: "/api/v1/write",
                 content_type: "application/x-protobuf",

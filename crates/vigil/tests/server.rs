@@ -7,59 +7,16 @@ use std::io::Write;
 use std::net::TcpStream;
 
 use common::*;
-use prost::Message;
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<PLabel>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<PSample>,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct PLabel {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-#[derive(Clone, PartialEq, prost::Message)]
-struct PSample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
+use vigil_ingest::remote_write::proto::{TimeSeries, WriteRequest};
 
 fn rw(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Vec<u8> {
-    let mut l = vec![PLabel {
-        name: "__name__".into(),
-        value: name.into(),
-    }];
-    l.extend(labels.iter().map(|(a, b)| PLabel {
-        name: a.to_string(),
-        value: b.to_string(),
-    }));
-    let req = WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: l,
-            samples: samples
-                .iter()
-                .map(|&(t, v)| PSample {
-                    value: v,
-                    timestamp: t,
-                })
-                .collect(),
-        }],
-    };
-    snap::raw::Encoder::new()
-        .compress_vec(&req.encode_to_vec())
-        .unwrap()
+    let mut l = vec![("__name__", name)];
+    l.extend_from_slice(labels);
+    WriteRequest {
+        timeseries: vec![TimeSeries::new(&l, samples)],
+    }
+    .encode_snappy()
 }
 
 /// One valid body per write route.
