@@ -30,6 +30,13 @@ impl Server {
 
     /// Starts a server on `dir` (kept by the caller).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        let s = Self::spawn(dir, extra);
+        s.wait_ready();
+        s
+    }
+
+    /// Starts a server without waiting for readiness over plain HTTP (for TLS).
+    pub fn spawn(dir: &Path, extra: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
@@ -67,7 +74,6 @@ impl Server {
             admin,
             _tmp: None,
         };
-        s.wait_ready();
         s
     }
 
@@ -302,4 +308,27 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a program is on PATH; the peer tests need it (CI installs it) and fail loudly
+/// without it rather than passing vacuously.
+pub fn require(program: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{program} is required by this test (CI installs it; locally: apt-get install …)"
+    );
 }
