@@ -191,3 +191,102 @@ fn tls_13_is_served_and_tls_12_refused_by_default() {
         200
     );
 }
+
+fn b64url(b: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut o = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..=c.len() {
+            o.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    o
+}
+
+#[test]
+fn tokens_signed_elsewhere_with_rs256_are_accepted_from_configured_public_keys() {
+    require("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("rsa.pem");
+    let public = dir.path().join("rsa.pub.pem");
+    assert!(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out"
+            ])
+            .arg(&key)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        format!("[auth]\npublic_keys = [\"{}\"]\n", public.display()),
+    )
+    .unwrap();
+    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let sign = |claims: &serde_json::Value| {
+        let input = format!(
+            "{}.{}",
+            b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let sig = child.wait_with_output().unwrap().stdout;
+        format!("{input}.{}", b64url(&sig))
+    };
+    let exp = now_ms() / 1000 + 600;
+    let good = sign(
+        &serde_json::json!({"sub": "sso", "role": "viewer", "envs": ["prod"], "exp": exp, "jti": "ext-1"}),
+    );
+    assert_eq!(s.get("/metrics", Some(&good)).status, 200);
+    // Same key, but the role cannot write.
+    let r = s.post("/write", Some(&good), &[], b"m v=1");
+    assert_eq!(r.status, 403);
+    // Tampered payload: the signature no longer matches.
+    let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+    parts[1] = b64url(
+        serde_json::json!({"sub": "sso", "role": "admin", "envs": "*", "exp": exp, "jti": "ext-1"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(s.get("/metrics", Some(&parts.join("."))).status, 401);
+    // Expired.
+    let old = sign(
+        &serde_json::json!({"sub": "sso", "role": "viewer", "envs": ["prod"], "exp": exp - 7200, "jti": "ext-2"}),
+    );
+    assert_eq!(s.get("/metrics", Some(&old)).status, 401);
+}
