@@ -67,14 +67,13 @@ impl Server {
             .unwrap()
             .trim()
             .to_string();
-        let s = Server {
+        Server {
             child,
             addr,
             dir: dir.to_path_buf(),
             admin,
             _tmp: None,
-        };
-        s
+        }
     }
 
     pub fn wait_ready(&self) {
