@@ -121,59 +121,70 @@ impl LabelLimits {
     /// Checks a label set: metric name present and valid, names valid, sorted and unique,
     /// values non-empty, and the configured limits. Strings are already UTF-8 by type.
     pub fn validate(&self, labels: &Labels) -> Result<(), LabelError> {
-        if labels.len() > self.max_labels {
-            return Err(LabelError::TooManyLabels {
-                count: labels.len(),
-                limit: self.max_labels,
-            });
-        }
+        self.validate_pairs(labels.iter().map(|l| (l.name.as_str(), l.value.as_str())))
+    }
+
+    /// [`LabelLimits::validate`] over borrowed (name, value) pairs in their stored order,
+    /// without allocating (decoders call it once per series on the hot path).
+    pub fn validate_pairs<'a>(
+        &self,
+        pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), LabelError> {
         let mut prev: Option<&str> = None;
         let mut has_name = false;
-        for l in labels {
-            if l.name.len() > self.max_name_len {
+        let mut count = 0usize;
+        for (name, value) in pairs {
+            count += 1;
+            if count > self.max_labels {
+                return Err(LabelError::TooManyLabels {
+                    count: count.max(self.max_labels + 1),
+                    limit: self.max_labels,
+                });
+            }
+            if name.len() > self.max_name_len {
                 return Err(LabelError::NameTooLong {
-                    name: prefix(&l.name, 32),
-                    len: l.name.len(),
+                    name: prefix(name, 32),
+                    len: name.len(),
                     limit: self.max_name_len,
                 });
             }
-            if l.value.len() > self.max_value_len {
+            if value.len() > self.max_value_len {
                 return Err(LabelError::ValueTooLong {
-                    name: l.name.clone(),
-                    len: l.value.len(),
+                    name: name.to_string(),
+                    len: value.len(),
                     limit: self.max_value_len,
                 });
             }
-            if l.name == METRIC_NAME {
+            if name == METRIC_NAME {
                 has_name = true;
-                if !is_valid_metric_name(&l.value) {
+                if !is_valid_metric_name(value) {
                     return Err(LabelError::InvalidMetricName {
-                        name: l.value.clone(),
+                        name: value.to_string(),
                     });
                 }
-            } else if !is_valid_label_name(&l.name) {
+            } else if !is_valid_label_name(name) {
                 return Err(LabelError::InvalidLabelName {
-                    name: l.name.clone(),
+                    name: name.to_string(),
                 });
             }
-            if l.value.is_empty() {
+            if value.is_empty() {
                 return Err(LabelError::EmptyValue {
-                    name: l.name.clone(),
+                    name: name.to_string(),
                 });
             }
             if let Some(p) = prev {
-                if p == l.name {
+                if p == name {
                     return Err(LabelError::DuplicateLabelName {
-                        name: l.name.clone(),
+                        name: name.to_string(),
                     });
                 }
-                if p > l.name.as_str() {
+                if p > name {
                     return Err(LabelError::Unsorted {
-                        name: l.name.clone(),
+                        name: name.to_string(),
                     });
                 }
             }
-            prev = Some(&l.name);
+            prev = Some(name);
         }
         if !has_name {
             return Err(LabelError::MissingMetricName);

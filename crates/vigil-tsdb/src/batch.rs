@@ -119,7 +119,6 @@ impl WriteBatch {
     }
 
     fn check(&self, span: &SeriesSpan, limits: &LabelLimits) -> Result<(), LabelError> {
-        // Reuse the model's validation on a borrowed view without building Labels.
         let n = (span.labels.end - span.labels.start) as usize;
         if n > limits.max_labels {
             return Err(LabelError::TooManyLabels {
@@ -127,14 +126,7 @@ impl WriteBatch {
                 limit: limits.max_labels,
             });
         }
-        let labels: Vec<Label> = self
-            .label_pairs_span(span)
-            .map(|(n, v)| Label {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect();
-        limits.validate(&Labels::from_sorted(labels))
+        limits.validate_pairs(self.label_pairs_span(span))
     }
 
     /// Adds a whole series.
