@@ -92,17 +92,22 @@ impl WriteBatch {
     /// removed from the batch and the batch is as before.
     pub fn finish_series(&mut self, limits: &LabelLimits) -> Result<(), LabelError> {
         let start = self.open_labels as usize;
+        // Drop empty values and sort by name in place (senders usually send sorted labels
+        // without empties, so this is a check and no allocation).
+        let mut w = start;
+        for r in start..self.labels.len() {
+            let l = self.labels[r];
+            if l.2 > l.1 {
+                self.labels[w] = l;
+                w += 1;
+            }
+        }
+        self.labels.truncate(w);
         let arena = &self.arena;
-        let mut ls: Vec<(u32, u32, u32)> = self.labels[start..]
-            .iter()
-            .copied()
-            .filter(|&(_, b, c)| c > b)
-            .collect();
-        ls.sort_by(|x, y| {
-            arena[x.0 as usize..x.1 as usize].cmp(&arena[y.0 as usize..y.1 as usize])
-        });
-        self.labels.truncate(start);
-        self.labels.extend_from_slice(&ls);
+        let name = |x: &(u32, u32, u32)| &arena[x.0 as usize..x.1 as usize];
+        if !self.labels[start..].is_sorted_by(|a, b| name(a) <= name(b)) {
+            self.labels[start..].sort_by(|x, y| name(x).cmp(name(y)));
+        }
         let span = SeriesSpan {
             labels: self.open_labels..self.labels.len() as u32,
             samples: self.open_samples..self.samples.len() as u32,
