@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use prost::Message;
 use vigil_fleet::{Fleet, FleetSpec};
 use vigil_ingest::remote_write::proto::{
     Label as PLabel, Sample as PSample, TimeSeries, WriteRequest,
@@ -36,7 +37,8 @@ pub struct IngestArgs {
     /// Environment (X-Scope-OrgID).
     #[arg(long, default_value = "bench")]
     env: String,
-    /// remote_write, influx or prometheus_text.
+    /// remote_write, influx, prometheus_text, otlp (protobuf) or json (native snapshots, one
+    /// agent per request).
     #[arg(long, default_value = "remote_write")]
     protocol: String,
     /// Agents (× ~106 series each).
@@ -65,8 +67,124 @@ struct Req {
     samples: usize,
 }
 
-fn encode(fleet: &Fleet, part: &[vigil_fleet::FleetSample], protocol: &str) -> Result<Req> {
-    Ok(match protocol {
+fn otlp(fleet: &Fleet, part: &[vigil_fleet::FleetSample]) -> Req {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1 as om;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_string())),
+        }),
+        ..Default::default()
+    };
+    let mut by_agent: Vec<(String, Vec<om::Metric>)> = Vec::new();
+    for s in part {
+        let l = &fleet.series()[s.series as usize];
+        let agent = l.get("agent").unwrap_or("").to_string();
+        if by_agent.last().is_none_or(|(a, _)| *a != agent) {
+            by_agent.push((agent, Vec::new()));
+        }
+        let attrs = l
+            .iter()
+            .filter(|x| !matches!(x.name.as_str(), "__name__" | "job" | "instance"))
+            .map(|x| kv(&x.name, &x.value))
+            .collect();
+        let point = om::NumberDataPoint {
+            attributes: attrs,
+            time_unix_nano: s.ts_ms as u64 * 1_000_000,
+            value: Some(om::number_data_point::Value::AsDouble(s.value)),
+            ..Default::default()
+        };
+        let metric = om::Metric {
+            name: l.metric_name().unwrap_or("m").to_string(),
+            data: Some(om::metric::Data::Gauge(om::Gauge {
+                data_points: vec![point],
+            })),
+            ..Default::default()
+        };
+        if let Some(last) = by_agent.last_mut() {
+            last.1.push(metric);
+        }
+    }
+    let req = ExportMetricsServiceRequest {
+        resource_metrics: by_agent
+            .into_iter()
+            .map(|(agent, metrics)| om::ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", "node"),
+                        kv("service.instance.id", &agent),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![om::ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    };
+    Req {
+        path: "/v1/metrics",
+        content_type: "application/x-protobuf",
+        encoding: None,
+        body: req.encode_to_vec(),
+        samples: part.len(),
+    }
+}
+
+fn native_json(fleet: &Fleet, part: &[vigil_fleet::FleetSample]) -> Vec<Req> {
+    let mut out: Vec<Req> = Vec::new();
+    let mut i = 0;
+    while i < part.len() {
+        let agent = fleet.series()[part[i].series as usize]
+            .get("agent")
+            .unwrap_or("")
+            .to_string();
+        let mut metrics = Vec::new();
+        let ts = part[i].ts_ms;
+        while i < part.len()
+            && fleet.series()[part[i].series as usize].get("agent") == Some(agent.as_str())
+        {
+            let s = &part[i];
+            let l = &fleet.series()[s.series as usize];
+            let labels: serde_json::Map<String, serde_json::Value> = l
+                .iter()
+                .filter(|x| !matches!(x.name.as_str(), "__name__" | "agent" | "instance" | "job"))
+                .map(|x| (x.name.clone(), serde_json::Value::String(x.value.clone())))
+                .collect();
+            metrics.push(serde_json::json!({"name": l.metric_name().unwrap_or("m"), "labels": labels, "value": s.value}));
+            i += 1;
+        }
+        let body = serde_json::json!({"agent_id": agent, "timestamp_ms": ts, "metrics": metrics})
+            .to_string()
+            .into_bytes();
+        let samples = metrics_len(&body);
+        out.push(Req {
+            path: "/api/telemetry/ingest",
+            content_type: "application/json",
+            encoding: None,
+            body,
+            samples,
+        });
+    }
+    out
+}
+
+fn metrics_len(body: &[u8]) -> usize {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["metrics"].as_array().map(|a| a.len()))
+        .unwrap_or(0)
+}
+
+fn encode(fleet: &Fleet, part: &[vigil_fleet::FleetSample], protocol: &str) -> Result<Vec<Req>> {
+    Ok(vec![match protocol {
+        "otlp" => otlp(fleet, part),
+        "json" => return Ok(native_json(fleet, part)),
         "remote_write" => {
             let wr = WriteRequest {
                 timeseries: part
@@ -145,8 +263,10 @@ fn encode(fleet: &Fleet, part: &[vigil_fleet::FleetSample], protocol: &str) -> R
                 samples: part.len(),
             }
         }
-        other => bail!("--protocol {other:?}: use remote_write, influx or prometheus_text"),
-    })
+        other => {
+            bail!("--protocol {other:?}: use remote_write, influx, prometheus_text, otlp or json")
+        }
+    }])
 }
 
 struct Conn {
@@ -275,11 +395,11 @@ fn ingest(a: IngestArgs) -> Result<()> {
     for _ in 0..a.rounds {
         step.clear();
         fleet.next_step(&mut step);
-        rounds.push(
-            step.chunks(a.series_per_request.max(1))
-                .map(|p| encode(&fleet, p, &a.protocol))
-                .collect::<Result<_>>()?,
-        );
+        let mut reqs = Vec::new();
+        for p in step.chunks(a.series_per_request.max(1)) {
+            reqs.extend(encode(&fleet, p, &a.protocol)?);
+        }
+        rounds.push(reqs);
     }
     let bytes: usize = rounds.iter().flatten().map(|r| r.body.len()).sum();
     // Round 0 creates the series.
