@@ -144,13 +144,7 @@ pub fn decode(
     limits: &Limits,
     batch: &mut WriteBatch,
 ) -> Result<Summary, DecodeError> {
-    if body.len() > limits.max_decompressed_bytes {
-        return Err(DecodeError::TooLarge {
-            what: "body",
-            size: body.len(),
-            limit: limits.max_decompressed_bytes,
-        });
-    }
+    limits.check_body(body.len())?;
     let text = std::str::from_utf8(body)
         .map_err(|e| line_err(line_of(body, e.valid_up_to()), "not valid UTF-8"))?;
     let mut sum = Summary::default();
@@ -243,13 +237,7 @@ pub fn decode(
         if nfields == 0 {
             return Err(line_err(ln, "no fields"));
         }
-        if sum.samples > limits.max_samples_per_request {
-            return Err(DecodeError::TooLarge {
-                what: "samples in request",
-                size: sum.samples,
-                limit: limits.max_samples_per_request,
-            });
-        }
+        limits.check_samples(sum.samples)?;
     }
     Ok(sum)
 }

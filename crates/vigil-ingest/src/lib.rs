@@ -36,6 +36,32 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses a body larger than the decompressed-size limit.
+    pub fn check_body(&self, len: usize) -> Result<(), DecodeError> {
+        if len > self.max_decompressed_bytes {
+            return Err(DecodeError::TooLarge {
+                what: "body",
+                size: len,
+                limit: self.max_decompressed_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a request with more samples than allowed.
+    pub fn check_samples(&self, n: usize) -> Result<(), DecodeError> {
+        if n > self.max_samples_per_request {
+            return Err(DecodeError::TooLarge {
+                what: "samples in request",
+                size: n,
+                limit: self.max_samples_per_request,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a decoder read besides the samples it put in the batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {

@@ -181,13 +181,7 @@ pub fn decode(
     limits: &Limits,
     batch: &mut WriteBatch,
 ) -> Result<Summary, DecodeError> {
-    if body.len() > limits.max_decompressed_bytes {
-        return Err(DecodeError::TooLarge {
-            what: "body",
-            size: body.len(),
-            limit: limits.max_decompressed_bytes,
-        });
-    }
+    limits.check_body(body.len())?;
     let s: Snapshot = serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
     if s.agent_id.is_empty() || s.agent_id.len() > 128 {
         return Err(DecodeError::Field {
@@ -375,12 +369,6 @@ pub fn decode(
             .collect();
         e.series("metrics", &m.name, &l, Some(m.value), m.timestamp_ms)?;
     }
-    if e.sum.samples > limits.max_samples_per_request {
-        return Err(DecodeError::TooLarge {
-            what: "samples in request",
-            size: e.sum.samples,
-            limit: limits.max_samples_per_request,
-        });
-    }
+    limits.check_samples(e.sum.samples)?;
     Ok(e.sum)
 }

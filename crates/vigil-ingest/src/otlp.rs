@@ -207,13 +207,7 @@ impl Out<'_> {
             })?;
         self.sum.series += 1;
         self.sum.samples += 1;
-        if self.sum.samples > self.limits.max_samples_per_request {
-            return Err(DecodeError::TooLarge {
-                what: "samples in request",
-                size: self.sum.samples,
-                limit: self.limits.max_samples_per_request,
-            });
-        }
+        self.limits.check_samples(self.sum.samples)?;
         Ok(())
     }
 }

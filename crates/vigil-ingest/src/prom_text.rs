@@ -36,13 +36,7 @@ pub fn decode(
     limits: &Limits,
     batch: &mut WriteBatch,
 ) -> Result<Summary, DecodeError> {
-    if body.len() > limits.max_decompressed_bytes {
-        return Err(DecodeError::TooLarge {
-            what: "body",
-            size: body.len(),
-            limit: limits.max_decompressed_bytes,
-        });
-    }
+    limits.check_body(body.len())?;
     let text = std::str::from_utf8(body).map_err(|_| err(0, "body is not valid UTF-8"))?;
     let mut sum = Summary::default();
     let mut val = String::new();
@@ -126,13 +120,7 @@ pub fn decode(
             .map_err(|e| err(ln, e.to_string()))?;
         sum.series += 1;
         sum.samples += 1;
-        if sum.samples > limits.max_samples_per_request {
-            return Err(DecodeError::TooLarge {
-                what: "samples in request",
-                size: sum.samples,
-                limit: limits.max_samples_per_request,
-            });
-        }
+        limits.check_samples(sum.samples)?;
     }
     Ok(sum)
 }

@@ -112,13 +112,7 @@ pub fn decode_uncompressed(
                     }
                 }
                 sum.samples += samples;
-                if sum.samples > limits.max_samples_per_request {
-                    return Err(DecodeError::TooLarge {
-                        what: "samples in request",
-                        size: sum.samples,
-                        limit: limits.max_samples_per_request,
-                    });
-                }
+                limits.check_samples(sum.samples)?;
                 batch
                     .finish_series(&limits.labels)
                     .map_err(|source| DecodeError::Labels {

@@ -698,16 +698,7 @@ impl Inner {
         let r = ms(self.opts.block_ranges[0]);
         let mut n = 0;
         let mut last_cut = None;
-        loop {
-            let mint = self
-                .head
-                .mint
-                .load(Ordering::Relaxed)
-                .max(self.head.min_valid.load(Ordering::SeqCst));
-            let maxt = self.head.maxt.load(Ordering::Relaxed);
-            if mint == i64::MAX || maxt == i64::MIN || mint > maxt {
-                break;
-            }
+        while let Some((mint, maxt)) = self.head.time_range() {
             let start = mint.div_euclid(r) * r;
             let end = start + r;
             // Keep half a range of head beyond the window (for late and out-of-order data),
@@ -1160,13 +1151,7 @@ impl Inner {
         let r = ms(self.opts.block_ranges[0]);
         let mut by_window: BTreeMap<i64, Vec<(String, Labels, Arc<crate::head::MemSeries>)>> =
             BTreeMap::new();
-        let mint = self
-            .head
-            .mint
-            .load(Ordering::Relaxed)
-            .max(self.head.min_valid.load(Ordering::SeqCst));
-        let maxt = self.head.maxt.load(Ordering::Relaxed);
-        if mint <= maxt {
+        if let Some((mint, maxt)) = self.head.time_range() {
             let series = self.head.all_series();
             let mut w = mint.div_euclid(r);
             while w * r <= maxt {

@@ -532,6 +532,17 @@ impl Head {
         d.append(t, v, mode, min_valid, &self.opts)
     }
 
+    /// The head's time range: (oldest sample not yet cut into a block, newest sample), or
+    /// `None` when empty.
+    pub(crate) fn time_range(&self) -> Option<(i64, i64)> {
+        let mint = self
+            .mint
+            .load(Ordering::Relaxed)
+            .max(self.min_valid.load(Ordering::SeqCst));
+        let maxt = self.maxt.load(Ordering::Relaxed);
+        (mint != i64::MAX && maxt != i64::MIN && mint <= maxt).then_some((mint, maxt))
+    }
+
     /// Records that samples between `mint` and `maxt` were appended.
     pub(crate) fn note_range(&self, mint: i64, maxt: i64) {
         self.mint.fetch_min(mint, Ordering::Relaxed);
