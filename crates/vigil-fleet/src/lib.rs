@@ -197,13 +197,16 @@ impl Fleet {
 }
 
 fn quantize(v: f64, q: f64) -> f64 {
-    if q > 0.0 {
-        // Round to the quantum, then print-parse to get the shortest decimal, as exporters do.
-        let r = (v / q).round() * q;
-        let digits = (-q.log10()).ceil().max(0.0) as usize;
-        format!("{r:.digits$}").parse().unwrap_or(r)
+    if q <= 0.0 {
+        return v;
+    }
+    let n = (v / q).round();
+    if q >= 1.0 {
+        n * q
     } else {
-        v
+        // n / 10^k is the double nearest the decimal n·10^-k, exactly what an exporter's
+        // printed value parses back to (no format/parse round trip on the hot path).
+        n / (1.0 / q).round()
     }
 }
 
@@ -792,6 +795,21 @@ mod tests {
             }
             assert!(uniq.insert(l.clone()), "duplicate series {l}");
             vigil_model::LabelLimits::default().validate(l).unwrap();
+        }
+    }
+
+    #[test]
+    fn quantize_gives_the_shortest_decimal_like_a_printed_value() {
+        for (v, q) in [
+            (12345.678_9f64, 0.01f64),
+            (0.1 + 0.2, 0.01),
+            (3.000_000_4, 1e-6),
+            (4097.3, 1024.0),
+            (0.004_999, 0.001),
+        ] {
+            let digits = (-q.log10()).ceil().max(0.0) as usize;
+            let printed: f64 = format!("{:.digits$}", (v / q).round() * q).parse().unwrap();
+            assert_eq!(quantize(v, q).to_bits(), printed.to_bits(), "{v} {q}");
         }
     }
 
