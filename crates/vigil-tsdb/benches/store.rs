@@ -6,6 +6,7 @@
 //! VIGIL_BENCH_FULL=1 cargo bench -p vigil-tsdb --bench store   # issue-sized: 1,000 agents × 24 h, 1M series
 //! VIGIL_BENCH_VM=/usr/bin/victoria-metrics …              # also load the same data into VictoriaMetrics
 //! VIGIL_BENCH_ONLY=append,memory,read,size …              # run only some sections
+//! VIGIL_BENCH_STEPS=120 …                                 # scrape rounds timed in the append section
 //! ```
 //!
 //! Sections run in child processes where memory is measured, so one part's allocations do not
@@ -119,7 +120,7 @@ fn step_batches(
 
 fn bench_append(rows: &mut Vec<Row>) {
     let agents = 1_000;
-    let steps = if full() { 20 } else { 10 };
+    let steps: usize = std::env::var("VIGIL_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full() { 20 } else { 10 });
     let env = EnvId::new("prod").unwrap();
     let lim = LabelLimits::default();
     let mut fleet = Fleet::new(FleetSpec {
