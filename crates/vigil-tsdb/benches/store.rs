@@ -120,7 +120,10 @@ fn step_batches(
 
 fn bench_append(rows: &mut Vec<Row>) {
     let agents = 1_000;
-    let steps: usize = std::env::var("VIGIL_BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full() { 20 } else { 10 });
+    let steps: usize = std::env::var("VIGIL_BENCH_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full() { 20 } else { 10 });
     let env = EnvId::new("prod").unwrap();
     let lim = LabelLimits::default();
     let mut fleet = Fleet::new(FleetSpec {
