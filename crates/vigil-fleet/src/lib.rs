@@ -801,7 +801,7 @@ mod tests {
     #[test]
     fn quantize_gives_the_shortest_decimal_like_a_printed_value() {
         for (v, q) in [
-            (12345.678_9f64, 0.01f64),
+            (12_345.678_9_f64, 0.01_f64),
             (0.1 + 0.2, 0.01),
             (3.000_000_4, 1e-6),
             (4097.3, 1024.0),
