@@ -230,6 +230,52 @@ fn prom_line(out: &mut Vec<u8>, l: &Labels, ts: i64, v: f64) {
     writeln!(out, "}} {v} {ts}").unwrap();
 }
 
+/// Loads `steps` scrape rounds series-major: `chunk` rounds are generated, then written as
+/// batches of 25,000 series carrying `chunk` samples each (as a sender that buffers does);
+/// `after` runs after each chunk with the chunk's newest timestamp. Returns samples written.
+#[allow(clippy::too_many_arguments)]
+fn load_series_major(
+    db: &Db,
+    fleet: &mut Fleet,
+    steps: usize,
+    chunk: usize,
+    env: &EnvId,
+    lim: &LabelLimits,
+    mut after: impl FnMut(i64),
+) -> u64 {
+    let n = fleet.series().len();
+    let mut per: Vec<Vec<(i64, f64)>> = (0..n).map(|_| Vec::with_capacity(chunk)).collect();
+    let mut step = Vec::new();
+    let mut batch = WriteBatch::new(env.clone());
+    let mut total = 0u64;
+    let mut done = 0;
+    while done < steps {
+        let k = chunk.min(steps - done);
+        per.iter_mut().for_each(Vec::clear);
+        let mut newest = i64::MIN;
+        for _ in 0..k {
+            step.clear();
+            fleet.next_step(&mut step);
+            for s in &step {
+                per[s.series as usize].push((s.ts_ms, s.value));
+                newest = newest.max(s.ts_ms);
+            }
+        }
+        for lo in (0..n).step_by(25_000) {
+            batch.clear(env.clone());
+            for (i, samples) in per.iter().enumerate().take((lo + 25_000).min(n)).skip(lo) {
+                batch.add_series(&fleet.series()[i], samples, lim).unwrap();
+            }
+            let out = db.write(&batch).unwrap();
+            assert_eq!(out.accepted, batch.samples_len());
+            total += batch.samples_len() as u64;
+        }
+        done += k;
+        after(newest);
+    }
+    total
+}
+
 fn bench_size(rows: &mut Vec<Row>) {
     let agents = if full() { 1_000 } else { 100 };
     let hours = 24;
@@ -272,47 +318,56 @@ fn bench_size(rows: &mut Vec<Row>) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let mut text = Vec::new();
-    let mut total = 0u64;
-    let mut batch = WriteBatch::new(env.clone());
     let t = Instant::now();
-    for i in 0..steps {
-        step.clear();
-        fleet.next_step(&mut step);
-        batch.clear(env.clone());
-        for s in &step {
-            batch
-                .add_series(
-                    &fleet.series()[s.series as usize],
-                    &[(s.ts_ms, s.value)],
-                    &lim,
-                )
-                .unwrap();
-            if vm.is_some() {
-                prom_line(
-                    &mut text,
-                    &fleet.series()[s.series as usize],
-                    s.ts_ms,
-                    s.value,
+    let total = if vm.is_none() {
+        // Series-major loading: same data and store path, several samples per series per batch.
+        load_series_major(&db, &mut fleet, steps as usize, 360, &env, &lim, |newest| {
+            clock.set(newest);
+            db.maintain().unwrap();
+        })
+    } else {
+        let mut text = Vec::new();
+        let mut total = 0u64;
+        let mut batch = WriteBatch::new(env.clone());
+        for i in 0..steps {
+            step.clear();
+            fleet.next_step(&mut step);
+            batch.clear(env.clone());
+            for s in &step {
+                batch
+                    .add_series(
+                        &fleet.series()[s.series as usize],
+                        &[(s.ts_ms, s.value)],
+                        &lim,
+                    )
+                    .unwrap();
+                if vm.is_some() {
+                    prom_line(
+                        &mut text,
+                        &fleet.series()[s.series as usize],
+                        s.ts_ms,
+                        s.value,
+                    );
+                }
+            }
+            total += step.len() as u64;
+            db.write(&batch).unwrap();
+            if vm.is_some() && (text.len() > 32 << 20 || i == steps - 1) {
+                let (code, resp) = http(vm_addr, "POST", "/api/v1/import/prometheus", &text);
+                assert!(
+                    code / 100 == 2,
+                    "VM import failed: {}",
+                    String::from_utf8_lossy(&resp)
                 );
+                text.clear();
+            }
+            if i % 360 == 0 {
+                clock.set(step[0].ts_ms);
+                db.maintain().unwrap();
             }
         }
-        total += step.len() as u64;
-        db.write(&batch).unwrap();
-        if vm.is_some() && (text.len() > 32 << 20 || i == steps - 1) {
-            let (code, resp) = http(vm_addr, "POST", "/api/v1/import/prometheus", &text);
-            assert!(
-                code / 100 == 2,
-                "VM import failed: {}",
-                String::from_utf8_lossy(&resp)
-            );
-            text.clear();
-        }
-        if i % 360 == 0 {
-            clock.set(step[0].ts_ms);
-            db.maintain().unwrap();
-        }
-    }
+        total
+    };
     let ingest = t.elapsed();
     clock.set(start + 3 * DAY);
     db.maintain().unwrap();
@@ -526,25 +581,7 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
     let series = fleet.series().len();
     {
         let db = Db::open(dir.path(), opts(&clock, SyncPolicy::Never)).unwrap();
-        let mut step = Vec::new();
-        let mut batch = WriteBatch::new(env.clone());
-        for _ in 0..steps {
-            step.clear();
-            fleet.next_step(&mut step);
-            for part in step.chunks(25_000) {
-                batch.clear(env.clone());
-                for s in part {
-                    batch
-                        .add_series(
-                            &fleet.series()[s.series as usize],
-                            &[(s.ts_ms, s.value)],
-                            &lim,
-                        )
-                        .unwrap();
-                }
-                db.write(&batch).unwrap();
-            }
-        }
+        load_series_major(&db, &mut fleet, steps, 60, &env, &lim, |_| {});
         // 1,000 series × 1 h from the head.
         let q = db.querier("prod", spec.start_ms + HOUR, spec.start_ms + 2 * HOUR);
         let m = [
