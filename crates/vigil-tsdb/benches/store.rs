@@ -579,6 +579,7 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
     let clock = ManualClock::new(spec.start_ms);
     let mut fleet = Fleet::new(spec.clone());
     let series = fleet.series().len();
+    let dir2 = tempfile::tempdir().unwrap();
     {
         let db = Db::open(dir.path(), opts(&clock, SyncPolicy::Never)).unwrap();
         load_series_major(&db, &mut fleet, steps, 60, &env, &lim, |_| {});
@@ -608,9 +609,18 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
             format!("{:.1} ms", times[2]),
             "median of 5",
         );
-        // Cut into a block and read the same from the block.
-        clock.set(spec.start_ms + 3 * HOUR);
+        // Copy the WAL now, before the head is cut (the cut checkpoints it), for the replay below.
+        std::fs::create_dir_all(dir2.path().join("wal")).unwrap();
+        for e in std::fs::read_dir(dir.path().join("wal")).unwrap().flatten() {
+            std::fs::copy(e.path(), dir2.path().join("wal").join(e.file_name())).unwrap();
+        }
+        // Cut the head into a block and read the same from the block.
+        clock.set(spec.start_ms + 6 * HOUR);
         db.maintain().unwrap();
+        assert!(
+            !db.stats().blocks.is_empty(),
+            "the head was not cut into a block"
+        );
         let q = db.querier("prod", spec.start_ms + HOUR, spec.start_ms + 2 * HOUR);
         let mut times = Vec::new();
         for _ in 0..5 {
@@ -628,12 +638,6 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
             "median of 5",
         );
         std::mem::forget(db); // leave the WAL as a crash would (no final checkpoint)
-    }
-    // Replay: reopen a copy of the WAL alone (blocks removed) so all 2 h are replayed.
-    let dir2 = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir2.path().join("wal")).unwrap();
-    for e in std::fs::read_dir(dir.path().join("wal")).unwrap().flatten() {
-        std::fs::copy(e.path(), dir2.path().join("wal").join(e.file_name())).unwrap();
     }
     let wal_bytes = du(&dir2.path().join("wal"));
     let t = Instant::now();
