@@ -213,6 +213,38 @@ impl Out<'_> {
 }
 
 impl Out<'_> {
+    /// Emits the `_sum` (when present) and `_count` series of a histogram or summary point.
+    #[allow(clippy::too_many_arguments)]
+    fn sum_count(
+        &mut self,
+        name: &str,
+        labels: &[(String, String)],
+        t: i64,
+        flags: u32,
+        sum: Option<f64>,
+        count: u64,
+        metric: &str,
+    ) -> Result<(), DecodeError> {
+        if let Some(sum) = sum {
+            self.emit(
+                &format!("{name}_sum"),
+                labels,
+                &[],
+                t,
+                value_or_stale(flags, sum),
+                metric,
+            )?;
+        }
+        self.emit(
+            &format!("{name}_count"),
+            labels,
+            &[],
+            t,
+            value_or_stale(flags, count as f64),
+            metric,
+        )
+    }
+
     /// Emits gauge or sum points; returns the newest point time (ns).
     fn numbers(
         &mut self,
@@ -367,24 +399,7 @@ pub fn translate(
                                     &m.name,
                                 )?;
                             }
-                            if let Some(sum) = p.sum {
-                                out.emit(
-                                    &format!("{name}_sum"),
-                                    &labels,
-                                    &[],
-                                    t,
-                                    value_or_stale(p.flags, sum),
-                                    &m.name,
-                                )?;
-                            }
-                            out.emit(
-                                &format!("{name}_count"),
-                                &labels,
-                                &[],
-                                t,
-                                value_or_stale(p.flags, p.count as f64),
-                                &m.name,
-                            )?;
+                            out.sum_count(&name, &labels, t, p.flags, p.sum, p.count, &m.name)?;
                         }
                     }
                     metric::Data::Summary(s) => {
@@ -403,20 +418,13 @@ pub fn translate(
                                     &m.name,
                                 )?;
                             }
-                            out.emit(
-                                &format!("{name}_sum"),
+                            out.sum_count(
+                                &name,
                                 &labels,
-                                &[],
                                 t,
-                                value_or_stale(p.flags, p.sum),
-                                &m.name,
-                            )?;
-                            out.emit(
-                                &format!("{name}_count"),
-                                &labels,
-                                &[],
-                                t,
-                                value_or_stale(p.flags, p.count as f64),
+                                p.flags,
+                                Some(p.sum),
+                                p.count,
                                 &m.name,
                             )?;
                         }

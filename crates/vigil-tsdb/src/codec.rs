@@ -135,24 +135,25 @@ pub fn parse_shared_ts(buf: &[u8]) -> Result<(usize, u64, usize, &[u8]), DecodeE
 
 /// Decodes a pcodec timestamp stream holding exactly `n` values.
 pub fn decode_ts_column(buf: &[u8], n: usize) -> Result<Vec<i64>, DecodeError> {
-    let v = pco::standalone::simple_decompress::<i64>(buf)
-        .map_err(|e| DecodeError(format!("timestamp column: {e}")))?;
-    if v.len() != n {
-        return Err(DecodeError(format!(
-            "timestamp column has {} values, chunk says {n}",
-            v.len()
-        )));
-    }
-    Ok(v)
+    decompress_exact(buf, n, "timestamp")
 }
 
 /// Decodes a pcodec value stream holding exactly `n` values.
 pub fn decode_value_column(buf: &[u8], n: usize) -> Result<Vec<f64>, DecodeError> {
-    let v = pco::standalone::simple_decompress::<f64>(buf)
-        .map_err(|e| DecodeError(format!("value column: {e}")))?;
+    decompress_exact(buf, n, "value")
+}
+
+/// Decompresses one pcodec stream that must hold exactly `n` numbers.
+fn decompress_exact<T: pco::data_types::Number>(
+    buf: &[u8],
+    n: usize,
+    what: &str,
+) -> Result<Vec<T>, DecodeError> {
+    let v = pco::standalone::simple_decompress::<T>(buf)
+        .map_err(|e| DecodeError(format!("{what} column: {e}")))?;
     if v.len() != n {
         return Err(DecodeError(format!(
-            "value column has {} values, chunk says {n}",
+            "{what} column has {} values, header says {n}",
             v.len()
         )));
     }
@@ -181,15 +182,7 @@ fn decode_col<T: pco::data_types::Number>(
     let b = r
         .bytes()
         .ok_or_else(|| DecodeError(format!("{what} column truncated")))?;
-    let v = pco::standalone::simple_decompress::<T>(b)
-        .map_err(|e| DecodeError(format!("{what} column: {e}")))?;
-    if v.len() != n {
-        return Err(DecodeError(format!(
-            "{what} column has {} values, header says {n}",
-            v.len()
-        )));
-    }
-    Ok(v)
+    decompress_exact(b, n, what)
 }
 
 /// Decodes a raw-sample chunk, appending to `out`.
