@@ -232,6 +232,7 @@ pub fn decode(
                 .map_err(|e| line_err(ln, e.to_string()))?;
             nfields += 1;
             sum.series += 1;
+            limits.check_expansion(batch)?;
             sum.samples += 1;
         }
         if nfields == 0 {

@@ -49,6 +49,21 @@ impl Limits {
         Ok(())
     }
 
+    /// Refuses a request whose labels, copied per series, grew past four times the
+    /// decompressed-body limit (a small body of shared tags and many fields must not
+    /// exhaust memory).
+    pub fn check_expansion(&self, batch: &vigil_tsdb::WriteBatch) -> Result<(), DecodeError> {
+        let cap = self.max_decompressed_bytes.saturating_mul(4);
+        if batch.label_bytes() > cap {
+            return Err(DecodeError::TooLarge {
+                what: "label bytes after expansion",
+                size: batch.label_bytes(),
+                limit: cap,
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses a request with more samples than allowed.
     pub fn check_samples(&self, n: usize) -> Result<(), DecodeError> {
         if n > self.max_samples_per_request {

@@ -169,6 +169,7 @@ impl Emit<'_> {
                 reason: e.to_string(),
             })?;
         self.sum.series += 1;
+        self.limits.check_expansion(self.batch)?;
         self.sum.samples += 1;
         Ok(())
     }

@@ -206,6 +206,7 @@ impl Out<'_> {
                 reason: format!("{what}: {e}"),
             })?;
         self.sum.series += 1;
+        self.limits.check_expansion(self.batch)?;
         self.sum.samples += 1;
         self.limits.check_samples(self.sum.samples)?;
         Ok(())

@@ -277,6 +277,39 @@ fn influx_malformed_lines_name_the_line() {
     }
 }
 
+#[test]
+fn influx_tag_amplification_is_bounded() {
+    // One line: 2 KB of tags shared by 200 fields → 400 KB of labels from a 3 KB body.
+    let tags: String = (0..2)
+        .map(|i| format!(",t{i}={}", "x".repeat(1000)))
+        .collect();
+    let fields: Vec<String> = (0..200).map(|i| format!("f{i}=1")).collect();
+    let body = format!("m{tags} {}", fields.join(","));
+    let lim = Limits {
+        max_decompressed_bytes: 50_000,
+        ..Limits::default()
+    };
+    let e = influx::decode(
+        body.as_bytes(),
+        influx::Precision::Ns,
+        &[],
+        0,
+        &lim,
+        &mut batch(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::TooLarge {
+                what: "label bytes after expansion",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
 // ---- Prometheus text ------------------------------------------------------------------------
 
 #[test]

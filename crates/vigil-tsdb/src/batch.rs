@@ -68,6 +68,12 @@ impl WriteBatch {
         self.samples.len()
     }
 
+    /// Bytes of label text held (labels shared in the input, e.g. Influx tags or OTLP resource
+    /// attributes, are copied per series, so decoders bound this too).
+    pub fn label_bytes(&self) -> usize {
+        self.arena.len()
+    }
+
     /// Whether the batch has no samples.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
