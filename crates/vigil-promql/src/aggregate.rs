@@ -1,0 +1,189 @@
+//! Aggregation operators.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+use vigil_model::{Labels, METRIC_NAME};
+
+use crate::eval::{Evaluator, Sample, Value};
+use crate::functions::{kahan_avg, kahan_inc, quantile};
+use crate::{Error, Result, format_value};
+
+/// The labels a sample contributes to its group under `by`/`without`.
+pub(crate) fn group_labels(m: &Labels, modifier: &Option<LabelModifier>) -> Labels {
+    match modifier {
+        None => Labels::new(),
+        Some(LabelModifier::Include(ls)) => Labels::from_sorted(
+            m.iter()
+                .filter(|l| ls.labels.iter().any(|n| n == &l.name))
+                .cloned()
+                .collect(),
+        ),
+        Some(LabelModifier::Exclude(ls)) => Labels::from_sorted(
+            m.iter()
+                .filter(|l| l.name != METRIC_NAME && !ls.labels.iter().any(|n| n == &l.name))
+                .cloned()
+                .collect(),
+        ),
+    }
+}
+
+struct Group {
+    labels: Labels,
+    members: Vec<Sample>,
+}
+
+impl Evaluator<'_> {
+    pub(crate) fn eval_aggregate(&self, a: &AggregateExpr, t: i64) -> Result<Value> {
+        let op = a.op.to_string().to_lowercase();
+        let param = match &a.param {
+            Some(p) => Some(self.eval(p, t)?),
+            None => None,
+        };
+        let scalar_param = || -> Result<f64> {
+            match &param {
+                Some(Value::Scalar(v)) => Ok(*v),
+                _ => Err(Error::BadData(format!("{op}: expected a scalar parameter"))),
+            }
+        };
+        let k = match op.as_str() {
+            "topk" | "bottomk" | "limitk" => {
+                let k = scalar_param()?;
+                if k.is_nan() {
+                    return Err(Error::Execution("Parameter value is NaN".into()));
+                }
+                if k >= 9.223_372_036_854_776e18 || k <= -9.223_372_036_854_776e18 {
+                    return Err(Error::Execution(format!("Scalar value {k} overflows int64")));
+                }
+                k as i64
+            }
+            _ => 0,
+        };
+        let input = match self.eval(&a.expr, t)? {
+            Value::Vector(v) => v,
+            _ => return Err(Error::BadData("aggregation expects an instant vector".into())),
+        };
+        let count_label = if op == "count_values" {
+            match &param {
+                Some(Value::String(s)) => {
+                    if s.is_empty() || s.chars().any(char::is_control) {
+                        return Err(Error::Execution(format!("invalid label name {s:?}")));
+                    }
+                    Some(s.clone())
+                }
+                _ => return Err(Error::BadData("count_values expects a string parameter".into())),
+            }
+        } else {
+            None
+        };
+
+        // Group in order of first appearance.
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        for s in input {
+            let mut key = group_labels(&s.metric, &a.modifier);
+            if let Some(l) = &count_label {
+                key.set(l, &format_value(s.v));
+            }
+            let i = match index.get(&key) {
+                Some(&i) => i,
+                None => {
+                    index.insert(key.clone(), groups.len());
+                    groups.push(Group {
+                        labels: key,
+                        members: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            groups[i].members.push(s);
+        }
+
+        let mut out = Vec::with_capacity(groups.len());
+        let emit = |out: &mut Vec<Sample>, labels: Labels, v: f64| {
+            out.push(Sample {
+                metric: Arc::new(labels),
+                t,
+                v,
+                drop_name: false,
+            })
+        };
+        for g in groups {
+            let vals = || g.members.iter().map(|s| s.v);
+            match op.as_str() {
+                "sum" => {
+                    let (mut s, mut c) = (0.0, 0.0);
+                    for v in vals() {
+                        (s, c) = kahan_inc(v, s, c);
+                    }
+                    emit(&mut out, g.labels, s + c);
+                }
+                "avg" => emit(&mut out, g.labels, kahan_avg(vals())),
+                "count" | "count_values" => emit(&mut out, g.labels, g.members.len() as f64),
+                "group" => emit(&mut out, g.labels, 1.0),
+                "min" | "max" => {
+                    let mut m = g.members[0].v;
+                    for v in vals().skip(1) {
+                        let better = if op == "max" { m < v } else { m > v };
+                        if better || m.is_nan() {
+                            m = v;
+                        }
+                    }
+                    emit(&mut out, g.labels, m);
+                }
+                "stddev" | "stdvar" => {
+                    let (mut n, mut mean, mut cmean, mut aux, mut caux) =
+                        (0.0, 0.0, 0.0, 0.0, 0.0);
+                    for v in vals() {
+                        n += 1.0;
+                        let delta = v - (mean + cmean);
+                        (mean, cmean) = kahan_inc(delta / n, mean, cmean);
+                        (aux, caux) = kahan_inc(delta * (v - (mean + cmean)), aux, caux);
+                    }
+                    let var = (aux + caux) / n;
+                    emit(
+                        &mut out,
+                        g.labels,
+                        if op == "stddev" { var.sqrt() } else { var },
+                    );
+                }
+                "quantile" => {
+                    let q = scalar_param()?;
+                    let mut vs: Vec<f64> = vals().collect();
+                    emit(&mut out, g.labels, quantile(q, &mut vs));
+                }
+                "topk" | "bottomk" | "limitk" => {
+                    if k < 1 {
+                        continue;
+                    }
+                    let mut m = g.members;
+                    if op != "limitk" {
+                        let top = op == "topk";
+                        m.sort_by(|a, b| {
+                            use std::cmp::Ordering::*;
+                            match (a.v.is_nan(), b.v.is_nan()) {
+                                (true, true) => Equal,
+                                (true, false) => Greater,
+                                (false, true) => Less,
+                                _ if top => b.v.partial_cmp(&a.v).unwrap_or(Equal),
+                                _ => a.v.partial_cmp(&b.v).unwrap_or(Equal),
+                            }
+                        });
+                    }
+                    m.truncate(k.min(m.len() as i64) as usize);
+                    for mut s in m {
+                        s.t = t;
+                        out.push(s);
+                    }
+                }
+                other => {
+                    return Err(Error::BadData(format!(
+                        "aggregation \"{other}\" is not supported"
+                    )));
+                }
+            }
+        }
+        Ok(Value::Vector(out))
+    }
+}

@@ -1,0 +1,529 @@
+//! The evaluator: selector loading, step-wise evaluation, result assembly.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hashbrown::HashMap;
+use promql_parser::label::MatchOp as PMatchOp;
+use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
+use vigil_model::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_marker};
+
+use crate::{EngineOptions, Error, Metric, Result, Storage};
+
+/// One element of an instant vector.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The series' labels.
+    pub metric: Metric,
+    /// The sample's timestamp (ms): the stored sample's own time when it comes straight from a
+    /// selector (for `timestamp()`), else the evaluation time.
+    pub t: i64,
+    /// The value.
+    pub v: f64,
+    /// Whether `__name__` is to be dropped at the end of evaluation (delayed name removal).
+    pub drop_name: bool,
+}
+
+/// One series of a range vector or of a range query's result.
+#[derive(Debug, Clone)]
+pub struct MatrixSeries {
+    /// The series' labels.
+    pub metric: Metric,
+    /// `(timestamp ms, value)` in time order.
+    pub points: Vec<(i64, f64)>,
+    /// Whether `__name__` is to be dropped at the end of evaluation.
+    pub drop_name: bool,
+}
+
+/// A range vector.
+pub type Matrix = Vec<MatrixSeries>;
+
+/// The value of an expression.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// A scalar.
+    Scalar(f64),
+    /// A string.
+    String(String),
+    /// An instant vector.
+    Vector(Vec<Sample>),
+    /// A range vector.
+    Matrix(Matrix),
+}
+
+/// A selector's series, loaded once per query.
+pub(crate) struct Loaded {
+    pub metric: Metric,
+    pub points: Vec<(i64, f64)>,
+}
+
+pub(crate) fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => ms(*d),
+        Some(Offset::Neg(d)) => -ms(*d),
+    }
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => ms(d),
+        Err(e) => -ms(e.duration()),
+    }
+}
+
+pub(crate) fn unwrap_parens(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+/// Converts a parsed selector into store matchers (the metric name becomes `__name__=`).
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(Error::BadData(
+            "\"or\" inside label matchers is not supported".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    if let Some(name) = &vs.name {
+        out.push(Matcher::eq(METRIC_NAME, name));
+    }
+    for m in &vs.matchers.matchers {
+        let op = match m.op {
+            PMatchOp::Equal => MatchOp::Eq,
+            PMatchOp::NotEqual => MatchOp::Ne,
+            PMatchOp::Re(_) => MatchOp::Re,
+            PMatchOp::NotRe(_) => MatchOp::Nre,
+        };
+        out.push(Matcher::new(op, &m.name, &m.value).map_err(|e| Error::BadData(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+pub(crate) struct Evaluator<'a> {
+    st: &'a dyn Storage,
+    pub(crate) opts: &'a EngineOptions,
+    /// Query start and end (for `@ start()` / `@ end()`), ms.
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) step: i64,
+    pub(crate) lookback: i64,
+    data: HashMap<usize, Vec<Loaded>>,
+    deadline: Instant,
+    ticks: Cell<u32>,
+}
+
+struct Plan<'e> {
+    vs: &'e VectorSelector,
+    mint: i64,
+    maxt: i64,
+    matrix: bool,
+}
+
+impl<'a> Evaluator<'a> {
+    pub(crate) fn new(
+        st: &'a dyn Storage,
+        opts: &'a EngineOptions,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Self> {
+        Ok(Self {
+            st,
+            opts,
+            start,
+            end,
+            step,
+            lookback: ms(opts.lookback_delta).max(1),
+            data: HashMap::new(),
+            deadline: Instant::now() + opts.timeout,
+            ticks: Cell::new(0),
+        })
+    }
+
+    /// Checks the timeout every so often.
+    pub(crate) fn tick(&self) -> Result<()> {
+        let n = self.ticks.get().wrapping_add(1);
+        self.ticks.set(n);
+        if n % 64 == 0 && Instant::now() > self.deadline {
+            return Err(Error::Timeout("expression evaluation"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn at_ms(&self, at: &Option<AtModifier>) -> Option<i64> {
+        match at {
+            None => None,
+            Some(AtModifier::Start) => Some(self.start),
+            Some(AtModifier::End) => Some(self.end),
+            Some(AtModifier::At(t)) => Some(system_time_ms(t)),
+        }
+    }
+
+    /// The time a selector or subquery with these modifiers reads at, for evaluation time `t`.
+    pub(crate) fn ref_time(&self, at: &Option<AtModifier>, off: &Option<Offset>, t: i64) -> i64 {
+        self.at_ms(at).unwrap_or(t) - offset_ms(off)
+    }
+
+    fn plan<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Plan<'e>>) {
+        match e {
+            Expr::VectorSelector(vs) => {
+                let (lo, hi) = self.window(&vs.at, &vs.offset, s, en);
+                out.push(Plan {
+                    vs,
+                    mint: lo.saturating_sub(self.lookback).saturating_add(1),
+                    maxt: hi,
+                    matrix: false,
+                });
+            }
+            Expr::MatrixSelector(m) => {
+                let (lo, hi) = self.window(&m.vs.at, &m.vs.offset, s, en);
+                out.push(Plan {
+                    vs: &m.vs,
+                    mint: lo.saturating_sub(ms(m.range)).saturating_add(1),
+                    maxt: hi,
+                    matrix: true,
+                });
+            }
+            Expr::Subquery(sq) => {
+                let (lo, hi) = self.window(&sq.at, &sq.offset, s, en);
+                self.plan(&sq.expr, lo.saturating_sub(ms(sq.range)), hi, out);
+            }
+            Expr::Aggregate(a) => {
+                if let Some(p) = &a.param {
+                    self.plan(p, s, en, out);
+                }
+                self.plan(&a.expr, s, en, out);
+            }
+            Expr::Unary(u) => self.plan(&u.expr, s, en, out),
+            Expr::Binary(b) => {
+                self.plan(&b.lhs, s, en, out);
+                self.plan(&b.rhs, s, en, out);
+            }
+            Expr::Paren(p) => self.plan(&p.expr, s, en, out),
+            Expr::Call(c) => {
+                for a in &c.args.args {
+                    self.plan(a, s, en, out);
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+
+    fn window(
+        &self,
+        at: &Option<AtModifier>,
+        off: &Option<Offset>,
+        s: i64,
+        en: i64,
+    ) -> (i64, i64) {
+        let o = offset_ms(off);
+        match self.at_ms(at) {
+            Some(a) => (a - o, a - o),
+            None => (s.saturating_sub(o), en.saturating_sub(o)),
+        }
+    }
+
+    /// Loads every selector's samples for the whole evaluation.
+    pub(crate) fn prepare(&mut self, e: &Expr) -> Result<()> {
+        let mut plans = Vec::new();
+        self.plan(e, self.start, self.end, &mut plans);
+        let mut loaded_samples = 0usize;
+        for p in plans {
+            if Instant::now() > self.deadline {
+                return Err(Error::Timeout("query preparation"));
+            }
+            let matchers = selector_matchers(p.vs)?;
+            if p.mint > p.maxt {
+                self.data.insert(p.vs as *const _ as usize, Vec::new());
+                continue;
+            }
+            let budget = self.opts.max_samples.saturating_sub(loaded_samples);
+            let series = self.st.select(&matchers, p.mint, p.maxt, budget)?;
+            let mut out = Vec::with_capacity(series.len());
+            for mut s in series {
+                if p.matrix {
+                    s.samples.retain(|&(_, v)| !is_stale_marker(v));
+                }
+                loaded_samples += s.samples.len();
+                if loaded_samples > self.opts.max_samples {
+                    return Err(Error::TooManySamples(self.opts.max_samples));
+                }
+                if s.samples.is_empty() {
+                    continue;
+                }
+                out.push(Loaded {
+                    metric: Arc::new(s.labels),
+                    points: s.samples,
+                });
+            }
+            self.data.insert(p.vs as *const _ as usize, out);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn loaded(&self, vs: &VectorSelector) -> &[Loaded] {
+        self.data
+            .get(&(vs as *const _ as usize))
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Evaluates at one instant and finishes the value (names dropped, duplicates refused).
+    pub(crate) fn instant(&self, e: &Expr, t: i64) -> Result<Value> {
+        match self.eval(e, t)? {
+            Value::Vector(v) => Ok(Value::Vector(finish_vector(v)?)),
+            Value::Matrix(m) => Ok(Value::Matrix(finish_matrix(m)?)),
+            other => Ok(other),
+        }
+    }
+
+    /// Evaluates at every step and assembles the series.
+    pub(crate) fn range(&self, e: &Expr) -> Result<crate::Matrix> {
+        let mut out: Matrix = Vec::new();
+        let mut by_ptr: HashMap<(usize, bool), usize> = HashMap::new();
+        let mut by_labels: HashMap<(Metric, bool), usize> = HashMap::new();
+        let mut t = self.start;
+        while t <= self.end {
+            if Instant::now() > self.deadline {
+                return Err(Error::Timeout("range evaluation"));
+            }
+            match self.eval(e, t)? {
+                Value::Scalar(v) => {
+                    if out.is_empty() {
+                        out.push(MatrixSeries {
+                            metric: Arc::new(Labels::new()),
+                            points: Vec::new(),
+                            drop_name: false,
+                        });
+                    }
+                    out[0].points.push((t, v));
+                }
+                Value::Vector(vec) => {
+                    for s in vec {
+                        let pk = (Arc::as_ptr(&s.metric) as usize, s.drop_name);
+                        let idx = match by_ptr.get(&pk) {
+                            Some(&i) => i,
+                            None => {
+                                let i = *by_labels
+                                    .entry((s.metric.clone(), s.drop_name))
+                                    .or_insert_with(|| {
+                                        out.push(MatrixSeries {
+                                            metric: s.metric.clone(),
+                                            points: Vec::new(),
+                                            drop_name: s.drop_name,
+                                        });
+                                        out.len() - 1
+                                    });
+                                // Keep the Arc alive in `out` so the pointer cannot be reused.
+                                if Arc::ptr_eq(&out[i].metric, &s.metric) {
+                                    by_ptr.insert(pk, i);
+                                }
+                                i
+                            }
+                        };
+                        out[idx].points.push((t, s.v));
+                    }
+                }
+                Value::Matrix(_) | Value::String(_) => {
+                    return Err(Error::BadData(
+                        "range queries must return a scalar or an instant vector".into(),
+                    ));
+                }
+            }
+            t = match t.checked_add(self.step) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        let mut out = finish_matrix(out)?;
+        out.sort_by(|a, b| a.metric.cmp(&b.metric));
+        Ok(out)
+    }
+
+    pub(crate) fn eval(&self, e: &Expr, t: i64) -> Result<Value> {
+        self.tick()?;
+        match e {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(mut v) => {
+                    for s in &mut v {
+                        s.v = -s.v;
+                        s.t = t;
+                        s.drop_name = true;
+                    }
+                    Ok(Value::Vector(v))
+                }
+                _ => Err(Error::BadData(
+                    "unary expression only allowed on expressions of type scalar or instant vector"
+                        .into(),
+                )),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_selector(vs, t))),
+            Expr::MatrixSelector(m) => {
+                let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
+                let lo = r - ms(m.range);
+                let mut out = Vec::new();
+                for s in self.loaded(&m.vs) {
+                    let w = window(&s.points, lo, r);
+                    if !w.is_empty() {
+                        out.push(MatrixSeries {
+                            metric: s.metric.clone(),
+                            points: w.to_vec(),
+                            drop_name: false,
+                        });
+                    }
+                }
+                Ok(Value::Matrix(out))
+            }
+            Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, t)?)),
+            Expr::Call(c) => self.eval_call(c, t),
+            Expr::Aggregate(a) => self.eval_aggregate(a, t),
+            Expr::Binary(b) => self.eval_binary(b, t),
+            Expr::Extension(_) => Err(Error::BadData("extension expressions are not supported".into())),
+        }
+    }
+
+    pub(crate) fn eval_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Sample> {
+        let r = self.ref_time(&vs.at, &vs.offset, t);
+        let lo = r - self.lookback;
+        let data = self.loaded(vs);
+        let mut out = Vec::with_capacity(data.len());
+        for s in data {
+            let i = s.points.partition_point(|p| p.0 <= r);
+            if i == 0 {
+                continue;
+            }
+            let (ts, v) = s.points[i - 1];
+            if ts <= lo || is_stale_marker(v) {
+                continue;
+            }
+            out.push(Sample {
+                metric: s.metric.clone(),
+                t: ts,
+                v,
+                drop_name: false,
+            });
+        }
+        out
+    }
+
+    pub(crate) fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Matrix> {
+        let step = sq
+            .step
+            .map(ms)
+            .unwrap_or_else(|| ms(self.opts.default_subquery_step))
+            .max(1);
+        let r = self.ref_time(&sq.at, &sq.offset, t);
+        let lo = r - ms(sq.range);
+        let mut ts = lo.div_euclid(step) * step;
+        if ts <= lo {
+            ts += step;
+        }
+        let mut out: Matrix = Vec::new();
+        let mut index: HashMap<(Metric, bool), usize> = HashMap::new();
+        while ts <= r {
+            match self.eval(&sq.expr, ts)? {
+                Value::Scalar(v) => {
+                    let i = *index
+                        .entry((Arc::new(Labels::new()), false))
+                        .or_insert_with(|| {
+                            out.push(MatrixSeries {
+                                metric: Arc::new(Labels::new()),
+                                points: Vec::new(),
+                                drop_name: false,
+                            });
+                            out.len() - 1
+                        });
+                    out[i].points.push((ts, v));
+                }
+                Value::Vector(v) => {
+                    for s in v {
+                        let i = *index
+                            .entry((s.metric.clone(), s.drop_name))
+                            .or_insert_with(|| {
+                                out.push(MatrixSeries {
+                                    metric: s.metric.clone(),
+                                    points: Vec::new(),
+                                    drop_name: s.drop_name,
+                                });
+                                out.len() - 1
+                            });
+                        out[i].points.push((ts, s.v));
+                    }
+                }
+                _ => {
+                    return Err(Error::BadData(
+                        "subquery is only allowed on instant vector".into(),
+                    ));
+                }
+            }
+            ts += step;
+        }
+        Ok(out)
+    }
+}
+
+/// The samples in the left-open window (lo, hi].
+pub(crate) fn window(points: &[(i64, f64)], lo: i64, hi: i64) -> &[(i64, f64)] {
+    let a = points.partition_point(|p| p.0 <= lo);
+    let b = points.partition_point(|p| p.0 <= hi);
+    if a >= b { &[] } else { &points[a..b] }
+}
+
+/// Removes marked names and refuses duplicate label sets.
+pub(crate) fn finish_vector(mut v: Vec<Sample>) -> Result<Vec<Sample>> {
+    let mut any = false;
+    for s in &mut v {
+        if s.drop_name && s.metric.get(METRIC_NAME).is_some() {
+            let mut l = (*s.metric).clone();
+            l.remove(METRIC_NAME);
+            s.metric = Arc::new(l);
+            any = true;
+        }
+        s.drop_name = false;
+    }
+    if any || v.len() > 1 {
+        let mut seen: hashbrown::HashSet<&Labels> = hashbrown::HashSet::with_capacity(v.len());
+        for s in &v {
+            if !seen.insert(&s.metric) {
+                return Err(Error::Execution(
+                    "vector cannot contain metrics with the same labelset".into(),
+                ));
+            }
+        }
+    }
+    Ok(v)
+}
+
+pub(crate) fn finish_matrix(mut m: Matrix) -> Result<Matrix> {
+    for s in &mut m {
+        if s.drop_name && s.metric.get(METRIC_NAME).is_some() {
+            let mut l = (*s.metric).clone();
+            l.remove(METRIC_NAME);
+            s.metric = Arc::new(l);
+        }
+        s.drop_name = false;
+    }
+    {
+        let mut seen: hashbrown::HashSet<&Labels> = hashbrown::HashSet::with_capacity(m.len());
+        for s in &m {
+            if !seen.insert(&s.metric) {
+                return Err(Error::Execution(
+                    "vector cannot contain metrics with the same labelset".into(),
+                ));
+            }
+        }
+    }
+    Ok(m)
+}
