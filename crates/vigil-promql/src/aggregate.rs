@@ -32,6 +32,8 @@ pub(crate) fn group_labels(m: &Labels, modifier: &Option<LabelModifier>) -> Labe
 struct Group {
     labels: Labels,
     members: Vec<Sample>,
+    /// Whether any member's name is to be dropped (matters with `by (__name__)`).
+    drop_name: bool,
 }
 
 impl Evaluator<'_> {
@@ -54,7 +56,9 @@ impl Evaluator<'_> {
                     return Err(Error::Execution("Parameter value is NaN".into()));
                 }
                 if k >= 9.223_372_036_854_776e18 || k <= -9.223_372_036_854_776e18 {
-                    return Err(Error::Execution(format!("Scalar value {k} overflows int64")));
+                    return Err(Error::Execution(format!(
+                        "Scalar value {k} overflows int64"
+                    )));
                 }
                 k as i64
             }
@@ -62,7 +66,11 @@ impl Evaluator<'_> {
         };
         let input = match self.eval(&a.expr, t)? {
             Value::Vector(v) => v,
-            _ => return Err(Error::BadData("aggregation expects an instant vector".into())),
+            _ => {
+                return Err(Error::BadData(
+                    "aggregation expects an instant vector".into(),
+                ));
+            }
         };
         let count_label = if op == "count_values" {
             match &param {
@@ -72,7 +80,11 @@ impl Evaluator<'_> {
                     }
                     Some(s.clone())
                 }
-                _ => return Err(Error::BadData("count_values expects a string parameter".into())),
+                _ => {
+                    return Err(Error::BadData(
+                        "count_values expects a string parameter".into(),
+                    ));
+                }
             }
         } else {
             None
@@ -93,23 +105,26 @@ impl Evaluator<'_> {
                     groups.push(Group {
                         labels: key,
                         members: Vec::new(),
+                        drop_name: false,
                     });
                     groups.len() - 1
                 }
             };
+            groups[i].drop_name |= s.drop_name;
             groups[i].members.push(s);
         }
 
         let mut out = Vec::with_capacity(groups.len());
-        let emit = |out: &mut Vec<Sample>, labels: Labels, v: f64| {
-            out.push(Sample {
-                metric: Arc::new(labels),
-                t,
-                v,
-                drop_name: false,
-            })
-        };
         for g in groups {
+            let drop_name = g.drop_name;
+            let emit = |out: &mut Vec<Sample>, labels: Labels, v: f64| {
+                out.push(Sample {
+                    metric: Arc::new(labels),
+                    t,
+                    v,
+                    drop_name,
+                })
+            };
             let vals = || g.members.iter().map(|s| s.v);
             match op.as_str() {
                 "sum" => {
@@ -133,8 +148,7 @@ impl Evaluator<'_> {
                     emit(&mut out, g.labels, m);
                 }
                 "stddev" | "stdvar" => {
-                    let (mut n, mut mean, mut cmean, mut aux, mut caux) =
-                        (0.0, 0.0, 0.0, 0.0, 0.0);
+                    let (mut n, mut mean, mut cmean, mut aux, mut caux) = (0.0, 0.0, 0.0, 0.0, 0.0);
                     for v in vals() {
                         n += 1.0;
                         let delta = v - (mean + cmean);

@@ -132,9 +132,14 @@ impl Evaluator<'_> {
                     v
                 }))
             }
-            (Value::Vector(l), Value::Scalar(r)) => {
-                Ok(Value::Vector(vector_scalar(op, l, r, false, return_bool, t)))
-            }
+            (Value::Vector(l), Value::Scalar(r)) => Ok(Value::Vector(vector_scalar(
+                op,
+                l,
+                r,
+                false,
+                return_bool,
+                t,
+            ))),
             (Value::Scalar(l), Value::Vector(r)) => {
                 Ok(Value::Vector(vector_scalar(op, r, l, true, return_bool, t)))
             }
@@ -154,7 +159,14 @@ impl Evaluator<'_> {
     }
 }
 
-fn vector_scalar(op: Op, v: Vec<Sample>, s: f64, swap: bool, return_bool: bool, t: i64) -> Vec<Sample> {
+fn vector_scalar(
+    op: Op,
+    v: Vec<Sample>,
+    s: f64,
+    swap: bool,
+    return_bool: bool,
+    t: i64,
+) -> Vec<Sample> {
     let mut out = Vec::with_capacity(v.len());
     for mut e in v {
         let (l, r) = if swap { (s, e.v) } else { (e.v, s) };
@@ -178,7 +190,12 @@ fn vector_scalar(op: Op, v: Vec<Sample>, s: f64, swap: bool, return_bool: bool, 
     out
 }
 
-fn set_op(op: Op, lhs: Vec<Sample>, rhs: Vec<Sample>, matching: &Option<LabelModifier>) -> Vec<Sample> {
+fn set_op(
+    op: Op,
+    lhs: Vec<Sample>,
+    rhs: Vec<Sample>,
+    matching: &Option<LabelModifier>,
+) -> Vec<Sample> {
     let mut buf = Vec::new();
     match op {
         Op::And => {
@@ -260,7 +277,11 @@ fn vector_binop(
         VectorMatchCardinality::OneToMany(ls) => (true, Some(&ls.labels)),
     };
     let one_to_one = matches!(m.card, VectorMatchCardinality::OneToOne);
-    let (many, one) = if card_one_to_many { (rhs, lhs) } else { (lhs, rhs) };
+    let (many, one) = if card_one_to_many {
+        (rhs, lhs)
+    } else {
+        (lhs, rhs)
+    };
     let mut buf = Vec::new();
     let mut right: HashMap<Vec<u8>, usize> = HashMap::with_capacity(one.len());
     for (i, rs) in one.iter().enumerate() {
@@ -270,8 +291,8 @@ fn vector_binop(
             return Err(Error::Execution(format!(
                 "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
                 DisplayLabels(&match_labels(&rs.metric, &m.matching)),
-                DisplayLabels(&rs.metric),
                 DisplayLabels(&one[j].metric),
+                DisplayLabels(&rs.metric),
             )));
         }
         right.insert(buf.clone(), i);
@@ -282,14 +303,17 @@ fn vector_binop(
         signature(&ls.metric, &m.matching, &mut buf);
         let Some(&ri) = right.get(&buf) else { continue };
         let rs = &one[ri];
-        let (fl, fr) = if card_one_to_many { (rs.v, ls.v) } else { (ls.v, rs.v) };
+        let (fl, fr) = if card_one_to_many {
+            (rs.v, ls.v)
+        } else {
+            (ls.v, rs.v)
+        };
         let (mut v, keep) = op.apply(fl, fr);
         if return_bool {
             v = if keep { 1.0 } else { 0.0 };
-        } else if !keep {
-            continue;
         }
-        // Result labels.
+        // Result labels (computed before filtering: matching errors are reported even for
+        // pairs a comparison would drop).
         let mut metric = (*ls.metric).clone();
         if one_to_one {
             match &m.matching {
@@ -349,6 +373,9 @@ fn vector_binop(
                 }
                 vac.insert(set);
             }
+        }
+        if !return_bool && !keep {
+            continue;
         }
         out.push(Sample {
             metric: Arc::new(metric),

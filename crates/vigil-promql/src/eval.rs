@@ -152,7 +152,7 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn tick(&self) -> Result<()> {
         let n = self.ticks.get().wrapping_add(1);
         self.ticks.set(n);
-        if n % 64 == 0 && Instant::now() > self.deadline {
+        if n.is_multiple_of(64) && Instant::now() > self.deadline {
             return Err(Error::Timeout("expression evaluation"));
         }
         Ok(())
@@ -217,13 +217,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn window(
-        &self,
-        at: &Option<AtModifier>,
-        off: &Option<Offset>,
-        s: i64,
-        en: i64,
-    ) -> (i64, i64) {
+    fn window(&self, at: &Option<AtModifier>, off: &Option<Offset>, s: i64, en: i64) -> (i64, i64) {
         let o = offset_ms(off);
         match self.at_ms(at) {
             Some(a) => (a - o, a - o),
@@ -390,7 +384,9 @@ impl<'a> Evaluator<'a> {
             Expr::Call(c) => self.eval_call(c, t),
             Expr::Aggregate(a) => self.eval_aggregate(a, t),
             Expr::Binary(b) => self.eval_binary(b, t),
-            Expr::Extension(_) => Err(Error::BadData("extension expressions are not supported".into())),
+            Expr::Extension(_) => Err(Error::BadData(
+                "extension expressions are not supported".into(),
+            )),
         }
     }
 
@@ -449,16 +445,17 @@ impl<'a> Evaluator<'a> {
                 }
                 Value::Vector(v) => {
                     for s in v {
-                        let i = *index
-                            .entry((s.metric.clone(), s.drop_name))
-                            .or_insert_with(|| {
-                                out.push(MatrixSeries {
-                                    metric: s.metric.clone(),
-                                    points: Vec::new(),
-                                    drop_name: s.drop_name,
+                        let i =
+                            *index
+                                .entry((s.metric.clone(), s.drop_name))
+                                .or_insert_with(|| {
+                                    out.push(MatrixSeries {
+                                        metric: s.metric.clone(),
+                                        points: Vec::new(),
+                                        drop_name: s.drop_name,
+                                    });
+                                    out.len() - 1
                                 });
-                                out.len() - 1
-                            });
                         out[i].points.push((ts, s.v));
                     }
                 }
@@ -506,24 +503,34 @@ pub(crate) fn finish_vector(mut v: Vec<Sample>) -> Result<Vec<Sample>> {
     Ok(v)
 }
 
-pub(crate) fn finish_matrix(mut m: Matrix) -> Result<Matrix> {
-    for s in &mut m {
+pub(crate) fn finish_matrix(m: Matrix) -> Result<Matrix> {
+    // Series whose labels coincide once names are dropped merge into one, as long as they
+    // never hold a point at the same time (Prometheus' delayed name removal).
+    let mut out: Matrix = Vec::with_capacity(m.len());
+    let mut index: HashMap<Metric, usize> = HashMap::with_capacity(m.len());
+    for mut s in m {
         if s.drop_name && s.metric.get(METRIC_NAME).is_some() {
             let mut l = (*s.metric).clone();
             l.remove(METRIC_NAME);
             s.metric = Arc::new(l);
         }
         s.drop_name = false;
-    }
-    {
-        let mut seen: hashbrown::HashSet<&Labels> = hashbrown::HashSet::with_capacity(m.len());
-        for s in &m {
-            if !seen.insert(&s.metric) {
-                return Err(Error::Execution(
-                    "vector cannot contain metrics with the same labelset".into(),
-                ));
+        match index.get(&s.metric) {
+            None => {
+                index.insert(s.metric.clone(), out.len());
+                out.push(s);
+            }
+            Some(&i) => {
+                let target = &mut out[i].points;
+                target.extend(s.points);
+                target.sort_by_key(|p| p.0);
+                if target.windows(2).any(|w| w[0].0 == w[1].0) {
+                    return Err(Error::Execution(
+                        "vector cannot contain metrics with the same labelset".into(),
+                    ));
+                }
             }
         }
     }
-    Ok(m)
+    Ok(out)
 }

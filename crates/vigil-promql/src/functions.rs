@@ -222,8 +222,8 @@ fn des(w: &[(i64, f64)], sf: f64, tf: f64) -> Option<f64> {
     let mut s0 = 0.0;
     let mut s1 = w[0].1;
     let mut b = w[1].1 - w[0].1;
-    for i in 1..w.len() {
-        let x = sf * w[i].1;
+    for (i, p) in w.iter().enumerate().skip(1) {
+        let x = sf * p.1;
         if i > 1 {
             b = tf * (s1 - s0) + (1.0 - tf) * b;
         }
@@ -257,15 +257,26 @@ fn date_part(name: &str, secs: f64) -> f64 {
     let days = s.div_euclid(86_400);
     let sod = s.rem_euclid(86_400);
     let (y, m, d) = civil(days);
-    let month_days = [31, if is_leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if is_leap(y) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     match name {
         "year" => y as f64,
         "month" => m as f64,
         "day_of_month" => d as f64,
         "day_of_week" => (days + 4).rem_euclid(7) as f64,
-        "day_of_year" => {
-            (month_days[..(m as usize - 1)].iter().sum::<i64>() + d as i64) as f64
-        }
+        "day_of_year" => (month_days[..(m as usize - 1)].iter().sum::<i64>() + d as i64) as f64,
         "days_in_month" => month_days[m as usize - 1] as f64,
         "hour" => (sod / 3600) as f64,
         "minute" => ((sod % 3600) / 60) as f64,
@@ -315,7 +326,6 @@ const NATIVE_ONLY: &[&str] = &[
     "histogram_count",
     "histogram_sum",
     "histogram_avg",
-    "histogram_fraction",
     "histogram_stddev",
     "histogram_stdvar",
 ];
@@ -448,9 +458,7 @@ impl Evaluator<'_> {
                 }
                 Some(s + c)
             }),
-            "count_over_time" => {
-                self.over_time(arg(0)?, t, false, |w, _, _| Some(w.len() as f64))
-            }
+            "count_over_time" => self.over_time(arg(0)?, t, false, |w, _, _| Some(w.len() as f64)),
             "min_over_time" => self.over_time(arg(0)?, t, false, |w, _, _| {
                 let mut m = w[0].1;
                 for &(_, v) in &w[1..] {
@@ -469,18 +477,17 @@ impl Evaluator<'_> {
                 }
                 Some(m)
             }),
-            "last_over_time" => {
-                self.over_time(arg(0)?, t, true, |w, _, _| w.last().map(|p| p.1))
-            }
-            "first_over_time" => {
-                self.over_time(arg(0)?, t, true, |w, _, _| w.first().map(|p| p.1))
-            }
+            "last_over_time" => self.over_time(arg(0)?, t, true, |w, _, _| w.last().map(|p| p.1)),
+            "first_over_time" => self.over_time(arg(0)?, t, true, |w, _, _| w.first().map(|p| p.1)),
             "present_over_time" => self.over_time(arg(0)?, t, false, |_, _, _| Some(1.0)),
             "stdvar_over_time" => self.over_time(arg(0)?, t, false, |w, _, _| Some(variance(w))),
             "stddev_over_time" => {
                 self.over_time(arg(0)?, t, false, |w, _, _| Some(variance(w).sqrt()))
             }
             "mad_over_time" => self.over_time(arg(0)?, t, false, |w, _, _| {
+                if w.iter().any(|p| p.1.is_nan()) {
+                    return Some(f64::NAN);
+                }
                 let mut vals: Vec<f64> = w.iter().map(|p| p.1).collect();
                 let median = quantile(0.5, &mut vals);
                 let mut dev: Vec<f64> = vals.iter().map(|v| (v - median).abs()).collect();
@@ -593,7 +600,10 @@ impl Evaluator<'_> {
                 v.sort_by(|a, b| {
                     let mut ord = std::cmp::Ordering::Equal;
                     for n in &names {
-                        ord = natural_cmp(a.metric.get(n).unwrap_or(""), b.metric.get(n).unwrap_or(""));
+                        ord = natural_cmp(
+                            a.metric.get(n).unwrap_or(""),
+                            b.metric.get(n).unwrap_or(""),
+                        );
                         if ord.is_ne() {
                             break;
                         }
@@ -663,7 +673,17 @@ impl Evaluator<'_> {
             "histogram_quantile" => {
                 let q = self.scalar_arg(arg(0)?, t)?;
                 let v = self.vector_arg(arg(1)?, t)?;
-                Ok(Value::Vector(histogram_quantile(q, v, t)))
+                Ok(Value::Vector(classic_histograms(v, t, |b| {
+                    bucket_quantile(q, b)
+                })))
+            }
+            "histogram_fraction" => {
+                let lo = self.scalar_arg(arg(0)?, t)?;
+                let hi = self.scalar_arg(arg(1)?, t)?;
+                let v = self.vector_arg(arg(2)?, t)?;
+                Ok(Value::Vector(classic_histograms(v, t, |b| {
+                    bucket_fraction(lo, hi, b)
+                })))
             }
             n if NATIVE_ONLY.contains(&n) => {
                 // Evaluate the arguments (errors still surface); float samples yield nothing.
@@ -727,7 +747,9 @@ impl Evaluator<'_> {
         let src = Self::string_arg(&args[3])?;
         let re_s = Self::string_arg(&args[4])?;
         let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|_| {
-            Error::Execution(format!("invalid regular expression in label_replace(): {re_s}"))
+            Error::Execution(format!(
+                "invalid regular expression in label_replace(): {re_s}"
+            ))
         })?;
         if !valid_label_name(&dst) {
             return Err(Error::Execution(format!(
@@ -753,7 +775,9 @@ impl Evaluator<'_> {
 
     fn label_join(&self, args: &[Box<Expr>], t: i64) -> Result<Value> {
         if args.len() < 3 {
-            return Err(Error::BadData("label_join() takes at least 3 arguments".into()));
+            return Err(Error::BadData(
+                "label_join() takes at least 3 arguments".into(),
+            ));
         }
         let dst = Self::string_arg(&args[1])?;
         let sep = Self::string_arg(&args[2])?;
@@ -832,16 +856,19 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// Classic-bucket `histogram_quantile`: groups `le` buckets by their other labels.
-fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
+/// Classic-bucket histogram functions: groups `le` buckets by their other labels (the metric
+/// name included until the end of the query, so two histograms differing only by name
+/// collide there, as in Prometheus) and applies `f` to each group.
+fn classic_histograms(v: Vec<Sample>, t: i64, f: impl Fn(&mut [(f64, f64)]) -> f64) -> Vec<Sample> {
     let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
     let mut order: Vec<Labels> = Vec::new();
     for s in v {
-        let Some(le) = s.metric.get("le") else { continue };
+        let Some(le) = s.metric.get("le") else {
+            continue;
+        };
         let Some(ub) = parse_le(le) else { continue };
         let mut key = (*s.metric).clone();
         key.remove("le");
-        key.remove(METRIC_NAME);
         let e = groups.entry(key.clone()).or_insert_with(|| {
             order.push(key);
             Vec::new()
@@ -854,8 +881,8 @@ fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
         out.push(Sample {
             metric: Arc::new(key),
             t,
-            v: bucket_quantile(q, &mut buckets),
-            drop_name: false,
+            v: f(&mut buckets),
+            drop_name: true,
         });
     }
     out
@@ -883,20 +910,12 @@ fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < eps
 }
 
-pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
-    if q.is_nan() {
-        return f64::NAN;
-    }
-    if q < 0.0 {
-        return f64::NEG_INFINITY;
-    }
-    if q > 1.0 {
-        return f64::INFINITY;
-    }
+/// Sorts, coalesces and makes cumulative counts monotonic; `None` without a `+Inf` bucket.
+fn prepare_buckets(buckets: &mut [(f64, f64)]) -> Option<Vec<(f64, f64)>> {
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     match buckets.last() {
         Some(b) if b.0 == f64::INFINITY => {}
-        _ => return f64::NAN,
+        _ => return None,
     }
     // Coalesce equal upper bounds.
     let mut co: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
@@ -919,6 +938,67 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
         }
         prev = curr;
     }
+    Some(co)
+}
+
+/// The fraction of observations between `lower` and `upper`, interpolating linearly inside
+/// finite buckets (the first bucket starts at 0 when its upper bound is positive).
+fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    let Some(co) = prepare_buckets(buckets) else {
+        return f64::NAN;
+    };
+    let total = co[co.len() - 1].1;
+    if total == 0.0 || lower.is_nan() || upper.is_nan() {
+        return f64::NAN;
+    }
+    if lower >= upper {
+        return 0.0;
+    }
+    let mut sum = 0.0;
+    let mut prev_cum = 0.0;
+    for (i, &(ub, cum)) in co.iter().enumerate() {
+        let lb = if i == 0 {
+            if ub > 0.0 { 0.0 } else { f64::NEG_INFINITY }
+        } else {
+            co[i - 1].0
+        };
+        let count = cum - prev_cum;
+        prev_cum = cum;
+        if ub <= lower || lb >= upper {
+            continue;
+        }
+        if lower <= lb && upper >= ub {
+            sum += count;
+        } else if ub == f64::INFINITY || lb == f64::NEG_INFINITY {
+            // No interpolation in an infinitely wide bucket: it counts whole when the range
+            // reaches its infinite end, else not at all.
+            if (ub == f64::INFINITY && upper == f64::INFINITY)
+                || (lb == f64::NEG_INFINITY && lower == f64::NEG_INFINITY)
+            {
+                sum += count;
+            }
+        } else {
+            let a = lower.max(lb);
+            let b = upper.min(ub);
+            sum += count * (b - a) / (ub - lb);
+        }
+    }
+    sum / total
+}
+
+pub(crate) fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    let Some(co) = prepare_buckets(buckets) else {
+        return f64::NAN;
+    };
     if co.len() < 2 {
         return f64::NAN;
     }

@@ -131,7 +131,45 @@ pub struct Engine {
 
 /// Parses a query, mapping the parser's message to [`Error::Parse`].
 pub fn parse(query: &str) -> Result<Expr> {
+    check_byte_escapes(query)?;
     promql_parser::parser::parse(query).map_err(|e| Error::Parse(parse_message(query, &e)))
+}
+
+/// Go's PromQL lexer turns `"\xff"` into a raw byte, giving a string that is not UTF-8 (and
+/// so an invalid label name or value). Rust strings cannot hold that; refuse it up front
+/// instead of silently reading it as a different character.
+fn check_byte_escapes(query: &str) -> Result<()> {
+    let b = query.as_bytes();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            None if c == b'"' || c == b'\'' || c == b'`' => quote = Some(c),
+            None if c == b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            None => {}
+            Some(q) if c == q => quote = None,
+            Some(b'`') => {}
+            Some(_) if c == b'\\' => {
+                if b.get(i + 1) == Some(&b'x') {
+                    let hex = query.get(i + 2..i + 4).unwrap_or("");
+                    if u8::from_str_radix(hex, 16).is_ok_and(|v| v >= 0x80) {
+                        return Err(Error::Parse(format!(
+                            "parse error: invalid UTF-8 in string literal: escape \\x{hex} is a raw byte"
+                        )));
+                    }
+                }
+                i += 1;
+            }
+            Some(_) => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Prometheus prefixes parse errors with "1:5: parse error: ..."; the parser crate gives the
@@ -233,7 +271,8 @@ impl Engine {
             )));
         }
         match expr.value_type() {
-            promql_parser::parser::value::ValueType::Vector | promql_parser::parser::value::ValueType::Scalar => {}
+            promql_parser::parser::value::ValueType::Vector
+            | promql_parser::parser::value::ValueType::Scalar => {}
             other => {
                 return Err(Error::BadData(format!(
                     "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",

@@ -152,8 +152,14 @@ mod tests {
         assert_eq!(parse_time("1700000000"), Some(1_700_000_000_000));
         assert_eq!(parse_time("1700000000.123"), Some(1_700_000_000_123));
         assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_time("2026-11-28T12:00:00.5Z"), Some(1_795_867_200_500));
-        assert_eq!(parse_time("2026-11-28T13:00:00+01:00"), Some(1_795_867_200_000));
+        assert_eq!(
+            parse_time("2026-11-28T12:00:00.5Z"),
+            Some(1_795_867_200_500)
+        );
+        assert_eq!(
+            parse_time("2026-11-28T13:00:00+01:00"),
+            Some(1_795_867_200_000)
+        );
         assert_eq!(parse_time("yesterday"), None);
         assert_eq!(parse_time("NaN"), None);
     }

@@ -27,7 +27,9 @@ impl crate::Storage for TsdbStorage<'_> {
         budget: usize,
     ) -> Result<Vec<StoredSeries>> {
         let q = self.db.querier(self.env, mint, maxt);
-        let set = q.select(matchers).map_err(|e| Error::Storage(e.to_string()))?;
+        let set = q
+            .select(matchers)
+            .map_err(|e| Error::Storage(e.to_string()))?;
         let mut out = Vec::with_capacity(set.len());
         let mut total = 0usize;
         for s in set {
