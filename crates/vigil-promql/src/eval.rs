@@ -85,7 +85,7 @@ pub(crate) fn unwrap_parens(mut e: &Expr) -> &Expr {
 }
 
 /// Converts a parsed selector into store matchers (the metric name becomes `__name__=`).
-pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>> {
+pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>> {
     if !vs.matchers.or_matchers.is_empty() {
         return Err(Error::BadData(
             "\"or\" inside label matchers is not supported".into(),

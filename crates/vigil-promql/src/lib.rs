@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use eval::{Matrix, MatrixSeries, Sample, Value};
+pub use eval::{Matrix, MatrixSeries, Sample, Value, selector_matchers};
 pub use parse_time::{parse_duration, parse_time};
 pub use promql_parser::parser::Expr;
 use vigil_model::{Labels, Matcher};
@@ -131,6 +131,12 @@ pub struct Engine {
 
 /// Parses a query, mapping the parser's message to [`Error::Parse`].
 pub fn parse(query: &str) -> Result<Expr> {
+    if query.len() > 64 * 1024 {
+        return Err(Error::Parse(format!(
+            "parse error: query is {} bytes long, more than the 65536 accepted",
+            query.len()
+        )));
+    }
     check_byte_escapes(query)?;
     promql_parser::parser::parse(query).map_err(|e| Error::Parse(parse_message(query, &e)))
 }
@@ -172,17 +178,151 @@ fn check_byte_escapes(query: &str) -> Result<()> {
     Ok(())
 }
 
-/// Prometheus prefixes parse errors with "1:5: parse error: ..."; the parser crate gives the
-/// message only, sometimes with a position. Keep its text and prefix a clear label.
+/// Prometheus writes parse errors as `LINE:COL: parse error: ...`. The parser crate gives the
+/// message without a position, so find one: the end of input for truncated queries, the
+/// unmatched parenthesis, or the first token after which no valid query can continue (the
+/// shortest prefix the parser rejects outright, found by bisection: viability of a prefix is
+/// monotonic for an LR grammar).
 fn parse_message(query: &str, msg: &str) -> String {
     let msg = msg.trim();
     if query.trim().is_empty() {
-        return "parse error: empty query".to_string();
+        return "1:1: parse error: empty query".to_string();
     }
-    if msg.starts_with("parse error") {
-        msg.to_string()
+    let msg = msg.strip_prefix("parse error: ").unwrap_or(msg);
+    let pos = if msg.contains("unexpected end of input") {
+        Some(query.trim_end().len())
+    } else if msg.contains("unclosed left parenthesis") {
+        unmatched_paren(query)
+    } else if truncation(msg) {
+        None
     } else {
-        format!("parse error: {msg}")
+        first_bad_token(query)
+    };
+    match pos {
+        Some(p) => format!("{}: parse error: {msg}", line_col(query, p)),
+        None => format!("parse error: {msg}"),
+    }
+}
+
+fn line_col(q: &str, byte: usize) -> String {
+    let before = &q[..byte.min(q.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{line}:{col}")
+}
+
+fn unmatched_paren(q: &str) -> Option<usize> {
+    let mut stack = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in q.char_indices() {
+        if let Some(qc) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && qc != '`' {
+                escaped = true;
+            } else if c == qc {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' => stack.push(i),
+            ')' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    stack.first().copied()
+}
+
+/// Errors that only say the query stopped too early.
+fn truncation(msg: &str) -> bool {
+    msg.contains("end of input") || msg.contains("unclosed") || msg.contains("unterminated")
+}
+
+/// Coarse token ends: runs of word characters, quoted strings, operators, single punctuation.
+fn token_spans(q: &str) -> Vec<(usize, usize)> {
+    let b = q.as_bytes();
+    let word =
+        |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':' || c == b'.' || c >= 0x80;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        if word(c) {
+            while i < b.len() && word(b[i]) {
+                i += 1;
+            }
+        } else if c == b'"' || c == b'\'' || c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                if b[i] == b'\\' && c != b'`' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(b.len());
+        } else if i + 1 < b.len()
+            && matches!(&b[i..i + 2], b"==" | b"!=" | b"=~" | b"!~" | b">=" | b"<=")
+        {
+            i += 2;
+        } else {
+            i += 1;
+        }
+        while !q.is_char_boundary(i) {
+            i += 1;
+        }
+        out.push((start, i));
+    }
+    out
+}
+
+/// Where a generic parse failure is: the token after the longest prefix that parses as a
+/// whole query, or the end of input when that token is the last one.
+fn first_bad_token(q: &str) -> Option<usize> {
+    let spans = token_spans(q);
+    if spans.len() > 512 {
+        return None;
+    }
+    // A stray closing parenthesis is the error wherever it is.
+    let mut depth = 0i32;
+    for &(s, e) in &spans {
+        match &q[s..e] {
+            "(" => depth += 1,
+            ")" => {
+                depth -= 1;
+                if depth < 0 {
+                    return Some(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut good: Option<usize> = None;
+    for (k, &(_, e)) in spans.iter().enumerate() {
+        if promql_parser::parser::parse(&q[..e]).is_ok() {
+            good = Some(k);
+        }
+    }
+    let next = good.map_or(0, |k| k + 1);
+    let (s, e) = *spans.get(next)?;
+    let operand = q[s..e]
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'"' || c == b'\'');
+    if next + 1 == spans.len() && !operand {
+        // A trailing operator or opening bracket: the query just stops too early.
+        Some(q.trim_end().len())
+    } else {
+        Some(s)
     }
 }
 
@@ -326,5 +466,37 @@ impl fmt::Display for DisplayLabels<'_> {
             write!(f, "{}={:?}", l.name, l.value)?;
         }
         f.write_str("}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(q: &str) -> String {
+        parse(q).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parse_errors_carry_positions() {
+        assert_eq!(err("sum("), "1:4: parse error: unclosed left parenthesis");
+        assert!(
+            err("foo{").starts_with("1:5: parse error: unexpected end of input"),
+            "{}",
+            err("foo{")
+        );
+        assert!(
+            err("foo bar").starts_with("1:5: parse error:"),
+            "{}",
+            err("foo bar")
+        );
+        assert!(
+            err("1 + ) 2").starts_with("1:5: parse error:"),
+            "{}",
+            err("1 + ) 2")
+        );
+        assert!(err("").contains("empty query"));
+        assert!(err("x{a=\"\\xff\"}").contains("invalid UTF-8"));
+        assert!(parse("sum by (job) (rate(x[5m]))").is_ok());
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The time-series store.
     pub tsdb: TsdbConfig,
+    /// `[query]`: PromQL engine limits.
+    pub query: QueryConfig,
     /// Seconds to finish in-flight requests on shutdown (default 10).
     pub shutdown_timeout: String,
 }
@@ -38,6 +40,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             tsdb: TsdbConfig::default(),
+            query: QueryConfig::default(),
             shutdown_timeout: "10s".into(),
         }
     }
@@ -152,6 +155,34 @@ impl Default for TsdbConfig {
     }
 }
 
+/// `[query]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// How far back an instant selector looks (default `5m`).
+    pub lookback_delta: String,
+    /// Most samples one query may load (default 50,000,000).
+    pub max_samples: usize,
+    /// Longest a query may run (default `2m`).
+    pub timeout: String,
+    /// Most queries evaluated at once (default 20); more get 503.
+    pub max_concurrent: usize,
+    /// Step of subqueries written without one (default `1m`).
+    pub default_subquery_step: String,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            lookback_delta: "5m".into(),
+            max_samples: 50_000_000,
+            timeout: "2m".into(),
+            max_concurrent: 20,
+            default_subquery_step: "1m".into(),
+        }
+    }
+}
+
 /// A configuration value that does not parse; names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration {key}: {reason}")]
@@ -218,9 +249,33 @@ pub struct Resolved {
     pub tsdb: vigil_tsdb::Options,
     /// Shutdown grace period.
     pub shutdown_timeout: Duration,
+    /// PromQL engine options.
+    pub query: vigil_promql::EngineOptions,
 }
 
 impl Config {
+    fn query_options(&self) -> Result<vigil_promql::EngineOptions, ConfigError> {
+        let q = &self.query;
+        if q.max_concurrent == 0 {
+            return Err(bad("[query].max_concurrent", "must be at least 1"));
+        }
+        if q.max_samples == 0 {
+            return Err(bad("[query].max_samples", "must be at least 1"));
+        }
+        let lookback = dur("[query].lookback_delta", &q.lookback_delta)?;
+        if lookback.is_zero() {
+            return Err(bad("[query].lookback_delta", "must be positive"));
+        }
+        Ok(vigil_promql::EngineOptions {
+            lookback_delta: lookback,
+            max_samples: q.max_samples,
+            timeout: dur("[query].timeout", &q.timeout)?,
+            max_concurrent: q.max_concurrent,
+            default_subquery_step: dur("[query].default_subquery_step", &q.default_subquery_step)?,
+            ..vigil_promql::EngineOptions::default()
+        })
+    }
+
     /// Checks every value, naming the key of the first bad one.
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
         let listen: SocketAddr = self
@@ -284,6 +339,7 @@ impl Config {
             limits: self.limits.clone(),
             tsdb,
             shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
+            query: self.query_options()?,
         })
     }
 }

@@ -3,5 +3,6 @@
 pub mod error;
 pub mod extract;
 pub mod ingest;
+pub mod prom;
 pub mod router;
 pub mod state;

@@ -152,6 +152,7 @@ impl Server {
             write_slots: tokio::sync::Semaphore::new(cfg.limits.max_inflight_writes),
             metrics: metrics::Metrics::default(),
             known_envs: parking_lot::RwLock::new(known),
+            engine: Arc::new(vigil_promql::Engine::new(cfg.query.clone())),
         }));
         Ok(Self {
             cfg,

@@ -2,6 +2,8 @@
 //! into `vigil-server` (serve, tokens) and the benchmark module.
 
 mod bench;
+mod client;
+mod query;
 
 use std::path::PathBuf;
 
@@ -29,6 +31,8 @@ enum Cmd {
     /// Load generators and benchmarks against a running server.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Run a PromQL query against a running server (instant, or --range).
+    Query(query::QueryArgs),
 }
 
 /// Where configuration comes from; shared by every command that touches the data directory.
@@ -276,6 +280,7 @@ fn main() {
         Cmd::Serve(a) => serve(a),
         Cmd::Token(t) => token(t),
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Query(q) => query::run(q),
     };
     if let Err(e) = r {
         eprintln!("vigil: {e:#}");

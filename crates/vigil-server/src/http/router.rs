@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::auth::Need;
 use crate::http::error::ApiError;
 use crate::http::extract::authorize;
-use crate::http::ingest;
 use crate::http::state::AppState;
+use crate::http::{ingest, prom};
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
@@ -28,6 +28,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/write", post(ingest::influx_v2))
         .route("/api/v1/import/prometheus", post(ingest::prom_import))
         .route("/api/telemetry/ingest", post(ingest::native_ingest))
+        .route("/api/v1/query", get(prom::query).post(prom::query))
+        .route(
+            "/api/v1/query_range",
+            get(prom::query_range).post(prom::query_range),
+        )
+        .route("/api/v1/series", get(prom::series).post(prom::series))
+        .route("/api/v1/labels", get(prom::labels).post(prom::labels))
+        .route("/api/v1/label/{name}/values", get(prom::label_values))
+        .route("/api/v1/metadata", get(prom::metadata))
+        .route(
+            "/api/v1/query_exemplars",
+            get(prom::exemplars).post(prom::exemplars),
+        )
+        .route("/api/v1/rules", get(prom::rules))
+        .route("/api/v1/alerts", get(prom::alerts))
+        .route("/api/v1/status/buildinfo", get(prom::buildinfo))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         // Bodies are read with our own limit inside the handlers (JSON errors); this only

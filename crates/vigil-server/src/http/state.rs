@@ -35,6 +35,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Environments already recorded in the metadata store.
     pub known_envs: RwLock<HashSet<String>>,
+    /// The PromQL engine (limits and the concurrency gate).
+    pub engine: Arc<vigil_promql::Engine>,
 }
 
 impl AppState {

@@ -1,0 +1,582 @@
+//! The Prometheus HTTP API (`/api/v1/query`, `query_range`, `series`, `labels`, label values,
+//! metadata, buildinfo, exemplars, rules, alerts) in Prometheus' own response shapes, GET and
+//! form-encoded POST, scoped to the caller's environment.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use vigil_model::{EnvId, Labels, Matcher};
+use vigil_promql::{Error as QError, Value, format_value, parse_duration, parse_time};
+
+use crate::auth::Need;
+use crate::http::error::ApiError;
+use crate::http::extract::authorize;
+use crate::http::state::AppState;
+
+/// Largest form body accepted on the query endpoints.
+const MAX_FORM_BYTES: usize = 1 << 20;
+/// Bounds used when a request gives no start or end (Prometheus' min/max time, in ms).
+const MIN_TIME: i64 = -9_223_372_036_854_775 / 2;
+const MAX_TIME: i64 = 9_223_372_036_854_775 / 2;
+
+/// An error in Prometheus' shape: `{"status":"error","errorType":..,"error":..}`.
+#[derive(Debug)]
+pub struct PromError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl PromError {
+    fn bad_data(msg: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_data",
+            message: msg.into(),
+        }
+    }
+}
+
+impl From<ApiError> for PromError {
+    fn from(e: ApiError) -> Self {
+        Self {
+            status: e.status,
+            kind: e.code,
+            message: e.message,
+        }
+    }
+}
+
+impl From<QError> for PromError {
+    fn from(e: QError) -> Self {
+        let status = match &e {
+            QError::Parse(_) | QError::BadData(_) => StatusCode::BAD_REQUEST,
+            QError::Execution(_) | QError::TooManySamples(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            QError::Timeout(_) | QError::TooManyQueries(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            kind: e.error_type(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for PromError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(kind = self.kind, message = %self.message, "Query failed.");
+        }
+        let body = serde_json::json!({
+            "status": "error",
+            "errorType": self.kind,
+            "error": self.message,
+        });
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// Request parameters from the query string and, for form POSTs, the body.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    async fn read(
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Self, PromError> {
+        let mut v: Vec<(String, String)> = uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        if method == Method::POST {
+            let is_form = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+            let bytes: Bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
+                .await
+                .map_err(|_| {
+                    PromError::bad_data(format!("form body larger than {MAX_FORM_BYTES} bytes"))
+                })?;
+            if is_form {
+                v.extend(form_urlencoded::parse(&bytes).into_owned());
+            } else if !bytes.is_empty() {
+                return Err(PromError {
+                    status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    kind: "bad_data",
+                    message: "POST bodies must be application/x-www-form-urlencoded".into(),
+                });
+            }
+        }
+        Ok(Self(v))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn time(&self, name: &str, default: i64) -> Result<i64, PromError> {
+        match self.get(name) {
+            None | Some("") => Ok(default),
+            Some(s) => parse_time(s).ok_or_else(|| {
+                PromError::bad_data(format!(
+                    "invalid parameter \"{name}\": cannot parse \"{s}\" to a valid timestamp"
+                ))
+            }),
+        }
+    }
+
+    fn limit(&self) -> Result<Option<usize>, PromError> {
+        match self.get("limit") {
+            None | Some("") | Some("0") => Ok(None),
+            Some(s) => s.parse::<usize>().map(Some).map_err(|_| {
+                PromError::bad_data(format!("invalid parameter \"limit\": cannot parse \"{s}\""))
+            }),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn push_labels(out: &mut String, l: &Labels) {
+    out.push('{');
+    for (i, lab) in l.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, &lab.name);
+        out.push(':');
+        push_json_str(out, &lab.value);
+    }
+    out.push('}');
+}
+
+fn push_point(out: &mut String, t: i64, v: f64) {
+    out.push('[');
+    let _ = write!(out, "{}", t as f64 / 1000.0);
+    out.push_str(",\"");
+    out.push_str(&format_value(v));
+    out.push_str("\"]");
+}
+
+/// `{"status":"success","data":<data>}` from pre-rendered JSON.
+fn success(data: String, warnings: &[String]) -> Response {
+    let mut out = String::with_capacity(data.len() + 64);
+    out.push_str("{\"status\":\"success\",\"data\":");
+    out.push_str(&data);
+    if !warnings.is_empty() {
+        out.push_str(",\"warnings\":[");
+        for (i, w) in warnings.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, w);
+        }
+        out.push(']');
+    }
+    out.push('}');
+    ([(header::CONTENT_TYPE, "application/json")], out).into_response()
+}
+
+/// Renders a query result as Prometheus' `data` object.
+pub fn render_value(v: &Value, t: i64) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Scalar(x) => {
+            out.push_str("{\"resultType\":\"scalar\",\"result\":");
+            push_point(&mut out, t, *x);
+        }
+        Value::String(s) => {
+            out.push_str("{\"resultType\":\"string\",\"result\":[");
+            let _ = write!(out, "{},", t as f64 / 1000.0);
+            push_json_str(&mut out, s);
+            out.push(']');
+        }
+        Value::Vector(vec) => {
+            out.push_str("{\"resultType\":\"vector\",\"result\":[");
+            for (i, s) in vec.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                push_labels(&mut out, &s.metric);
+                out.push_str(",\"value\":");
+                push_point(&mut out, t, s.v);
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Matrix(m) => render_matrix_into(&mut out, m),
+    }
+    out.push('}');
+    out
+}
+
+fn render_matrix_into(out: &mut String, m: &vigil_promql::Matrix) {
+    out.push_str("{\"resultType\":\"matrix\",\"result\":[");
+    for (i, s) in m.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"metric\":");
+        push_labels(out, &s.metric);
+        out.push_str(",\"values\":[");
+        for (j, &(t, v)) in s.points.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            push_point(out, t, v);
+        }
+        out.push_str("]}");
+    }
+    out.push(']');
+}
+
+fn auth(state: &AppState, headers: &HeaderMap) -> Result<EnvId, PromError> {
+    Ok(authorize(state, headers, Need::Read)?.1)
+}
+
+fn query_param(p: &Params) -> Result<String, PromError> {
+    match p.get("query") {
+        Some(q) if !q.trim().is_empty() => Ok(q.to_string()),
+        _ => Err(PromError::bad_data(
+            "invalid parameter \"query\": query is empty",
+        )),
+    }
+}
+
+/// `GET|POST /api/v1/query`
+pub async fn query(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, PromError> {
+    let env = auth(&state, &headers)?;
+    let p = Params::read(&method, &uri, &headers, body).await?;
+    let q = query_param(&p)?;
+    let t = p.time("time", now_ms())?;
+    let db = state.db()?;
+    let engine = state.0.engine.clone();
+    let value = tokio::task::spawn_blocking(move || {
+        let st = vigil_promql::storage::TsdbStorage::new(&db, env.as_str());
+        engine.instant(&st, &q, t)
+    })
+    .await
+    .map_err(|e| PromError::from(QError::Storage(e.to_string())))??;
+    Ok(success(render_value(&value, t), &[]))
+}
+
+/// `GET|POST /api/v1/query_range`
+pub async fn query_range(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, PromError> {
+    let env = auth(&state, &headers)?;
+    let p = Params::read(&method, &uri, &headers, body).await?;
+    let q = query_param(&p)?;
+    let need = |name: &str| -> Result<i64, PromError> {
+        match p.get(name) {
+            None | Some("") => Err(PromError::bad_data(format!(
+                "invalid parameter \"{name}\": missing"
+            ))),
+            Some(_) => p.time(name, 0),
+        }
+    };
+    let start = need("start")?;
+    let end = need("end")?;
+    let step = match p.get("step") {
+        None | Some("") => return Err(PromError::bad_data("invalid parameter \"step\": missing")),
+        Some(s) => parse_duration(s).ok_or_else(|| {
+            PromError::bad_data(format!(
+                "invalid parameter \"step\": cannot parse \"{s}\" to a valid duration"
+            ))
+        })?,
+    };
+    if end < start {
+        return Err(PromError::bad_data(
+            "end timestamp must not be before start time",
+        ));
+    }
+    if step <= 0 {
+        return Err(PromError::bad_data(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    let db = state.db()?;
+    let engine = state.0.engine.clone();
+    let m = tokio::task::spawn_blocking(move || {
+        let st = vigil_promql::storage::TsdbStorage::new(&db, env.as_str());
+        engine.range(&st, &q, start, end, step)
+    })
+    .await
+    .map_err(|e| PromError::from(QError::Storage(e.to_string())))??;
+    let mut out = String::new();
+    render_matrix_into(&mut out, &m);
+    out.push('}');
+    Ok(success(out, &[]))
+}
+
+/// Parses each `match[]` selector into store matchers.
+fn match_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
+    let mut out = Vec::new();
+    for m in p.all("match[]") {
+        let e = vigil_promql::parse(m)
+            .map_err(|e| PromError::bad_data(format!("invalid parameter \"match[]\": {e}")))?;
+        let vs = match e {
+            vigil_promql::Expr::VectorSelector(vs) => vs,
+            _ => {
+                return Err(PromError::bad_data(format!(
+                    "invalid parameter \"match[]\": {m:?} is not a series selector"
+                )));
+            }
+        };
+        let ms = vigil_promql::selector_matchers(&vs).map_err(PromError::from)?;
+        if ms.iter().all(|m| m.matches_empty()) {
+            return Err(PromError::bad_data(format!(
+                "invalid parameter \"match[]\": {m:?} must contain at least one non-empty matcher"
+            )));
+        }
+        out.push(ms);
+    }
+    Ok(out)
+}
+
+/// `GET|POST /api/v1/series`
+pub async fn series(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, PromError> {
+    let env = auth(&state, &headers)?;
+    let p = Params::read(&method, &uri, &headers, body).await?;
+    let sets = match_sets(&p)?;
+    if sets.is_empty() {
+        return Err(PromError::bad_data("no match[] parameter provided"));
+    }
+    let start = p.time("start", MIN_TIME)?;
+    let end = p.time("end", MAX_TIME)?;
+    let limit = p.limit()?;
+    let db = state.db()?;
+    let (labels, truncated) = tokio::task::spawn_blocking(move || {
+        let q = db.querier(env.as_str(), start, end);
+        let mut all: std::collections::BTreeSet<Labels> = std::collections::BTreeSet::new();
+        for ms in &sets {
+            for s in q.select(ms)? {
+                all.insert(s.labels);
+            }
+        }
+        let n = all.len();
+        let mut v: Vec<Labels> = all.into_iter().collect();
+        if let Some(l) = limit {
+            v.truncate(l);
+        }
+        Ok::<_, vigil_tsdb::Error>((v, limit.is_some_and(|l| n > l)))
+    })
+    .await
+    .map_err(|e| PromError::from(QError::Storage(e.to_string())))?
+    .map_err(|e| PromError::from(QError::Storage(e.to_string())))?;
+    let mut out = String::from("[");
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_labels(&mut out, l);
+    }
+    out.push(']');
+    let warn = truncated.then(|| "results truncated due to limit".to_string());
+    Ok(success(out, warn.as_slice()))
+}
+
+fn string_list(v: &[String], limit: Option<usize>) -> (String, Vec<String>) {
+    let mut out = String::from("[");
+    let n = limit.map_or(v.len(), |l| l.min(v.len()));
+    for (i, s) in v[..n].iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, s);
+    }
+    out.push(']');
+    let warn = if n < v.len() {
+        vec!["results truncated due to limit".to_string()]
+    } else {
+        Vec::new()
+    };
+    (out, warn)
+}
+
+/// `GET|POST /api/v1/labels`
+pub async fn labels(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, PromError> {
+    let env = auth(&state, &headers)?;
+    let p = Params::read(&method, &uri, &headers, body).await?;
+    let sets = match_sets(&p)?;
+    let start = p.time("start", MIN_TIME)?;
+    let end = p.time("end", MAX_TIME)?;
+    let limit = p.limit()?;
+    let db = state.db()?;
+    let names = tokio::task::spawn_blocking(move || {
+        let q = db.querier(env.as_str(), start, end);
+        let mut all = std::collections::BTreeSet::new();
+        if sets.is_empty() {
+            all.extend(q.label_names(&[]));
+        } else {
+            for ms in &sets {
+                all.extend(q.label_names(ms));
+            }
+        }
+        all.into_iter().collect::<Vec<String>>()
+    })
+    .await
+    .map_err(|e| PromError::from(QError::Storage(e.to_string())))?;
+    let (out, warn) = string_list(&names, limit);
+    Ok(success(out, &warn))
+}
+
+/// `GET /api/v1/label/<name>/values`
+pub async fn label_values(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, PromError> {
+    let env = auth(&state, &headers)?;
+    let p = Params::read(&method, &uri, &headers, body).await?;
+    if name.is_empty() {
+        return Err(PromError::bad_data(format!("invalid label name: {name:?}")));
+    }
+    let sets = match_sets(&p)?;
+    let start = p.time("start", MIN_TIME)?;
+    let end = p.time("end", MAX_TIME)?;
+    let limit = p.limit()?;
+    let db = state.db()?;
+    let values = tokio::task::spawn_blocking(move || {
+        let q = db.querier(env.as_str(), start, end);
+        let mut all = std::collections::BTreeSet::new();
+        if sets.is_empty() {
+            all.extend(q.label_values(&name, &[]));
+        } else {
+            for ms in &sets {
+                all.extend(q.label_values(&name, ms));
+            }
+        }
+        all.into_iter().collect::<Vec<String>>()
+    })
+    .await
+    .map_err(|e| PromError::from(QError::Storage(e.to_string())))?;
+    let (out, warn) = string_list(&values, limit);
+    Ok(success(out, &warn))
+}
+
+/// `GET /api/v1/metadata`: Vigil keeps no metric metadata yet, so the map is empty.
+pub async fn metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, PromError> {
+    auth(&state, &headers)?;
+    Ok(success("{}".into(), &[]))
+}
+
+/// `GET|POST /api/v1/query_exemplars`: Vigil stores no exemplars.
+pub async fn exemplars(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, PromError> {
+    auth(&state, &headers)?;
+    Ok(success("[]".into(), &[]))
+}
+
+/// `GET /api/v1/rules`: no rules are loaded until alerting lands.
+pub async fn rules(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, PromError> {
+    auth(&state, &headers)?;
+    Ok(success("{\"groups\":[]}".into(), &[]))
+}
+
+/// `GET /api/v1/alerts`
+pub async fn alerts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, PromError> {
+    auth(&state, &headers)?;
+    Ok(success("{\"alerts\":[]}".into(), &[]))
+}
+
+/// `GET /api/v1/status/buildinfo`: Prometheus' fields; `features` is left out on purpose
+/// (Grafana would then expect a Mimir ruler API).
+pub async fn buildinfo(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, PromError> {
+    auth(&state, &headers)?;
+    let data = serde_json::json!({
+        "version": "3.0.0",
+        "revision": concat!("vigil-", env!("CARGO_PKG_VERSION")),
+        "branch": "vigil",
+        "buildUser": "vigil",
+        "buildDate": "",
+        "goVersion": "none (Vigil is written in Rust)",
+    });
+    Ok(success(data.to_string(), &[]))
+}

@@ -1,0 +1,143 @@
+//! A small blocking HTTP/1.1 client for the CLI's calls to a running server (`vigil query`):
+//! one request per connection, `Content-Length` or chunked responses.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// A response: status and body.
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Splits `http://host:port[/prefix]` into `host:port` and the path prefix.
+fn split_url(url: &str) -> Result<(String, String)> {
+    if url.starts_with("https://") {
+        bail!(
+            "{url}: this command speaks plain HTTP only; point it at a loopback listener or use curl with TLS"
+        );
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: expected http://HOST:PORT"))?;
+    let (host, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if host.is_empty() {
+        bail!("{url}: no host");
+    }
+    let host = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    Ok((host, prefix.to_string()))
+}
+
+/// Sends a form-encoded POST to `path` under `base_url`.
+pub fn post_form(
+    base_url: &str,
+    path: &str,
+    form: &[(&str, String)],
+    headers: &[(&str, String)],
+) -> Result<Response> {
+    let (host, prefix) = split_url(base_url)?;
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let mut s = TcpStream::connect(&host).with_context(|| format!("connect to {host}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut head = format!(
+        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        if v.contains(['\r', '\n']) {
+            bail!("header {k} holds a line break");
+        }
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    read_response(BufReader::new(s))
+}
+
+fn read_response(mut r: BufReader<TcpStream>) -> Result<Response> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad HTTP status line {line:?}"))?;
+    let mut len: Option<usize> = None;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.parse().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding")
+                && v.eq_ignore_ascii_case("chunked")
+            {
+                chunked = true;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .with_context(|| format!("bad chunk size {line:?}"))?;
+            if n == 0 {
+                break;
+            }
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..])?;
+            line.clear();
+            r.read_line(&mut line)?;
+        }
+    } else if let Some(n) = len {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(Response { status, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            split_url("http://127.0.0.1:9700").unwrap(),
+            ("127.0.0.1:9700".to_string(), String::new())
+        );
+        assert_eq!(
+            split_url("http://vigil/prefix/").unwrap(),
+            ("vigil:80".to_string(), "/prefix".to_string())
+        );
+        assert!(split_url("https://x").is_err());
+        assert!(split_url("ftp://x").is_err());
+        assert!(split_url("http://").is_err());
+    }
+}
