@@ -173,17 +173,7 @@ impl Evaluator<'_> {
                     }
                     let mut m = g.members;
                     if op != "limitk" {
-                        let top = op == "topk";
-                        m.sort_by(|a, b| {
-                            use std::cmp::Ordering::*;
-                            match (a.v.is_nan(), b.v.is_nan()) {
-                                (true, true) => Equal,
-                                (true, false) => Greater,
-                                (false, true) => Less,
-                                _ if top => b.v.partial_cmp(&a.v).unwrap_or(Equal),
-                                _ => a.v.partial_cmp(&b.v).unwrap_or(Equal),
-                            }
-                        });
+                        m = select_k(m, k as usize, op == "topk");
                     }
                     m.truncate(k.min(m.len() as i64) as usize);
                     for mut s in m {
@@ -200,4 +190,75 @@ impl Evaluator<'_> {
         }
         Ok(Value::Vector(out))
     }
+}
+
+/// Prometheus' topk/bottomk selection, reproduced exactly (ties included): a binary heap of
+/// at most `k` samples with the weakest at the root, filled in input order; a later sample
+/// replaces the root only when strictly better. The result is sorted best first.
+fn select_k(input: Vec<Sample>, k: usize, top: bool) -> Vec<Sample> {
+    // `less(a, b)`: a is weaker than b (NaN is the weakest of all).
+    let less = |a: f64, b: f64| -> bool {
+        if a.is_nan() {
+            return true;
+        }
+        if top { a < b } else { a > b }
+    };
+    let mut h: Vec<Sample> = Vec::with_capacity(k.min(input.len()));
+    let up = |h: &mut Vec<Sample>, mut j: usize| {
+        while j > 0 {
+            let i = (j - 1) / 2;
+            if !less(h[j].v, h[i].v) {
+                break;
+            }
+            h.swap(i, j);
+            j = i;
+        }
+    };
+    let down = |h: &mut Vec<Sample>, i0: usize| -> bool {
+        let n = h.len();
+        let mut i = i0;
+        loop {
+            let j1 = 2 * i + 1;
+            if j1 >= n {
+                break;
+            }
+            let mut j = j1;
+            if j1 + 1 < n && less(h[j1 + 1].v, h[j1].v) {
+                j = j1 + 1;
+            }
+            if !less(h[j].v, h[i].v) {
+                break;
+            }
+            h.swap(i, j);
+            i = j;
+        }
+        i > i0
+    };
+    for s in input {
+        if h.len() < k {
+            h.push(s);
+            let j = h.len() - 1;
+            up(&mut h, j);
+        } else if k > 0 {
+            let root = h[0].v;
+            let better = if top { root < s.v } else { root > s.v };
+            if better || (root.is_nan() && !s.v.is_nan()) {
+                h[0] = s;
+                if k > 1 && !down(&mut h, 0) {
+                    up(&mut h, 0);
+                }
+            }
+        }
+    }
+    h.sort_by(|a, b| {
+        use std::cmp::Ordering::*;
+        match (a.v.is_nan(), b.v.is_nan()) {
+            (true, true) => Equal,
+            (true, false) => Greater,
+            (false, true) => Less,
+            _ if top => b.v.partial_cmp(&a.v).unwrap_or(Equal),
+            _ => a.v.partial_cmp(&b.v).unwrap_or(Equal),
+        }
+    });
+    h
 }

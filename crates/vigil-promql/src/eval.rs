@@ -241,13 +241,13 @@ impl<'a> Evaluator<'a> {
             }
             let budget = self.opts.max_samples.saturating_sub(loaded_samples);
             let max = self.opts.max_samples;
-            let series = self
-                .st
-                .select(&matchers, p.mint, p.maxt, budget)
-                .map_err(|e| match e {
-                    Error::TooManySamples(_) => Error::TooManySamples(max),
-                    e => e,
-                })?;
+            let series =
+                self.st
+                    .select(&matchers, p.mint, p.maxt, budget)
+                    .map_err(|e| match e {
+                        Error::TooManySamples(_) => Error::TooManySamples(max),
+                        e => e,
+                    })?;
             let mut out = Vec::with_capacity(series.len());
             for mut s in series {
                 if p.matrix {

@@ -68,7 +68,12 @@ fn prometheus_api_answers_in_prometheus_shapes() {
     let t = base + 9 * 60_000;
 
     // Instant vector, sorted here for a stable comparison.
-    let d = query(&s, &s.admin, "sum by (zone) (rate(node_cpu_seconds_total[5m]))", t);
+    let d = query(
+        &s,
+        &s.admin,
+        "sum by (zone) (rate(node_cpu_seconds_total[5m]))",
+        t,
+    );
     assert_eq!(d["resultType"], "vector");
     let mut rows: Vec<(String, String)> = d["result"]
         .as_array()
@@ -83,7 +88,10 @@ fn prometheus_api_answers_in_prometheus_shapes() {
         })
         .collect();
     rows.sort();
-    assert_eq!(rows, vec![("z1".into(), "3".into()), ("z2".into(), "4".into())]);
+    assert_eq!(
+        rows,
+        vec![("z1".into(), "3".into()), ("z2".into(), "4".into())]
+    );
 
     // Scalar, string, and a range vector from an instant query.
     let d = query(&s, &s.admin, "1 + 1", t);
@@ -137,7 +145,10 @@ fn prometheus_api_answers_in_prometheus_shapes() {
     // Series, labels, label values, with and without match[].
     let (st, j) = get_json(
         &s,
-        &format!("/api/v1/series?match[]={}", enc("node_mem_bytes{zone=\"z1\"}")),
+        &format!(
+            "/api/v1/series?match[]={}",
+            enc("node_mem_bytes{zone=\"z1\"}")
+        ),
         &s.admin,
     );
     assert_eq!(st, 200);
@@ -245,7 +256,10 @@ fn query_errors_use_prometheus_error_shape_and_status() {
     assert_eq!(r.status, 422, "{}", r.body_str());
     let (kind, msg) = prom_error(&r);
     assert_eq!(kind, "execution");
-    assert!(msg.contains("too many samples") && msg.contains("limit 40"), "{msg}");
+    assert!(
+        msg.contains("too many samples") && msg.contains("limit 40"),
+        "{msg}"
+    );
 
     // Auth errors in the Prometheus shape too.
     let r = s.get("/api/v1/query?query=1", None);
@@ -307,7 +321,10 @@ fn vigil_query_prints_tables_json_and_errors() {
     let (ok, out, err) = run(&["--time", &ts, "sort_desc(node_mem_bytes * 2)"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("SERIES"), "{out}");
-    assert!(out.contains("{db=\"fleet\", host=\"h1\", zone=\"z1\"}  2180"), "{out}");
+    assert!(
+        out.contains("{db=\"fleet\", host=\"h1\", zone=\"z1\"}  2180"),
+        "{out}"
+    );
     assert!(out.contains("(3 series)"), "{out}");
 
     let (ok, out, _) = run(&["--json", "--time", &ts, "count(node_mem_bytes)"]);
@@ -317,7 +334,13 @@ fn vigil_query_prints_tables_json_and_errors() {
 
     let start = format!("{}", base / 1000);
     let (ok, out, err) = run(&[
-        "--start", &start, "--end", &ts, "--step", "3m", "node_mem_bytes{host=\"h3\"}",
+        "--start",
+        &start,
+        "--end",
+        &ts,
+        "--step",
+        "3m",
+        "node_mem_bytes{host=\"h3\"}",
     ]);
     assert!(ok, "{err}");
     assert_eq!(out.matches("  20").count(), 4, "{out}");
