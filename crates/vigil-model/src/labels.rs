@@ -1,17 +1,157 @@
 //! Label sets.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The label that holds a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
+
+/// An immutable, shared string (`Arc<str>`): cloning it copies a pointer, so a store can hand
+/// out label sets built from its interned symbols without copying text.
+/// Comparisons short-cut on pointer equality (interned strings share one allocation).
+#[derive(Clone, Default)]
+pub struct LabelStr(Arc<str>);
+
+impl PartialEq for LabelStr {
+    #[inline]
+    fn eq(&self, o: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &o.0) || *self.0 == *o.0
+    }
+}
+
+impl Eq for LabelStr {}
+
+impl PartialOrd for LabelStr {
+    #[inline]
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for LabelStr {
+    #[inline]
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &o.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.cmp(&o.0)
+        }
+    }
+}
+
+impl std::hash::Hash for LabelStr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h)
+    }
+}
+
+impl LabelStr {
+    /// The text.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for LabelStr {
+    type Target = str;
+    #[inline]
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for LabelStr {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for LabelStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LabelStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for LabelStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for LabelStr {
+    fn from(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<&&str> for LabelStr {
+    fn from(s: &&str) -> Self {
+        Self(Arc::from(*s))
+    }
+}
+
+impl From<String> for LabelStr {
+    fn from(s: String) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<&String> for LabelStr {
+    fn from(s: &String) -> Self {
+        Self(Arc::from(s.as_str()))
+    }
+}
+
+impl From<Arc<str>> for LabelStr {
+    fn from(s: Arc<str>) -> Self {
+        Self(s)
+    }
+}
+
+impl PartialEq<str> for LabelStr {
+    fn eq(&self, o: &str) -> bool {
+        &*self.0 == o
+    }
+}
+
+impl PartialEq<&str> for LabelStr {
+    fn eq(&self, o: &&str) -> bool {
+        &*self.0 == *o
+    }
+}
+
+impl PartialEq<String> for LabelStr {
+    fn eq(&self, o: &String) -> bool {
+        &*self.0 == o.as_str()
+    }
+}
+
+impl PartialEq<LabelStr> for String {
+    fn eq(&self, o: &LabelStr) -> bool {
+        self.as_str() == &*o.0
+    }
+}
+
+impl PartialEq<LabelStr> for &str {
+    fn eq(&self, o: &LabelStr) -> bool {
+        *self == &*o.0
+    }
+}
 
 /// One label: a name and a value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {
     /// The label name.
-    pub name: String,
+    pub name: LabelStr,
     /// The label value.
-    pub value: String,
+    pub value: LabelStr,
 }
 
 /// A set of labels sorted by name, without duplicate names and without empty values (an empty
@@ -27,7 +167,7 @@ impl Labels {
 
     /// Builds a label set from pairs: sorts by name, drops empty values, and keeps the last of
     /// duplicate names. Use [`crate::LabelLimits::validate`] to reject duplicates instead.
-    pub fn from_pairs<N: Into<String>, V: Into<String>>(
+    pub fn from_pairs<N: Into<LabelStr>, V: Into<LabelStr>>(
         pairs: impl IntoIterator<Item = (N, V)>,
     ) -> Self {
         let mut v: Vec<Label> = pairs
@@ -87,13 +227,13 @@ impl Labels {
             Ok(i) if value.is_empty() => {
                 self.0.remove(i);
             }
-            Ok(i) => self.0[i].value = value.to_string(),
+            Ok(i) => self.0[i].value = value.into(),
             Err(_) if value.is_empty() => {}
             Err(i) => self.0.insert(
                 i,
                 Label {
-                    name: name.to_string(),
-                    value: value.to_string(),
+                    name: name.into(),
+                    value: value.into(),
                 },
             ),
         }

@@ -22,7 +22,7 @@ mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use env::{EnvId, EnvIdError};
-pub use labels::{Label, Labels, METRIC_NAME, hash_pairs};
+pub use labels::{Label, LabelStr, Labels, METRIC_NAME, hash_pairs};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use sample::{STALE_NAN_BITS, Sample, is_stale_marker, stale_marker};
 pub use validate::{LabelError, LabelLimits, is_valid_label_name, is_valid_metric_name};

@@ -203,8 +203,8 @@ mod tests {
             pairs
                 .iter()
                 .map(|(n, v)| Label {
-                    name: n.to_string(),
-                    value: v.to_string(),
+                    name: n.into(),
+                    value: v.into(),
                 })
                 .collect(),
         )

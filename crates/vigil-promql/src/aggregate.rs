@@ -29,6 +29,29 @@ pub(crate) fn group_labels(m: &Labels, modifier: &Option<LabelModifier>) -> Labe
     }
 }
 
+/// The labels of `m` that `by`/`without` keep, in order, without allocating.
+fn kept<'a>(m: &'a Labels, modifier: &'a Option<LabelModifier>) -> impl Iterator<Item = &'a vigil_model::Label> {
+    m.iter().filter(move |l| match modifier {
+        None => false,
+        Some(LabelModifier::Include(ls)) => ls.labels.iter().any(|n| n == &l.name),
+        Some(LabelModifier::Exclude(ls)) => {
+            l.name != METRIC_NAME && !ls.labels.iter().any(|n| n == &l.name)
+        }
+    })
+}
+
+fn group_hash(m: &Labels, modifier: &Option<LabelModifier>) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+    for l in kept(m, modifier) {
+        h.write(l.name.as_bytes());
+        h.write_u8(0xff);
+        h.write(l.value.as_bytes());
+        h.write_u8(0xfe);
+    }
+    h.finish()
+}
+
 struct Group {
     labels: Labels,
     members: Vec<Sample>,
@@ -90,18 +113,38 @@ impl Evaluator<'_> {
             None
         };
 
-        // Group in order of first appearance.
+        // Group in order of first appearance. The key is a hash of the kept labels, checked
+        // against the group's labels, so no label set is built for a sample of a known group.
         let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut value_buf = String::new();
         for s in input {
-            let mut key = group_labels(&s.metric, &a.modifier);
-            if let Some(l) = &count_label {
-                key.set(l, &format_value(s.v));
+            let mut h = group_hash(&s.metric, &a.modifier);
+            if count_label.is_some() {
+                value_buf = format_value(s.v);
+                h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ foldhash_str(&value_buf);
             }
-            let i = match index.get(&key) {
-                Some(&i) => i,
+            let found = index.get(&h).and_then(|cands| {
+                cands.iter().copied().find(|&gi| {
+                    let g = &groups[gi].labels;
+                    match &count_label {
+                        None => kept(&s.metric, &a.modifier).eq(g.iter()),
+                        Some(l) => {
+                            let mut k = group_labels(&s.metric, &a.modifier);
+                            k.set(l, &value_buf);
+                            k == *g
+                        }
+                    }
+                })
+            });
+            let i = match found {
+                Some(i) => i,
                 None => {
-                    index.insert(key.clone(), groups.len());
+                    let mut key = group_labels(&s.metric, &a.modifier);
+                    if let Some(l) = &count_label {
+                        key.set(l, &value_buf);
+                    }
+                    index.entry(h).or_default().push(groups.len());
                     groups.push(Group {
                         labels: key,
                         members: Vec::new(),
@@ -261,4 +304,9 @@ fn select_k(input: Vec<Sample>, k: usize, top: bool) -> Vec<Sample> {
         }
     });
     h
+}
+
+fn foldhash_str(s: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(s)
 }

@@ -32,11 +32,11 @@ impl crate::Storage for TsdbStorage<'_> {
             .map_err(|e| Error::Storage(e.to_string()))?;
         let mut out = Vec::with_capacity(set.len());
         let mut total = 0usize;
-        for s in set {
+        for mut s in set {
             let mut samples = Vec::new();
-            for r in s.samples {
-                samples.push(r.map_err(|e| Error::Storage(e.to_string()))?);
-            }
+            s.samples
+                .read_all(&mut samples)
+                .map_err(|e| Error::Storage(e.to_string()))?;
             total += samples.len();
             if total > budget {
                 return Err(Error::TooManySamples(total));

@@ -181,8 +181,8 @@ impl WriteBatch {
         Labels::from_sorted(
             self.label_pairs(i)
                 .map(|(n, v)| Label {
-                    name: n.to_string(),
-                    value: v.to_string(),
+                    name: n.into(),
+                    value: v.into(),
                 })
                 .collect(),
         )

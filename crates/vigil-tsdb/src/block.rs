@@ -103,7 +103,7 @@ pub struct Block {
     pub meta: BlockMeta,
     dir: PathBuf,
     file: File,
-    symbols: Vec<Box<str>>,
+    symbols: Vec<vigil_model::LabelStr>,
     pub(crate) series: Vec<BlockSeries>,
     postings: HashMap<u32, EnvPostings>,
     /// Decoded shared timestamp columns by offset (bounded; cleared when full).
@@ -565,7 +565,7 @@ impl Block {
     }
 
     pub(crate) fn sym(&self, id: u32) -> &str {
-        self.symbols.get(id as usize).map_or("", |s| s)
+        self.symbols.get(id as usize).map_or("", |s| s.as_str())
     }
 
     fn id_of(&self, s: &str) -> Option<u32> {
@@ -580,8 +580,8 @@ impl Block {
             s.labels
                 .iter()
                 .map(|&(n, v)| Label {
-                    name: self.sym(n).to_string(),
-                    value: self.sym(v).to_string(),
+                    name: self.symbols.get(n as usize).cloned().unwrap_or_default(),
+                    value: self.symbols.get(v as usize).cloned().unwrap_or_default(),
                 })
                 .collect(),
         )
@@ -773,7 +773,7 @@ impl Block {
     }
 }
 
-type Parsed = (Vec<Box<str>>, Vec<BlockSeries>);
+type Parsed = (Vec<vigil_model::LabelStr>, Vec<BlockSeries>);
 
 fn parse_index(idx: &[u8]) -> std::result::Result<Parsed, (u64, String)> {
     if idx.len() < 9 {
@@ -793,7 +793,7 @@ fn parse_index(idx: &[u8]) -> std::result::Result<Parsed, (u64, String)> {
     let nsym = r.count(1).ok_or_else(|| bad(&r, "symbol count"))?;
     let mut symbols = Vec::with_capacity(nsym);
     for _ in 0..nsym {
-        symbols.push(Box::from(r.str().ok_or_else(|| bad(&r, "symbols"))?));
+        symbols.push(vigil_model::LabelStr::from(r.str().ok_or_else(|| bad(&r, "symbols"))?));
     }
     let nser = r.count(3).ok_or_else(|| bad(&r, "series count"))?;
     let mut series = Vec::with_capacity(nser);

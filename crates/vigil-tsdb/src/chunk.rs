@@ -72,20 +72,37 @@ impl<'a> BitReader<'a> {
         Some(bit)
     }
 
+    /// The next 64 bits from the current position, MSB first, zero-padded past the end.
     #[inline]
-    fn read_bits(&mut self, mut n: u32) -> Option<u64> {
-        let mut v = 0u64;
-        while n > 0 {
-            let byte = *self.buf.get(self.pos >> 3)? as u64;
-            let off = (self.pos & 7) as u32;
-            let avail = 8 - off;
-            let take = avail.min(n);
-            let bits = (byte >> (avail - take)) & ((1 << take) - 1);
-            v = if take == 64 { bits } else { (v << take) | bits };
-            self.pos += take as usize;
-            n -= take;
+    fn peek64(&self) -> u64 {
+        let byte = self.pos >> 3;
+        let mut w = [0u8; 8];
+        if let Some(src) = self.buf.get(byte..byte + 8) {
+            w.copy_from_slice(src);
+        } else if byte < self.buf.len() {
+            let rest = &self.buf[byte..];
+            w[..rest.len()].copy_from_slice(rest);
         }
-        Some(v)
+        u64::from_be_bytes(w) << (self.pos & 7)
+    }
+
+    #[inline]
+    fn read_bits(&mut self, n: u32) -> Option<u64> {
+        if n == 0 {
+            return Some(0);
+        }
+        if self.pos + n as usize > self.buf.len() * 8 {
+            return None;
+        }
+        if n <= 56 {
+            let v = self.peek64() >> (64 - n);
+            self.pos += n as usize;
+            Some(v)
+        } else {
+            let hi = self.read_bits(n - 32)?;
+            let lo = self.read_bits(32)?;
+            Some((hi << 32) | lo)
+        }
     }
 }
 

@@ -554,8 +554,8 @@ impl Head {
             s.labels
                 .iter()
                 .map(|&(n, v)| Label {
-                    name: self.symbols.get(n).to_string(),
-                    value: self.symbols.get(v).to_string(),
+                    name: self.symbols.get_shared(n),
+                    value: self.symbols.get_shared(v),
                 })
                 .collect(),
         )

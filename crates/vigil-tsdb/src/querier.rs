@@ -188,12 +188,23 @@ impl SampleIter {
         Ok(true)
     }
 
-    /// Collects the remaining samples into `out`.
+    /// Collects the remaining samples into `out`, a decoded chunk at a time.
     pub fn read_all(&mut self, out: &mut Vec<(i64, f64)>) -> Result<()> {
-        for s in self {
-            out.push(s?);
+        loop {
+            if self.failed {
+                return Ok(());
+            }
+            out.extend_from_slice(&self.buf[self.pos..]);
+            self.pos = self.buf.len();
+            match self.refill() {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
         }
-        Ok(())
     }
 }
 
@@ -246,7 +257,9 @@ impl Querier {
 
     /// Series matching `matchers` with samples in the range.
     pub fn select(&self, matchers: &[Matcher]) -> Result<SeriesSet> {
-        let mut map: BTreeMap<Labels, Vec<Source>> = BTreeMap::new();
+        // Gather (labels, sources) from blocks and head, then sort once and merge equal label
+        // sets (a series present in several blocks and the head).
+        let mut found: Vec<(Labels, Vec<Source>)> = Vec::new();
         if self.mint <= self.maxt {
             for b in self.blocks.iter() {
                 if b.meta.resolution_ms != 0
@@ -267,23 +280,27 @@ impl Querier {
                         })
                         .collect();
                     if !chunks.is_empty() {
-                        map.entry(b.labels(s)).or_default().extend(chunks);
+                        found.push((b.labels(s), chunks));
                     }
                 }
             }
             for (labels, chunks) in self.head.select(&self.env, matchers, self.mint, self.maxt) {
-                map.entry(labels)
-                    .or_default()
-                    .extend(chunks.into_iter().map(Source::Head));
+                found.push((labels, chunks.into_iter().map(Source::Head).collect()));
             }
         }
-        let items: Vec<_> = map
-            .into_iter()
-            .map(|(l, s)| {
-                let d = self.deleted_for(&l);
-                (l, s, d)
-            })
-            .collect();
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut items: Vec<SelectedSeries> = Vec::with_capacity(found.len());
+        for (l, src) in found {
+            match items.last_mut() {
+                Some(last) if last.0 == l => last.1.extend(src),
+                _ => items.push((l, src, Vec::new())),
+            }
+        }
+        if self.tombstones.iter().any(|t| t.env == self.env) {
+            for it in &mut items {
+                it.2 = self.deleted_for(&it.0);
+            }
+        }
         Ok(SeriesSet {
             items: items.into_iter(),
             mint: self.mint,

@@ -54,6 +54,17 @@ impl Symbols {
             .map_or("", |s| s)
     }
 
+    /// The shared string for `id` (a pointer copy); the empty string for an unknown id.
+    #[inline]
+    pub(crate) fn get_shared(&self, id: u32) -> vigil_model::LabelStr {
+        let id = id as usize;
+        self.pages
+            .get(id / PAGE)
+            .and_then(|p| p.get())
+            .and_then(|p| p[id % PAGE].get())
+            .map_or_else(vigil_model::LabelStr::default, |s| s.clone().into())
+    }
+
     /// The id of `s` if interned.
     pub(crate) fn lookup(&self, s: &str) -> Option<u32> {
         self.map.read().get(s).copied()

@@ -154,7 +154,7 @@ fn native_json(fleet: &Fleet, part: &[vigil_fleet::FleetSample]) -> Vec<Req> {
             let labels: serde_json::Map<String, serde_json::Value> = l
                 .iter()
                 .filter(|x| !matches!(x.name.as_str(), "__name__" | "agent" | "instance" | "job"))
-                .map(|x| (x.name.clone(), serde_json::Value::String(x.value.clone())))
+                .map(|x| (x.name.to_string(), serde_json::Value::String(x.value.to_string())))
                 .collect();
             metrics.push(serde_json::json!({"name": l.metric_name().unwrap_or("m"), "labels": labels, "value": s.value}));
             i += 1;
@@ -193,8 +193,8 @@ fn encode(fleet: &Fleet, part: &[vigil_fleet::FleetSample], protocol: &str) -> R
                         labels: fleet.series()[s.series as usize]
                             .iter()
                             .map(|l| PLabel {
-                                name: l.name.clone(),
-                                value: l.value.clone(),
+                                name: l.name.to_string(),
+                                value: l.value.to_string(),
                             })
                             .collect(),
                         samples: vec![PSample {

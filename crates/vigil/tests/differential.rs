@@ -132,7 +132,7 @@ fn load(vigil: &Server, prom: &Prometheus) -> (i64, i64) {
         .iter()
         .map(|l| {
             l.iter()
-                .map(|x| (x.name.clone(), x.value.clone()))
+                .map(|x| (x.name.to_string(), x.value.to_string()))
                 .collect()
         })
         .collect();
