@@ -30,7 +30,10 @@ pub(crate) fn group_labels(m: &Labels, modifier: &Option<LabelModifier>) -> Labe
 }
 
 /// The labels of `m` that `by`/`without` keep, in order, without allocating.
-fn kept<'a>(m: &'a Labels, modifier: &'a Option<LabelModifier>) -> impl Iterator<Item = &'a vigil_model::Label> {
+fn kept<'a>(
+    m: &'a Labels,
+    modifier: &'a Option<LabelModifier>,
+) -> impl Iterator<Item = &'a vigil_model::Label> {
     m.iter().filter(move |l| match modifier {
         None => false,
         Some(LabelModifier::Include(ls)) => ls.labels.iter().any(|n| n == &l.name),

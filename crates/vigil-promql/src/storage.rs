@@ -27,24 +27,72 @@ impl crate::Storage for TsdbStorage<'_> {
         budget: usize,
     ) -> Result<Vec<StoredSeries>> {
         let q = self.db.querier(self.env, mint, maxt);
-        let set = q
+        let set: Vec<vigil_tsdb::Series> = q
             .select(matchers)
-            .map_err(|e| Error::Storage(e.to_string()))?;
-        let mut out = Vec::with_capacity(set.len());
+            .map_err(|e| Error::Storage(e.to_string()))?
+            .collect();
+        // Decode in parallel when there is enough work: each series is independent.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+            .min(set.len() / 256)
+            .max(1);
+        let per = set.len().div_ceil(workers).max(1);
+        let mut parts: Vec<Vec<vigil_tsdb::Series>> = Vec::with_capacity(workers);
+        let mut it = set.into_iter();
+        loop {
+            let part: Vec<vigil_tsdb::Series> = it.by_ref().take(per).collect();
+            if part.is_empty() {
+                break;
+            }
+            parts.push(part);
+        }
+        let decode = |part: Vec<vigil_tsdb::Series>| -> Result<Vec<StoredSeries>> {
+            let mut out = Vec::with_capacity(part.len());
+            let mut total = 0usize;
+            for mut s in part {
+                let mut samples = Vec::new();
+                s.samples
+                    .read_all(&mut samples)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                total += samples.len();
+                if total > budget {
+                    return Err(Error::TooManySamples(total));
+                }
+                out.push(StoredSeries {
+                    labels: s.labels,
+                    samples,
+                });
+            }
+            Ok(out)
+        };
+        let results: Vec<Result<Vec<StoredSeries>>> = if parts.len() <= 1 {
+            parts.into_iter().map(decode).collect()
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .map(|p| sc.spawn(move || decode(p)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Storage("decoder thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut out = Vec::new();
         let mut total = 0usize;
-        for mut s in set {
-            let mut samples = Vec::new();
-            s.samples
-                .read_all(&mut samples)
-                .map_err(|e| Error::Storage(e.to_string()))?;
-            total += samples.len();
+        for r in results {
+            let part = r?;
+            total += part.iter().map(|s| s.samples.len()).sum::<usize>();
             if total > budget {
                 return Err(Error::TooManySamples(total));
             }
-            out.push(StoredSeries {
-                labels: s.labels,
-                samples,
-            });
+            out.extend(part);
         }
         Ok(out)
     }

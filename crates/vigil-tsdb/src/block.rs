@@ -793,7 +793,9 @@ fn parse_index(idx: &[u8]) -> std::result::Result<Parsed, (u64, String)> {
     let nsym = r.count(1).ok_or_else(|| bad(&r, "symbol count"))?;
     let mut symbols = Vec::with_capacity(nsym);
     for _ in 0..nsym {
-        symbols.push(vigil_model::LabelStr::from(r.str().ok_or_else(|| bad(&r, "symbols"))?));
+        symbols.push(vigil_model::LabelStr::from(
+            r.str().ok_or_else(|| bad(&r, "symbols"))?,
+        ));
     }
     let nser = r.count(3).ok_or_else(|| bad(&r, "series count"))?;
     let mut series = Vec::with_capacity(nser);

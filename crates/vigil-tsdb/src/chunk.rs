@@ -64,12 +64,10 @@ impl<'a> BitReader<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// Bits left to read.
     #[inline]
-    fn read_bit(&mut self) -> Option<bool> {
-        let byte = *self.buf.get(self.pos >> 3)?;
-        let bit = (byte >> (7 - (self.pos & 7))) & 1 == 1;
-        self.pos += 1;
-        Some(bit)
+    fn remaining(&self) -> usize {
+        (self.buf.len() * 8).saturating_sub(self.pos)
     }
 
     /// The next 64 bits from the current position, MSB first, zero-padded past the end.
@@ -135,24 +133,36 @@ fn write_dod(w: &mut BitWriter, dod: i64) {
 }
 
 fn read_dod(r: &mut BitReader<'_>) -> Option<i64> {
-    let mut ones = 0;
-    while ones < 4 {
-        if !r.read_bit()? {
-            break;
-        }
-        ones += 1;
+    // One 64-bit window holds the prefix (≤ 4 bits) and, except for the 64-bit bucket, the
+    // payload (≤ 20 bits).
+    if r.remaining() == 0 {
+        return None;
     }
+    let w = r.peek64();
+    let ones = w.leading_ones().min(4);
     let bits = match ones {
-        0 => return Some(0),
+        0 => {
+            r.pos += 1;
+            return Some(0);
+        }
         1 => 7,
         2 => 14,
         3 => 20,
         _ => 64,
     };
-    let raw = r.read_bits(bits)?;
+    let prefix = if ones < 4 { ones + 1 } else { 4 };
     if bits == 64 {
-        return Some(raw as i64);
+        if r.remaining() < 4 {
+            return None;
+        }
+        r.pos += 4;
+        return Some(r.read_bits(64)? as i64);
     }
+    if r.remaining() < (prefix + bits) as usize {
+        return None;
+    }
+    let raw = (w << prefix) >> (64 - bits);
+    r.pos += (prefix + bits) as usize;
     // Sign-extend; the encoder maps (-2^(b-1), 2^(b-1)] so 2^(b-1) itself appears as the
     // minimum negative pattern and must read back positive.
     let half = 1u64 << (bits - 1);
@@ -353,10 +363,19 @@ impl<'a> XorIter<'a> {
                 self.delta.wrapping_add(dod)
             };
             self.t = self.t.wrapping_add(self.delta);
-            if self.r.read_bit()? {
-                if self.r.read_bit()? {
-                    self.leading = self.r.read_bits(5)? as u32;
-                    let mut sig = self.r.read_bits(6)? as u32;
+            if self.r.remaining() == 0 {
+                return None;
+            }
+            let w = self.r.peek64();
+            if w >> 63 == 1 {
+                if (w >> 62) & 1 == 1 {
+                    // '11', 5 bits of leading zeros, 6 bits of significant length.
+                    if self.r.remaining() < 13 {
+                        return None;
+                    }
+                    self.leading = ((w >> 57) & 0x1f) as u32;
+                    let mut sig = ((w >> 51) & 0x3f) as u32;
+                    self.r.pos += 13;
                     if sig == 0 {
                         sig = 64;
                     }
@@ -364,9 +383,16 @@ impl<'a> XorIter<'a> {
                         return None;
                     }
                     self.trailing = 64 - self.leading - sig;
-                } else if self.i == 1 && self.leading == 0 && self.trailing == 0 {
-                    // A reuse of a window that was never set: only a corrupt stream does this.
-                    return None;
+                } else {
+                    // '10': reuse the previous window.
+                    if self.i == 1 && self.leading == 0 && self.trailing == 0 {
+                        // A reuse of a window that was never set: only a corrupt stream does this.
+                        return None;
+                    }
+                    if self.r.remaining() < 2 {
+                        return None;
+                    }
+                    self.r.pos += 2;
                 }
                 let sig = 64 - self.leading - self.trailing;
                 let x = self.r.read_bits(sig)?;
@@ -375,6 +401,8 @@ impl<'a> XorIter<'a> {
                 } else {
                     x << self.trailing
                 };
+            } else {
+                self.r.pos += 1;
             }
         }
         self.i += 1;

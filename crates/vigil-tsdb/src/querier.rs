@@ -149,12 +149,31 @@ impl SampleIter {
         }
     }
 
+    /// Drops decoded samples outside the range or deleted.
+    fn trim(&mut self) {
+        let (mint, maxt) = (self.mint, self.maxt);
+        let deleted = &self.deleted;
+        self.buf.retain(|&(t, _)| {
+            t >= mint && t <= maxt && !deleted.iter().any(|&(a, b)| t >= a && t <= b)
+        });
+    }
+
     fn refill(&mut self) -> Result<bool> {
         self.buf.clear();
         self.pos = 0;
         let Some(first) = self.pending.pop() else {
             return Ok(false);
         };
+        // The common case: one source not overlapping the next; no grouping vector.
+        if self
+            .pending
+            .last()
+            .is_none_or(|n| n.min_time() > first.max_time())
+        {
+            first.decode(&mut self.bytes, &mut self.buf)?;
+            self.trim();
+            return Ok(true);
+        }
         let mut group = vec![first];
         let mut hi = group[0].max_time();
         while let Some(next) = self.pending.last() {
@@ -180,11 +199,7 @@ impl SampleIter {
             tagged.dedup_by_key(|x| x.0);
             self.buf.extend(tagged.into_iter().map(|(t, _, v)| (t, v)));
         }
-        let (mint, maxt) = (self.mint, self.maxt);
-        let deleted = &self.deleted;
-        self.buf.retain(|&(t, _)| {
-            t >= mint && t <= maxt && !deleted.iter().any(|&(a, b)| t >= a && t <= b)
-        });
+        self.trim();
         Ok(true)
     }
 

@@ -38,7 +38,13 @@ fn free_port() -> u16 {
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns status and body.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).ok();
     let mut head = format!(
@@ -54,7 +60,11 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
-    let status = line.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
     let mut len = None;
     let mut chunked = false;
     loop {
@@ -99,14 +109,19 @@ fn wait_ok(addr: &str, path: &str, what: &str) {
     let t = Instant::now();
     loop {
         if let Ok(mut s) = TcpStream::connect(addr) {
-            let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
+            let _ = s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            );
             let mut b = String::new();
             let _ = s.read_to_string(&mut b);
             if b.starts_with("HTTP/1.1 200") {
                 return;
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "{what} did not become ready");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{what} did not become ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -114,7 +129,14 @@ fn wait_ok(addr: &str, path: &str, what: &str) {
 fn start_vigil() -> Target {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--auth-enabled", "false", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth-enabled",
+            "false",
+            "--data-dir",
+        ])
         .arg(dir.path().join("vigil"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -126,13 +148,23 @@ fn start_vigil() -> Target {
     for l in lines.by_ref() {
         let l = l.unwrap();
         if let Some(rest) = l.strip_prefix("vigil listening on ") {
-            addr = rest.split_whitespace().next().unwrap().trim_start_matches("http://").to_string();
+            addr = rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("http://")
+                .to_string();
             break;
         }
     }
     std::thread::spawn(move || for _ in lines {});
     wait_ok(&addr, "/readyz", "vigil");
-    Target { name: "vigil", addr, child, _dir: dir }
+    Target {
+        name: "vigil",
+        addr,
+        child,
+        _dir: dir,
+    }
 }
 
 fn start_vm(bin: &str) -> Target {
@@ -154,7 +186,12 @@ fn start_vm(bin: &str) -> Target {
         .spawn()
         .unwrap();
     wait_ok(&addr, "/health", "VictoriaMetrics");
-    Target { name: "victoriametrics", addr, child, _dir: dir }
+    Target {
+        name: "victoriametrics",
+        addr,
+        child,
+        _dir: dir,
+    }
 }
 
 fn start_prometheus(bin: &str) -> Target {
@@ -164,7 +201,10 @@ fn start_prometheus(bin: &str) -> Target {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(bin)
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .args([
             "--web.enable-remote-write-receiver",
@@ -177,7 +217,12 @@ fn start_prometheus(bin: &str) -> Target {
         .spawn()
         .unwrap();
     wait_ok(&addr, "/-/ready", "Prometheus");
-    Target { name: "prometheus", addr, child, _dir: dir }
+    Target {
+        name: "prometheus",
+        addr,
+        child,
+        _dir: dir,
+    }
 }
 
 const BUCKETS: [&str; 8] = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1", "+Inf"];
@@ -197,18 +242,28 @@ fn load(targets: &[Target], agents: usize, steps: i64, start_ms: i64, env: &str,
     let labels: Vec<Vec<(String, String)>> = fleet
         .series()
         .iter()
-        .map(|l| l.iter().map(|x| (x.name.to_string(), x.value.to_string())).collect())
+        .map(|l| {
+            l.iter()
+                .map(|x| (x.name.to_string(), x.value.to_string()))
+                .collect()
+        })
         .collect();
     let mut hist_labels: Vec<Vec<(String, String)>> = Vec::new();
     for a in 0..agents {
         for le in BUCKETS {
             hist_labels.push(vec![
-                ("__name__".into(), "http_request_duration_seconds_bucket".into()),
+                (
+                    "__name__".into(),
+                    "http_request_duration_seconds_bucket".into(),
+                ),
                 ("agent".into(), format!("agent-{a:05}")),
                 ("env".into(), env.into()),
                 ("job".into(), "api".into()),
                 ("le".into(), le.into()),
-                ("zone".into(), format!("zone-{}", (b'a' + (a % 8) as u8) as char)),
+                (
+                    "zone".into(),
+                    format!("zone-{}", (b'a' + (a % 8) as u8) as char),
+                ),
             ]);
         }
     }
@@ -248,8 +303,13 @@ fn load(targets: &[Target], agents: usize, steps: i64, start_ms: i64, env: &str,
             let ts: Vec<TimeSeries> = chunk
                 .iter()
                 .map(|&i| {
-                    let l = if i < labels.len() { &labels[i] } else { &hist_labels[i - labels.len()] };
-                    let lr: Vec<(&str, &str)> = l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                    let l = if i < labels.len() {
+                        &labels[i]
+                    } else {
+                        &hist_labels[i - labels.len()]
+                    };
+                    let lr: Vec<(&str, &str)> =
+                        l.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                     TimeSeries::new(&lr, &cols[i])
                 })
                 .collect();
@@ -272,7 +332,12 @@ fn load(targets: &[Target], agents: usize, steps: i64, start_ms: i64, env: &str,
                             ],
                             b,
                         );
-                        assert!(st / 100 == 2, "{} refused a write: {st} {}", t.name, String::from_utf8_lossy(&body));
+                        assert!(
+                            st / 100 == 2,
+                            "{} refused a write: {st} {}",
+                            t.name,
+                            String::from_utf8_lossy(&body)
+                        );
                     }
                 });
             }
@@ -329,7 +394,11 @@ struct Q {
 
 fn run_query(t: &Target, q: &Q) -> (Duration, usize) {
     let path = match q.range {
-        None => format!("/api/v1/query?query={}&time={:.3}", enc(&q.expr), q.at as f64 / 1000.0),
+        None => format!(
+            "/api/v1/query?query={}&time={:.3}",
+            enc(&q.expr),
+            q.at as f64 / 1000.0
+        ),
         Some((s, e, st)) => format!(
             "/api/v1/query_range?query={}&start={:.3}&end={:.3}&step={:.3}",
             enc(&q.expr),
@@ -341,7 +410,14 @@ fn run_query(t: &Target, q: &Q) -> (Duration, usize) {
     let t0 = Instant::now();
     let (status, body) = http(&t.addr, "GET", &path, &[], b"");
     let el = t0.elapsed();
-    assert_eq!(status, 200, "{} on {}: {}", q.name, t.name, String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        200,
+        "{} on {}: {}",
+        q.name,
+        t.name,
+        String::from_utf8_lossy(&body)
+    );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let n = v["data"]["result"].as_array().map_or(1, |a| a.len());
     (el, n)
@@ -358,15 +434,25 @@ fn main() {
         return;
     }
     let full = std::env::var("VIGIL_BENCH_FULL").is_ok_and(|v| v == "1");
-    let runs: usize = std::env::var("VIGIL_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("VIGIL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let peers = std::env::var("VIGIL_BENCH_PEERS").map_or(true, |v| v != "0");
-    let (live_agents, range_agents, range_hours) = if full { (10_000, 1_000, 24) } else { (1_000, 100, 6) };
+    let (live_agents, range_agents, range_hours) = if full {
+        (10_000, 1_000, 24)
+    } else {
+        (1_000, 100, 6)
+    };
 
     let mut targets = vec![start_vigil()];
     if peers {
         for (bin, f) in [
             ("/usr/bin/victoria-metrics", start_vm as fn(&str) -> Target),
-            ("/usr/bin/prometheus", start_prometheus as fn(&str) -> Target),
+            (
+                "/usr/bin/prometheus",
+                start_prometheus as fn(&str) -> Target,
+            ),
         ] {
             if std::path::Path::new(bin).exists() {
                 targets.push(f(bin));
@@ -375,12 +461,22 @@ fn main() {
             }
         }
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let live_steps = 36; // 6 minutes: enough for [5m] windows
     let range_steps = range_hours * 360;
     let live_start = (now / 10_000 - live_steps) * 10_000;
     let range_start = live_start - range_steps * 10_000 - 60_000;
-    let range_end = load(&targets, range_agents, range_steps, range_start, "range", 11);
+    let range_end = load(
+        &targets,
+        range_agents,
+        range_steps,
+        range_start,
+        "range",
+        11,
+    );
     let live_end = load(&targets, live_agents, live_steps, live_start, "live", 7);
     for t in &targets {
         if t.name == "victoriametrics" {

@@ -154,7 +154,12 @@ fn native_json(fleet: &Fleet, part: &[vigil_fleet::FleetSample]) -> Vec<Req> {
             let labels: serde_json::Map<String, serde_json::Value> = l
                 .iter()
                 .filter(|x| !matches!(x.name.as_str(), "__name__" | "agent" | "instance" | "job"))
-                .map(|x| (x.name.to_string(), serde_json::Value::String(x.value.to_string())))
+                .map(|x| {
+                    (
+                        x.name.to_string(),
+                        serde_json::Value::String(x.value.to_string()),
+                    )
+                })
                 .collect();
             metrics.push(serde_json::json!({"name": l.metric_name().unwrap_or("m"), "labels": labels, "value": s.value}));
             i += 1;
