@@ -16,7 +16,7 @@ pub struct QueryArgs {
     /// Server base URL.
     #[arg(long, env = "VIGIL_URL", default_value = "http://127.0.0.1:9700")]
     pub url: String,
-    /// Bearer token (else --token-file, else <data-dir>/admin.token).
+    /// Bearer token (else --token-file, else DATA_DIR/admin.token).
     #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the token.
