@@ -5,7 +5,8 @@
 //! `cargo bench -p vigil --bench query` runs the quick scale (1,000 agents for instant
 //! queries, 100 agents × 6 h for range queries). `VIGIL_BENCH_FULL=1` runs the scale
 //! (10,000 agents; 1,000 agents × 24 h). `VIGIL_BENCH_PEERS=0` skips the peers;
-//! `VIGIL_BENCH_RUNS` sets repetitions per query (default 30).
+//! `VIGIL_BENCH_RUNS` sets repetitions per query (default 30); `VIGIL_BENCH_AGENTS` and
+//! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -439,11 +440,25 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let peers = std::env::var("VIGIL_BENCH_PEERS").map_or(true, |v| v != "0");
-    let (live_agents, range_agents, range_hours) = if full {
+    let (mut live_agents, mut range_agents, mut range_hours) = if full {
         (10_000, 1_000, 24)
     } else {
         (1_000, 100, 6)
     };
+    // Overrides: VIGIL_BENCH_AGENTS (instant), VIGIL_BENCH_RANGE=AGENTSxHOURS.
+    if let Some(a) = std::env::var("VIGIL_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        live_agents = a;
+    }
+    if let Some((a, h)) = std::env::var("VIGIL_BENCH_RANGE").ok().and_then(|v| {
+        v.split_once('x')
+            .and_then(|(a, h)| Some((a.parse().ok()?, h.parse().ok()?)))
+    }) {
+        range_agents = a;
+        range_hours = h;
+    }
 
     let mut targets = vec![start_vigil()];
     if peers {
