@@ -78,7 +78,70 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL,
         revoked_ms INTEGER
      );",
+    // 2: the agent registry and agent state history.
+    "CREATE TABLE agents (
+        env TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        interval_ms INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (env, agent_id)
+     );
+     CREATE TABLE agent_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        env TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        detail TEXT NOT NULL
+     );
+     CREATE INDEX agent_events_by_agent ON agent_events (env, agent_id, at_ms);",
 ];
+
+/// An agent as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Environment.
+    pub env: String,
+    /// Agent id.
+    pub agent_id: String,
+    /// Zone.
+    pub zone: String,
+    /// Labels as a JSON object.
+    pub labels: String,
+    /// Declared heartbeat interval, ms.
+    pub interval_ms: i64,
+    /// Reported version.
+    pub version: String,
+    /// First heartbeat, ms.
+    pub first_seen_ms: i64,
+    /// Latest heartbeat, ms.
+    pub last_seen_ms: i64,
+}
+
+/// A state change or other agent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEventRecord {
+    /// Environment.
+    pub env: String,
+    /// Agent id (for zone events: the agent that triggered it).
+    pub agent_id: String,
+    /// When, ms.
+    pub at_ms: i64,
+    /// `state`, `partition_suspected`, `partition_ended`, `restarted`.
+    pub kind: String,
+    /// Previous state, for `state`.
+    pub from_state: Option<String>,
+    /// New state, for `state`.
+    pub to_state: Option<String>,
+    /// Free text (e.g. the zone).
+    pub detail: String,
+}
 
 /// The newest schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -179,6 +242,132 @@ impl Meta {
             .map_err(self.err("list environments"))?;
         rows.collect::<rusqlite::Result<Vec<String>>>()
             .map_err(self.err("list environments"))
+    }
+
+    /// Inserts or updates agents in one transaction.
+    pub fn upsert_agents(&self, agents: &[AgentRecord]) -> Result<()> {
+        let mut c = self.conn.lock();
+        let tx = c.transaction().map_err(self.err("begin agent upsert"))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO agents (env, agent_id, zone, labels, interval_ms, version, first_seen_ms, last_seen_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (env, agent_id) DO UPDATE SET zone = excluded.zone, labels = excluded.labels,
+                       interval_ms = excluded.interval_ms, version = excluded.version, last_seen_ms = excluded.last_seen_ms",
+                )
+                .map_err(self.err("prepare agent upsert"))?;
+            for a in agents {
+                st.execute(params![
+                    a.env,
+                    a.agent_id,
+                    a.zone,
+                    a.labels,
+                    a.interval_ms,
+                    a.version,
+                    a.first_seen_ms,
+                    a.last_seen_ms
+                ])
+                .map_err(self.err("upsert agent"))?;
+            }
+        }
+        tx.commit().map_err(self.err("commit agent upsert"))?;
+        Ok(())
+    }
+
+    /// Removes an agent from the registry (its history stays).
+    pub fn delete_agent(&self, env: &str, agent_id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .lock()
+            .execute(
+                "DELETE FROM agents WHERE env = ?1 AND agent_id = ?2",
+                params![env, agent_id],
+            )
+            .map_err(self.err("delete agent"))?;
+        Ok(n > 0)
+    }
+
+    /// Every registered agent.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>> {
+        let c = self.conn.lock();
+        let mut st = c
+            .prepare("SELECT env, agent_id, zone, labels, interval_ms, version, first_seen_ms, last_seen_ms FROM agents ORDER BY env, agent_id")
+            .map_err(self.err("list agents"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(AgentRecord {
+                    env: r.get(0)?,
+                    agent_id: r.get(1)?,
+                    zone: r.get(2)?,
+                    labels: r.get(3)?,
+                    interval_ms: r.get(4)?,
+                    version: r.get(5)?,
+                    first_seen_ms: r.get(6)?,
+                    last_seen_ms: r.get(7)?,
+                })
+            })
+            .map_err(self.err("list agents"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("list agents"))
+    }
+
+    /// Appends agent events in one transaction.
+    pub fn insert_agent_events(&self, events: &[AgentEventRecord]) -> Result<()> {
+        let mut c = self.conn.lock();
+        let tx = c.transaction().map_err(self.err("begin event insert"))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO agent_events (env, agent_id, at_ms, kind, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(self.err("prepare event insert"))?;
+            for e in events {
+                st.execute(params![
+                    e.env,
+                    e.agent_id,
+                    e.at_ms,
+                    e.kind,
+                    e.from_state,
+                    e.to_state,
+                    e.detail
+                ])
+                .map_err(self.err("insert event"))?;
+            }
+        }
+        tx.commit().map_err(self.err("commit event insert"))?;
+        Ok(())
+    }
+
+    /// The newest `limit` events of an agent, newest first.
+    pub fn agent_events(
+        &self,
+        env: &str,
+        agent_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AgentEventRecord>> {
+        let c = self.conn.lock();
+        let mut st = c
+            .prepare(
+                "SELECT env, agent_id, at_ms, kind, from_state, to_state, detail FROM agent_events
+                 WHERE env = ?1 AND agent_id = ?2 ORDER BY at_ms DESC, id DESC LIMIT ?3",
+            )
+            .map_err(self.err("list agent events"))?;
+        let rows = st
+            .query_map(params![env, agent_id, limit as i64], |r| {
+                Ok(AgentEventRecord {
+                    env: r.get(0)?,
+                    agent_id: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    kind: r.get(3)?,
+                    from_state: r.get(4)?,
+                    to_state: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })
+            .map_err(self.err("list agent events"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("list agent events"))
     }
 
     /// Records a minted token.
@@ -289,6 +478,44 @@ mod tests {
             expires_ms: 9,
             revoked_ms: None,
         }
+    }
+
+    #[test]
+    fn agents_upsert_reload_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(&dir.path().join("meta.db")).unwrap();
+        let mut a = AgentRecord {
+            env: "prod".into(),
+            agent_id: "web-1".into(),
+            zone: "z1".into(),
+            labels: "{}".into(),
+            interval_ms: 10_000,
+            version: "1.0".into(),
+            first_seen_ms: 5,
+            last_seen_ms: 5,
+        };
+        m.upsert_agents(std::slice::from_ref(&a)).unwrap();
+        a.last_seen_ms = 99;
+        a.first_seen_ms = 77; // ignored on update: the first sighting stays
+        m.upsert_agents(std::slice::from_ref(&a)).unwrap();
+        drop(m);
+        let m = Meta::open(&dir.path().join("meta.db")).unwrap();
+        let got = m.agents().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].first_seen_ms, got[0].last_seen_ms), (5, 99));
+        let e = AgentEventRecord {
+            env: "prod".into(),
+            agent_id: "web-1".into(),
+            at_ms: 100,
+            kind: "state".into(),
+            from_state: Some("healthy".into()),
+            to_state: Some("failed".into()),
+            detail: String::new(),
+        };
+        m.insert_agent_events(std::slice::from_ref(&e)).unwrap();
+        assert_eq!(m.agent_events("prod", "web-1", 10).unwrap(), vec![e]);
+        assert!(m.delete_agent("prod", "web-1").unwrap());
+        assert!(m.agents().unwrap().is_empty());
     }
 
     #[test]

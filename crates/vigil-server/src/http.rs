@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod health;
 pub mod ingest;
 pub mod prom;
 pub mod router;

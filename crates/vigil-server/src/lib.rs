@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod tls;
@@ -94,6 +95,13 @@ impl Server {
             reason: e.to_string(),
         })?;
         let meta = Arc::new(Meta::open(&dd.join("meta.db"))?);
+        // The agent registry: known agents start `unknown` and are judged only after their
+        // next expected heartbeats, so a restart does not declare the fleet dead.
+        let fleet = Arc::new(health::Fleet::load(
+            meta.clone(),
+            vigil_health::DetectorConfig::default(),
+            SystemClock.now_ms(),
+        )?);
         let (key, _created) = auth::load_or_create_key(dd).map_err(|e| ServeError::DataDir {
             path: dd.clone(),
             reason: format!("signing key: {e}"),
@@ -153,6 +161,7 @@ impl Server {
             metrics: metrics::Metrics::default(),
             known_envs: parking_lot::RwLock::new(known),
             engine: Arc::new(vigil_promql::Engine::new(cfg.query.clone())),
+            fleet,
         }));
         Ok(Self {
             cfg,
@@ -201,6 +210,33 @@ impl Server {
             let _ = st.0.db.set(Arc::new(db));
             Ok(())
         });
+        // Failure detection runs on a 100 ms ticker; the registry and the state history are
+        // written to the metadata store every 2 s and at shutdown.
+        let fleet = state.0.fleet.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let (fleet, stop) = (fleet.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    every.tick().await;
+                    fleet.tick(SystemClock.now_ms());
+                    n += 1;
+                    if n.is_multiple_of(20) {
+                        let f = fleet.clone();
+                        match tokio::task::spawn_blocking(move || f.flush()).await {
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "Could not save the agent registry.")
+                            }
+                            Err(e) => tracing::error!(error = %e, "Registry flush task failed."),
+                            Ok(Ok(_)) => {}
+                        }
+                    }
+                }
+            })
+        };
         let app = http::router::router(state.clone());
         let timeout = cfg.shutdown_timeout;
         let served = if let Some((cert, key, tls12)) = &cfg.tls {
@@ -237,6 +273,13 @@ impl Server {
                 }
             }
         };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = ticker.await;
+        match tokio::task::spawn_blocking(move || fleet.flush()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "Could not save the agent registry."),
+            Err(e) => tracing::error!(error = %e, "Registry flush task failed."),
+            Ok(Ok((agents, events))) => tracing::info!(agents, events, "Agent registry saved."),
+        }
         match opener.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),

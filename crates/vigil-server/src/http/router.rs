@@ -14,7 +14,7 @@ use crate::auth::Need;
 use crate::http::error::ApiError;
 use crate::http::extract::authorize;
 use crate::http::state::AppState;
-use crate::http::{ingest, prom};
+use crate::http::{health, ingest, prom};
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
@@ -28,6 +28,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/write", post(ingest::influx_v2))
         .route("/api/v1/import/prometheus", post(ingest::prom_import))
         .route("/api/telemetry/ingest", post(ingest::native_ingest))
+        .route("/api/telemetry/heartbeat", post(health::heartbeat))
+        .route(
+            "/api/telemetry/heartbeat/batch",
+            post(health::heartbeat_batch),
+        )
+        .route("/api/telemetry/health", get(health::summary))
+        .route("/api/telemetry/health/zones", get(health::zones))
+        .route("/api/telemetry/health/agents", get(health::agents))
+        .route("/api/telemetry/health/agents/{id}", get(health::agent))
         .route("/api/v1/query", get(prom::query).post(prom::query))
         .route(
             "/api/v1/query_range",

@@ -37,6 +37,8 @@ pub struct Inner {
     pub known_envs: RwLock<HashSet<String>>,
     /// The PromQL engine (limits and the concurrency gate).
     pub engine: Arc<vigil_promql::Engine>,
+    /// Agent registry and failure detection.
+    pub fleet: Arc<crate::health::Fleet>,
 }
 
 impl AppState {

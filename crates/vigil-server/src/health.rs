@@ -1,0 +1,484 @@
+//! The agent registry and failure detection, per environment: heartbeats feed a
+//! [`vigil_health::Detector`]; a ticker advances it, keeps recent events in memory and flushes
+//! the registry and the state history to the metadata store in batches.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use parking_lot::{Mutex, RwLock};
+use serde::Deserialize;
+use vigil_health::{Beat, Detector, DetectorConfig, Event, EventKind, State};
+use vigil_meta::{AgentEventRecord, AgentRecord, Meta};
+
+/// Most recent events kept in memory per environment.
+const RECENT_EVENTS: usize = 10_000;
+
+/// A heartbeat as sent over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Agent id: 1–128 characters of `A-Za-z0-9._:-`.
+    pub agent_id: String,
+    /// Sequence number, monotonic per agent run.
+    pub seq: u64,
+    /// The agent's clock when sent, ms since the epoch.
+    pub sent_at: i64,
+    /// Heartbeat interval, 1,000–60,000 ms.
+    pub interval_ms: u32,
+    /// Zone (default `default`).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Agent version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// `ok` (default) or `degraded`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Why degraded.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Self-checks.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+/// A self-check reported by an agent.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Check name.
+    pub name: String,
+    /// `ok`, `warn` or `fail`.
+    pub status: String,
+    /// Detail.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A field that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, e.g. `interval_ms` or `checks[2].status`.
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn bad(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+}
+
+impl Heartbeat {
+    /// Checks every field; the first problem is reported.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !valid_id(&self.agent_id) {
+            return Err(bad(
+                "agent_id",
+                "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
+            ));
+        }
+        if !(1_000..=60_000).contains(&self.interval_ms) {
+            return Err(bad("interval_ms", "must be between 1000 and 60000"));
+        }
+        if self.sent_at <= 0 {
+            return Err(bad(
+                "sent_at",
+                "must be a positive time in ms since the epoch",
+            ));
+        }
+        if let Some(z) = &self.zone
+            && !valid_id(z)
+        {
+            return Err(bad(
+                "zone",
+                "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
+            ));
+        }
+        if self.labels.len() > 32 {
+            return Err(bad("labels", "at most 32 labels"));
+        }
+        for (k, v) in &self.labels {
+            if !vigil_model::is_valid_label_name(k) {
+                return Err(bad(&format!("labels.{k}"), "is not a valid label name"));
+            }
+            if v.len() > 1024 {
+                return Err(bad(&format!("labels.{k}"), "value longer than 1024 bytes"));
+            }
+        }
+        match self.status.as_deref() {
+            None | Some("ok") | Some("degraded") => {}
+            Some(_) => return Err(bad("status", "must be \"ok\" or \"degraded\"")),
+        }
+        if self.version.as_ref().is_some_and(|v| v.len() > 128) {
+            return Err(bad("version", "longer than 128 bytes"));
+        }
+        if self.message.as_ref().is_some_and(|v| v.len() > 4096) {
+            return Err(bad("message", "longer than 4096 bytes"));
+        }
+        if self.checks.len() > 64 {
+            return Err(bad("checks", "at most 64 checks"));
+        }
+        for (i, c) in self.checks.iter().enumerate() {
+            if c.name.is_empty() || c.name.len() > 128 {
+                return Err(bad(&format!("checks[{i}].name"), "must be 1-128 bytes"));
+            }
+            if !matches!(c.status.as_str(), "ok" | "warn" | "fail") {
+                return Err(bad(
+                    &format!("checks[{i}].status"),
+                    "must be \"ok\", \"warn\" or \"fail\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn degraded(&self) -> bool {
+        self.status.as_deref() == Some("degraded") || self.checks.iter().any(|c| c.status == "fail")
+    }
+}
+
+/// What the registry knows of an agent besides the detector's numbers.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    /// Agent id.
+    pub id: String,
+    /// Zone name.
+    pub zone: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Version.
+    pub version: String,
+    /// Status message.
+    pub message: Option<String>,
+    /// Latest checks.
+    pub checks: Vec<Check>,
+    /// First heartbeat, ms.
+    pub first_seen_ms: i64,
+    /// Latest heartbeat, ms (or from the registry after a restart).
+    pub last_seen_ms: i64,
+}
+
+/// One environment's fleet.
+pub struct EnvFleet {
+    /// The detector.
+    pub det: Detector,
+    ids: HashMap<String, u32>,
+    /// Agent details by detector index.
+    pub info: Vec<AgentInfo>,
+    zone_names: Vec<String>,
+    dirty: Vec<u32>,
+    dirty_mark: Vec<bool>,
+    /// Recent events (oldest first).
+    pub recent: VecDeque<AgentEventRecord>,
+    unsaved: Vec<AgentEventRecord>,
+}
+
+impl std::fmt::Debug for EnvFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EnvFleet({} agents)", self.info.len())
+    }
+}
+
+impl EnvFleet {
+    fn new(cfg: DetectorConfig, now: i64) -> Self {
+        Self {
+            det: Detector::new(cfg, now),
+            ids: HashMap::new(),
+            info: Vec::new(),
+            zone_names: Vec::new(),
+            dirty: Vec::new(),
+            dirty_mark: Vec::new(),
+            recent: VecDeque::new(),
+            unsaved: Vec::new(),
+        }
+    }
+
+    /// The detector index of an agent id.
+    pub fn index(&self, id: &str) -> Option<u32> {
+        self.ids.get(id).copied()
+    }
+
+    /// A zone's name.
+    pub fn zone_name(&self, z: u32) -> &str {
+        self.zone_names.get(z as usize).map_or("", |s| s)
+    }
+
+    fn zone(&mut self, name: &str) -> u32 {
+        let z = self.det.zone(name);
+        if z as usize >= self.zone_names.len() {
+            self.zone_names.push(name.to_string());
+        }
+        z
+    }
+
+    fn register(&mut self, info: AgentInfo, interval_ms: u32, now: i64) -> u32 {
+        let z = self.zone(&info.zone.clone());
+        let idx = self.det.add_agent(z, interval_ms, now);
+        self.ids.insert(info.id.clone(), idx);
+        self.info.push(info);
+        self.dirty_mark.push(false);
+        idx
+    }
+
+    fn mark_dirty(&mut self, idx: u32) {
+        if !self.dirty_mark[idx as usize] {
+            self.dirty_mark[idx as usize] = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    /// Applies one validated heartbeat arriving at `now`.
+    pub fn heartbeat(&mut self, hb: &Heartbeat, now: i64) {
+        let idx = match self.index(&hb.agent_id) {
+            Some(i) => i,
+            None => self.register(
+                AgentInfo {
+                    id: hb.agent_id.clone(),
+                    zone: hb.zone.clone().unwrap_or_else(|| "default".into()),
+                    labels: BTreeMap::new(),
+                    version: String::new(),
+                    message: None,
+                    checks: Vec::new(),
+                    first_seen_ms: now,
+                    last_seen_ms: now,
+                },
+                hb.interval_ms,
+                now,
+            ),
+        };
+        {
+            let info = &mut self.info[idx as usize];
+            info.last_seen_ms = now;
+            if !hb.labels.is_empty() {
+                info.labels = hb.labels.clone();
+            }
+            if let Some(v) = &hb.version {
+                info.version = v.clone();
+            }
+            info.message = hb.message.clone();
+            info.checks = hb.checks.clone();
+        }
+        self.det.heartbeat(
+            idx,
+            Beat {
+                seq: hb.seq,
+                sent_at: hb.sent_at,
+                interval_ms: hb.interval_ms,
+                degraded: hb.degraded(),
+            },
+            now,
+        );
+        self.mark_dirty(idx);
+        self.collect(now);
+    }
+
+    /// Advances detection to `now` and collects events.
+    pub fn tick(&mut self, now: i64) {
+        self.det.advance(now);
+        self.collect(now);
+    }
+
+    fn collect(&mut self, _now: i64) {
+        for e in self.det.drain_events() {
+            let rec = self.record(&e);
+            if self.recent.len() >= RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(rec.clone());
+            self.unsaved.push(rec);
+        }
+    }
+
+    fn record(&self, e: &Event) -> AgentEventRecord {
+        let agent_id = self
+            .info
+            .get(e.agent as usize)
+            .map_or_else(String::new, |i| i.id.clone());
+        let (kind, from, to, detail) = match &e.kind {
+            EventKind::State { from, to } => (
+                "state",
+                Some(from.as_str().to_string()),
+                Some(to.as_str().to_string()),
+                String::new(),
+            ),
+            EventKind::PartitionSuspected {
+                zone,
+                silent,
+                members,
+            } => (
+                "partition_suspected",
+                None,
+                None,
+                format!(
+                    "zone {}: {silent} of {members} agents went silent together",
+                    self.zone_name(*zone)
+                ),
+            ),
+            EventKind::PartitionEnded { zone } => (
+                "partition_ended",
+                None,
+                None,
+                format!("zone {}", self.zone_name(*zone)),
+            ),
+            EventKind::Restarted => ("restarted", None, None, String::new()),
+        };
+        AgentEventRecord {
+            env: String::new(),
+            agent_id,
+            at_ms: e.at,
+            kind: kind.to_string(),
+            from_state: from,
+            to_state: to,
+            detail,
+        }
+    }
+}
+
+/// Every environment's fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    cfg: DetectorConfig,
+    envs: RwLock<HashMap<String, Arc<Mutex<EnvFleet>>>>,
+    meta: Arc<Meta>,
+}
+
+impl Fleet {
+    /// Loads the registry: every known agent starts `unknown` and is judged only after its
+    /// next expected heartbeats.
+    pub fn load(meta: Arc<Meta>, cfg: DetectorConfig, now: i64) -> Result<Self, vigil_meta::Error> {
+        let f = Self {
+            cfg,
+            envs: RwLock::new(HashMap::new()),
+            meta,
+        };
+        for r in f.meta.agents()? {
+            let env = f.env(&r.env, now);
+            let mut e = env.lock();
+            let labels: BTreeMap<String, String> =
+                serde_json::from_str(&r.labels).unwrap_or_default();
+            let interval = r.interval_ms.clamp(1_000, 60_000) as u32;
+            e.register(
+                AgentInfo {
+                    id: r.agent_id,
+                    zone: r.zone,
+                    labels,
+                    version: r.version,
+                    message: None,
+                    checks: Vec::new(),
+                    first_seen_ms: r.first_seen_ms,
+                    last_seen_ms: r.last_seen_ms,
+                },
+                interval,
+                now,
+            );
+        }
+        Ok(f)
+    }
+
+    /// The fleet of `env`, created if new.
+    pub fn env(&self, env: &str, now: i64) -> Arc<Mutex<EnvFleet>> {
+        if let Some(e) = self.envs.read().get(env) {
+            return e.clone();
+        }
+        self.envs
+            .write()
+            .entry(env.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(EnvFleet::new(self.cfg.clone(), now))))
+            .clone()
+    }
+
+    /// The fleet of `env` if it has one.
+    pub fn get(&self, env: &str) -> Option<Arc<Mutex<EnvFleet>>> {
+        self.envs.read().get(env).cloned()
+    }
+
+    /// Advances every environment to `now`.
+    pub fn tick(&self, now: i64) {
+        let envs: Vec<Arc<Mutex<EnvFleet>>> = self.envs.read().values().cloned().collect();
+        for e in envs {
+            e.lock().tick(now);
+        }
+    }
+
+    /// Writes changed agents and new events to the metadata store.
+    pub fn flush(&self) -> Result<(usize, usize), vigil_meta::Error> {
+        let mut agents = Vec::new();
+        let mut events = Vec::new();
+        let envs: Vec<(String, Arc<Mutex<EnvFleet>>)> = self
+            .envs
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, e) in envs {
+            let mut e = e.lock();
+            let dirty = std::mem::take(&mut e.dirty);
+            for idx in dirty {
+                e.dirty_mark[idx as usize] = false;
+                let a = e.det.agent(idx);
+                let i = &e.info[idx as usize];
+                agents.push(AgentRecord {
+                    env: name.clone(),
+                    agent_id: i.id.clone(),
+                    zone: i.zone.clone(),
+                    labels: serde_json::to_string(&i.labels).unwrap_or_else(|_| "{}".into()),
+                    interval_ms: a.interval_ms as i64,
+                    version: i.version.clone(),
+                    first_seen_ms: i.first_seen_ms,
+                    last_seen_ms: i.last_seen_ms,
+                });
+            }
+            for mut ev in std::mem::take(&mut e.unsaved) {
+                ev.env = name.clone();
+                events.push(ev);
+            }
+        }
+        if !agents.is_empty() {
+            self.meta.upsert_agents(&agents)?;
+        }
+        if !events.is_empty() {
+            self.meta.insert_agent_events(&events)?;
+        }
+        Ok((agents.len(), events.len()))
+    }
+
+    /// The stored history of an agent, newest first.
+    pub fn history(
+        &self,
+        env: &str,
+        agent: &str,
+        limit: usize,
+    ) -> Result<Vec<AgentEventRecord>, vigil_meta::Error> {
+        self.meta.agent_events(env, agent, limit)
+    }
+}
+
+/// `State` by its API name.
+pub fn parse_state(s: &str) -> Option<State> {
+    [
+        State::Unknown,
+        State::Healthy,
+        State::Degraded,
+        State::Suspect,
+        State::Failed,
+        State::Recovered,
+        State::Unreachable,
+        State::Maintenance,
+    ]
+    .into_iter()
+    .find(|st| st.as_str() == s)
+}

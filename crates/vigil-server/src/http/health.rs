@@ -1,0 +1,373 @@
+//! Heartbeats in, health out: `/api/telemetry/heartbeat`, `/heartbeat/batch`,
+//! `/api/telemetry/health`, `/health/agents`, `/health/agents/{id}`, `/health/zones`.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use vigil_health::State as AgentState;
+
+use crate::auth::Need;
+use crate::health::{EnvFleet, FieldError, Heartbeat, parse_state};
+use crate::http::error::ApiError;
+use crate::http::extract::authorize;
+use crate::http::state::AppState;
+
+/// Largest heartbeat body (batch included).
+const MAX_BODY: usize = 16 << 20;
+/// Most heartbeats in one batch.
+const MAX_BATCH: usize = 100_000;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn field_error(prefix: &str, e: FieldError) -> ApiError {
+    let field = format!("{prefix}{}", e.field);
+    ApiError::bad_request("invalid_heartbeat", format!("{field}: {}", e.reason))
+        .with_details(json!({"field": field, "reason": e.reason}))
+}
+
+async fn body_bytes(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("heartbeat body larger than {MAX_BODY} bytes"),
+        )
+    })
+}
+
+fn parse_one(v: &[u8]) -> Result<Heartbeat, ApiError> {
+    serde_json::from_slice::<Heartbeat>(v)
+        .map_err(|e| ApiError::bad_request("invalid_heartbeat", format!("not a heartbeat: {e}")))
+}
+
+/// `POST /api/telemetry/heartbeat`
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Write)?;
+    let bytes = body_bytes(body).await?;
+    let hb = parse_one(&bytes)?;
+    hb.validate().map_err(|e| field_error("", e))?;
+    let now = now_ms();
+    let fleet = state.0.fleet.env(env.as_str(), now);
+    let (st, phi) = {
+        let mut f = fleet.lock();
+        f.heartbeat(&hb, now);
+        let idx = f.index(&hb.agent_id).unwrap_or(0);
+        (f.det.agent(idx).state, f.det.phi(idx, now))
+    };
+    state.note_env(env.as_str(), now);
+    Ok(
+        axum::Json(json!({"agent_id": hb.agent_id, "state": st.as_str(), "phi": phi}))
+            .into_response(),
+    )
+}
+
+/// `POST /api/telemetry/heartbeat/batch`: a JSON array of heartbeats, or
+/// `{"heartbeats": [...]}`. All are checked before any is applied.
+pub async fn heartbeat_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Write)?;
+    let bytes = body_bytes(body).await?;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Batch {
+        List(Vec<Heartbeat>),
+        Wrapped { heartbeats: Vec<Heartbeat> },
+    }
+    let list = match serde_json::from_slice::<Batch>(&bytes) {
+        Ok(Batch::List(l)) | Ok(Batch::Wrapped { heartbeats: l }) => l,
+        Err(_) => {
+            // Find the first bad element for a precise message.
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad_request("invalid_heartbeat", format!("not JSON: {e}"))
+            })?;
+            let arr = v
+                .as_array()
+                .or_else(|| v.get("heartbeats").and_then(Value::as_array))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_heartbeat",
+                        "expected an array of heartbeats or {\"heartbeats\": [...]}",
+                    )
+                })?;
+            for (i, item) in arr.iter().enumerate() {
+                if let Err(e) = serde_json::from_value::<Heartbeat>(item.clone()) {
+                    return Err(ApiError::bad_request(
+                        "invalid_heartbeat",
+                        format!("heartbeats[{i}]: {e}"),
+                    )
+                    .with_details(json!({"index": i})));
+                }
+            }
+            return Err(ApiError::bad_request(
+                "invalid_heartbeat",
+                "malformed batch",
+            ));
+        }
+    };
+    if list.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "{} heartbeats in one batch; at most {MAX_BATCH}",
+                list.len()
+            ),
+        ));
+    }
+    for (i, hb) in list.iter().enumerate() {
+        hb.validate()
+            .map_err(|e| field_error(&format!("heartbeats[{i}]."), e))?;
+    }
+    let now = now_ms();
+    let fleet = state.0.fleet.env(env.as_str(), now);
+    {
+        let mut f = fleet.lock();
+        for hb in &list {
+            f.heartbeat(hb, now);
+        }
+    }
+    state.note_env(env.as_str(), now);
+    Ok(axum::Json(json!({"accepted": list.len()})).into_response())
+}
+
+fn counts(f: &EnvFleet, filter: impl Fn(u32) -> bool) -> BTreeMap<&'static str, usize> {
+    let mut m = BTreeMap::new();
+    for i in 0..f.det.len() as u32 {
+        if filter(i) {
+            *m.entry(f.det.agent(i).state.as_str()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// `GET /api/telemetry/health`
+pub async fn summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Read)?;
+    let Some(fleet) = state.0.fleet.get(env.as_str()) else {
+        return Ok(axum::Json(json!({"environment": env.as_str(), "agents": 0, "states": {}, "zones": [], "partitions": []})).into_response());
+    };
+    let f = fleet.lock();
+    let zones = zones_json(&f);
+    let partitions: Vec<&str> = zones_iter(&f)
+        .filter(|&z| f.det.partitioned(z))
+        .map(|z| f.zone_name(z))
+        .collect();
+    Ok(axum::Json(json!({
+        "environment": env.as_str(),
+        "agents": f.det.len(),
+        "states": counts(&f, |_| true),
+        "zones": zones,
+        "partitions": partitions,
+    }))
+    .into_response())
+}
+
+fn zones_iter(f: &EnvFleet) -> impl Iterator<Item = u32> + '_ {
+    let mut seen: Vec<u32> = (0..f.det.len() as u32)
+        .map(|i| f.det.agent(i).zone)
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.into_iter()
+}
+
+fn zones_json(f: &EnvFleet) -> Vec<Value> {
+    zones_iter(f)
+        .map(|z| {
+            let c = counts(f, |i| f.det.agent(i).zone == z);
+            json!({
+                "zone": f.zone_name(z),
+                "agents": c.values().sum::<usize>(),
+                "states": c,
+                "partition_suspected": f.det.partitioned(z),
+            })
+        })
+        .collect()
+}
+
+/// `GET /api/telemetry/health/zones`
+pub async fn zones(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Read)?;
+    let z = match state.0.fleet.get(env.as_str()) {
+        Some(f) => zones_json(&f.lock()),
+        None => Vec::new(),
+    };
+    Ok(axum::Json(json!({"zones": z})).into_response())
+}
+
+/// Query of `/health/agents`.
+#[derive(Debug, Deserialize)]
+pub struct AgentsQuery {
+    state: Option<String>,
+    zone: Option<String>,
+    /// `name=value`.
+    label: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+fn agent_summary(f: &EnvFleet, i: u32, now: i64) -> Value {
+    let a = f.det.agent(i);
+    let info = &f.info[i as usize];
+    json!({
+        "agent_id": info.id,
+        "zone": info.zone,
+        "state": a.state.as_str(),
+        "since_ms": a.since_ms,
+        "last_seen_ms": info.last_seen_ms,
+        "interval_ms": a.interval_ms,
+        "phi": f.det.phi(i, now),
+        "labels": info.labels,
+        "version": info.version,
+    })
+}
+
+/// `GET /api/telemetry/health/agents`
+pub async fn agents(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AgentsQuery>,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Read)?;
+    let want_state: Option<AgentState> = match &q.state {
+        None => None,
+        Some(s) => Some(parse_state(s).ok_or_else(|| {
+            ApiError::bad_request("bad_parameter", format!("state {s:?} is not one of unknown, healthy, degraded, suspect, failed, recovered, unreachable, maintenance"))
+        })?),
+    };
+    let label =
+        match &q.label {
+            None => None,
+            Some(l) => Some(l.split_once('=').ok_or_else(|| {
+                ApiError::bad_request("bad_parameter", "label must be name=value")
+            })?),
+        };
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let offset = q.offset.unwrap_or(0);
+    let now = now_ms();
+    let (total, page) = match state.0.fleet.get(env.as_str()) {
+        None => (0, Vec::new()),
+        Some(f) => {
+            let f = f.lock();
+            let mut idx: Vec<u32> = (0..f.det.len() as u32)
+                .filter(|&i| {
+                    let a = f.det.agent(i);
+                    let info = &f.info[i as usize];
+                    want_state.is_none_or(|s| a.state == s)
+                        && q.zone.as_deref().is_none_or(|z| info.zone == z)
+                        && label.is_none_or(|(k, v)| info.labels.get(k).is_some_and(|x| x == v))
+                })
+                .collect();
+            idx.sort_by(|a, b| f.info[*a as usize].id.cmp(&f.info[*b as usize].id));
+            let total = idx.len();
+            let page: Vec<Value> = idx
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .map(|i| agent_summary(&f, i, now))
+                .collect();
+            (total, page)
+        }
+    };
+    Ok(
+        axum::Json(json!({"total": total, "offset": offset, "limit": limit, "agents": page}))
+            .into_response(),
+    )
+}
+
+/// `GET /api/telemetry/health/agents/{id}`
+pub async fn agent(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Read)?;
+    let now = now_ms();
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no agent {id:?} in environment {:?}", env.as_str()),
+        )
+    };
+    let fleet = state.0.fleet.get(env.as_str()).ok_or_else(not_found)?;
+    let (mut v, unsaved) = {
+        let f = fleet.lock();
+        let i = f.index(&id).ok_or_else(not_found)?;
+        let a = f.det.agent(i);
+        let info = &f.info[i as usize];
+        let mut v = agent_summary(&f, i, now);
+        v["mean_interval_ms"] = json!(a.mean_ms);
+        v["jitter_ms"] = json!(a.jitter_ms);
+        v["clock_offset_ms"] = json!(a.offset_ms);
+        v["loss"] = json!(a.loss());
+        v["received"] = json!(a.received);
+        v["lost"] = json!(a.lost);
+        v["restarts"] = json!(a.restarts);
+        v["first_seen_ms"] = json!(info.first_seen_ms);
+        v["message"] = json!(info.message);
+        v["checks"] = json!(info.checks);
+        let unsaved: Vec<Value> = f
+            .recent
+            .iter()
+            .rev()
+            .filter(|e| e.agent_id == id)
+            .take(20)
+            .map(event_json)
+            .collect();
+        (v, unsaved)
+    };
+    let fleet_ref = state.0.fleet.clone();
+    let (env_s, id_s) = (env.as_str().to_string(), id.clone());
+    let stored = tokio::task::spawn_blocking(move || fleet_ref.history(&env_s, &id_s, 20))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    // The in-memory events are the newest; stored ones fill in what came before.
+    let mut history = unsaved;
+    let newest_kept = history
+        .last()
+        .and_then(|e| e["at_ms"].as_i64())
+        .unwrap_or(i64::MAX);
+    for e in stored.iter().filter(|e| e.at_ms < newest_kept) {
+        if history.len() >= 20 {
+            break;
+        }
+        history.push(event_json(e));
+    }
+    v["history"] = json!(history);
+    Ok(axum::Json(v).into_response())
+}
+
+fn event_json(e: &vigil_meta::AgentEventRecord) -> Value {
+    json!({
+        "at_ms": e.at_ms,
+        "kind": e.kind,
+        "from": e.from_state,
+        "to": e.to_state,
+        "detail": e.detail,
+    })
+}

@@ -1,0 +1,271 @@
+//! Heartbeats and the health API over HTTP against the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn hb(agent: &str, seq: u64, interval: u32, zone: &str) -> Value {
+    json!({"agent_id": agent, "seq": seq, "sent_at": now_ms(), "interval_ms": interval, "zone": zone})
+}
+
+fn send(s: &Server, token: &str, env: &str, body: &Value) -> Resp {
+    s.post(
+        "/api/telemetry/heartbeat",
+        Some(token),
+        &[("X-Scope-OrgID", env), ("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn get(s: &Server, token: &str, env: &str, path: &str) -> (u16, Value) {
+    let h = format!("Bearer {token}");
+    let r = request(
+        &s.addr,
+        "GET",
+        path,
+        &[("Authorization", &h), ("X-Scope-OrgID", env)],
+        b"",
+    )
+    .unwrap();
+    (r.status, r.json())
+}
+
+#[test]
+fn bad_heartbeats_are_refused_with_the_field_and_nothing_is_registered() {
+    let s = Server::start(&[]);
+    let cases = [
+        (
+            json!({"agent_id": "a b", "seq": 1, "sent_at": 1, "interval_ms": 1000}),
+            "agent_id",
+        ),
+        (
+            json!({"agent_id": "a", "seq": 1, "sent_at": 1, "interval_ms": 999}),
+            "interval_ms",
+        ),
+        (
+            json!({"agent_id": "a", "seq": 1, "sent_at": 1, "interval_ms": 60001}),
+            "interval_ms",
+        ),
+        (
+            json!({"agent_id": "a", "seq": 1, "sent_at": 0, "interval_ms": 1000}),
+            "sent_at",
+        ),
+        (
+            json!({"agent_id": "a", "seq": 1, "sent_at": 1, "interval_ms": 1000, "status": "meh"}),
+            "status",
+        ),
+        (
+            json!({"agent_id": "a", "seq": 1, "sent_at": 1, "interval_ms": 1000, "checks": [{"name": "disk", "status": "bad"}]}),
+            "checks[0].status",
+        ),
+        (
+            json!({"agent_id": "a", "seq": 1, "sent_at": 1, "interval_ms": 1000, "labels": {"bad-name": "x"}}),
+            "labels.bad-name",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = send(&s, &s.admin, "default", &body);
+        assert_eq!(r.status, 400, "{body}");
+        let (code, _) = r.error();
+        assert_eq!(code, "invalid_heartbeat");
+        assert_eq!(r.json()["error"]["details"]["field"], field, "{body}");
+    }
+    for raw in [
+        &b"not json"[..],
+        b"{\"agent_id\": \"a\"}",
+        b"{\"agent_id\":\"a\",\"seq\":-1,\"sent_at\":1,\"interval_ms\":1000}",
+        b"{\"agent_id\":\"a\",\"seq\":1,\"sent_at\":1,\"interval_ms\":1000,\"extra\":1}",
+    ] {
+        let r = s.post("/api/telemetry/heartbeat", Some(&s.admin), &[], raw);
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(raw));
+        assert_eq!(r.error().0, "invalid_heartbeat");
+    }
+    // One bad element refuses the whole batch.
+    let batch = json!([hb("ok-1", 1, 1000, "z"), {"agent_id": "ok-2", "seq": 1, "sent_at": 1, "interval_ms": 5}]);
+    let r = s.post(
+        "/api/telemetry/heartbeat/batch",
+        Some(&s.admin),
+        &[],
+        batch.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"]["details"]["field"],
+        "heartbeats[1].interval_ms"
+    );
+    let (st, j) = get(&s, &s.admin, "default", "/api/telemetry/health");
+    assert_eq!(st, 200);
+    assert_eq!(j["agents"], 0, "nothing half-applied: {j}");
+}
+
+#[test]
+fn heartbeats_need_a_writer_in_the_environment_and_health_needs_a_reader() {
+    let s = Server::start(&[]);
+    let agent = s.token("agent", &["prod"]);
+    let viewer = s.token("viewer", &["prod"]);
+    assert_eq!(
+        send(&s, &agent, "prod", &hb("a1", 1, 1000, "z")).status,
+        200
+    );
+    assert_eq!(
+        send(&s, &agent, "staging", &hb("a1", 1, 1000, "z")).status,
+        403
+    );
+    assert_eq!(
+        send(&s, &viewer, "prod", &hb("a1", 2, 1000, "z")).status,
+        403
+    );
+    let r = s.post(
+        "/api/telemetry/heartbeat",
+        None,
+        &[],
+        hb("a1", 3, 1000, "z").to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 401);
+    let (st, _) = get(&s, &agent, "prod", "/api/telemetry/health");
+    assert_eq!(st, 403, "agents may only write and heartbeat");
+    let (st, j) = get(&s, &viewer, "prod", "/api/telemetry/health/agents");
+    assert_eq!(st, 200);
+    assert_eq!(j["total"], 1);
+    // Another environment sees nothing of prod's agents.
+    let (st, j) = get(&s, &s.admin, "staging", "/api/telemetry/health/agents/a1");
+    assert_eq!(st, 404, "{j}");
+}
+
+#[test]
+fn a_silent_agent_is_failed_within_three_intervals_and_its_history_says_so() {
+    let s = Server::start(&[]);
+    for seq in 1..=3 {
+        assert_eq!(
+            send(&s, &s.admin, "default", &hb("edge-7", seq, 1000, "eu-1")).status,
+            200
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let last = now_ms();
+    let t = Instant::now();
+    let failed_at = loop {
+        let (_, j) = get(
+            &s,
+            &s.admin,
+            "default",
+            "/api/telemetry/health/agents/edge-7",
+        );
+        if j["state"] == "failed" {
+            break j["since_ms"].as_i64().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "never failed: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The hard bound: 3 intervals after the last heartbeat (plus a 100 ms tick).
+    assert!(
+        failed_at - last <= 3_100,
+        "failed {} ms after the last heartbeat",
+        failed_at - last
+    );
+    let (_, j) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/agents/edge-7",
+    );
+    let kinds: Vec<(String, String)> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap_or("").into(),
+                e["to"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("suspect".into(), "failed".into()),
+            ("healthy".into(), "suspect".into()),
+            ("unknown".into(), "healthy".into())
+        ]
+    );
+    assert_eq!(j["received"], 3);
+    assert_eq!(j["zone"], "eu-1");
+    // It comes back: recovered, then healthy.
+    assert_eq!(
+        send(&s, &s.admin, "default", &hb("edge-7", 4, 1000, "eu-1")).json()["state"],
+        "recovered"
+    );
+    assert_eq!(
+        send(&s, &s.admin, "default", &hb("edge-7", 5, 1000, "eu-1")).json()["state"],
+        "healthy"
+    );
+    let (_, j) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/agents?state=healthy&zone=eu-1",
+    );
+    assert_eq!(j["total"], 1);
+    let (st, _) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/agents?state=sleepy",
+    );
+    assert_eq!(st, 400);
+}
+
+#[test]
+fn the_registry_survives_a_restart_without_declaring_the_fleet_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_in(&data, &[]);
+    let batch: Vec<Value> = (0..500)
+        .map(|i| {
+            hb(
+                &format!("n-{i:03}"),
+                1,
+                10_000,
+                if i % 2 == 0 { "a" } else { "b" },
+            )
+        })
+        .collect();
+    let r = s.post(
+        "/api/telemetry/heartbeat/batch",
+        Some(&s.admin),
+        &[("X-Scope-OrgID", "prod")],
+        json!({"heartbeats": batch}).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["accepted"], 500);
+    let (_, j) = get(&s, &s.admin, "prod", "/api/telemetry/health");
+    assert_eq!(j["states"]["healthy"], 500);
+    assert_eq!(j["zones"].as_array().unwrap().len(), 2);
+    s.signal("TERM");
+    assert!(s.wait_exit().success());
+
+    let s = Server::start_in(&data, &[]);
+    let (_, j) = get(&s, &s.admin, "prod", "/api/telemetry/health");
+    assert_eq!(j["agents"], 500, "{j}");
+    assert_eq!(
+        j["states"]["unknown"], 500,
+        "judged only after their next heartbeats: {j}"
+    );
+    let (_, j) = get(
+        &s,
+        &s.admin,
+        "prod",
+        "/api/telemetry/health/agents?zone=a&limit=5",
+    );
+    assert_eq!(j["total"], 250);
+    assert_eq!(j["agents"].as_array().unwrap().len(), 5);
+    assert_eq!(j["agents"][0]["agent_id"], "n-000");
+    // Heard from again: healthy.
+    assert_eq!(
+        send(&s, &s.admin, "prod", &hb("n-000", 2, 10_000, "a")).json()["state"],
+        "healthy"
+    );
+}
