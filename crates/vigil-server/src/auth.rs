@@ -61,6 +61,8 @@ pub enum Need {
     Write,
     /// Read data: viewer, operator, admin.
     Read,
+    /// Operations (maintenance windows, acknowledgements): operator, admin.
+    Operate,
     /// Administration: admin.
     Admin,
 }
@@ -71,6 +73,7 @@ impl Need {
         match self {
             Need::Write => matches!(role, Role::Agent | Role::Operator | Role::Admin),
             Need::Read => matches!(role, Role::Viewer | Role::Operator | Role::Admin),
+            Need::Operate => matches!(role, Role::Operator | Role::Admin),
             Need::Admin => role == Role::Admin,
         }
     }

@@ -286,6 +286,31 @@ impl EnvFleet {
         self.collect(now);
     }
 
+    /// Puts every agent matching all given selectors in maintenance until `until`; returns how
+    /// many. `until` in the past ends their maintenance at the next tick.
+    pub fn maintenance(
+        &mut self,
+        agent: Option<&str>,
+        zone: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        until: i64,
+        now: i64,
+    ) -> usize {
+        let chosen: Vec<u32> = (0..self.info.len() as u32)
+            .filter(|&i| {
+                let info = &self.info[i as usize];
+                agent.is_none_or(|a| info.id == a)
+                    && zone.is_none_or(|z| info.zone == z)
+                    && labels.iter().all(|(k, v)| info.labels.get(k) == Some(v))
+            })
+            .collect();
+        for &i in &chosen {
+            self.det.maintenance(i, until, now);
+        }
+        self.collect(now);
+        chosen.len()
+    }
+
     /// Advances detection to `now` and collects events.
     pub fn tick(&mut self, now: i64) {
         self.det.advance(now);
@@ -454,6 +479,52 @@ impl Fleet {
             self.meta.insert_agent_events(&events)?;
         }
         Ok((agents.len(), events.len()))
+    }
+
+    /// One sample per agent of `vigil_agent_up` (1 when heard from as expected: healthy,
+    /// degraded or recovered), `vigil_agent_phi` and `vigil_agent_loss_ratio`, labelled with
+    /// `agent` and `zone`, for every environment: PromQL and Grafana chart the fleet from these.
+    pub fn fleet_series(
+        &self,
+        now: i64,
+        limits: &vigil_model::LabelLimits,
+    ) -> Vec<vigil_tsdb::WriteBatch> {
+        let envs: Vec<(String, Arc<Mutex<EnvFleet>>)> = self
+            .envs
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (name, e) in envs {
+            let Ok(env) = vigil_model::EnvId::new(&name) else {
+                continue;
+            };
+            let mut b = vigil_tsdb::WriteBatch::new(env);
+            let e = e.lock();
+            for i in 0..e.det.len() as u32 {
+                let a = e.det.agent(i);
+                let info = &e.info[i as usize];
+                let up = matches!(a.state, State::Healthy | State::Degraded | State::Recovered);
+                let phi = e.det.phi(i, now).min(1000.0);
+                for (metric, v) in [
+                    ("vigil_agent_up", if up { 1.0 } else { 0.0 }),
+                    ("vigil_agent_phi", phi),
+                    ("vigil_agent_loss_ratio", a.loss()),
+                ] {
+                    b.push_label("__name__", metric);
+                    b.push_label("agent", &info.id);
+                    b.push_label("zone", &info.zone);
+                    b.push_sample(now, v);
+                    // Ids and zones are validated on the way in; a refusal only skips a series.
+                    let _ = b.finish_series(limits);
+                }
+            }
+            if !b.is_empty() {
+                out.push(b);
+            }
+        }
+        out
     }
 
     /// The stored history of an agent, newest first.

@@ -216,6 +216,7 @@ impl Server {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ticker = {
             let (fleet, stop) = (fleet.clone(), stop.clone());
+            let st = state.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_millis(100));
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -224,6 +225,19 @@ impl Server {
                     every.tick().await;
                     fleet.tick(SystemClock.now_ms());
                     n += 1;
+                    if n % 100 == 10
+                        && let Some(db) = st.0.db.get().cloned()
+                    {
+                        // Every 10 s: the fleet as series in the store.
+                        let batches = fleet.fleet_series(SystemClock.now_ms(), &st.0.limits.labels);
+                        let r = tokio::task::spawn_blocking(move || {
+                            batches.iter().try_for_each(|b| db.write(b).map(|_| ()))
+                        })
+                        .await;
+                        if let Ok(Err(e)) = r {
+                            tracing::error!(error = %e, "Could not write the fleet series.");
+                        }
+                    }
                     if n.is_multiple_of(20) {
                         let f = fleet.clone();
                         match tokio::task::spawn_blocking(move || f.flush()).await {

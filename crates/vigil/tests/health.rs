@@ -269,3 +269,65 @@ fn the_registry_survives_a_restart_without_declaring_the_fleet_dead() {
         "healthy"
     );
 }
+
+#[test]
+fn maintenance_windows_hold_judgement_and_need_an_operator() {
+    let s = Server::start(&[]);
+    let operator = s.token("operator", &["default"]);
+    let viewer = s.token("viewer", &["default"]);
+    for seq in 1..=2 {
+        assert_eq!(
+            send(&s, &s.admin, "default", &hb("db-1", seq, 1000, "rack-9")).status,
+            200
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let post = |token: &str, body: Value| {
+        s.post(
+            "/api/telemetry/health/maintenance",
+            Some(token),
+            &[],
+            body.to_string().as_bytes(),
+        )
+    };
+    assert_eq!(
+        post(&viewer, json!({"zone": "rack-9", "duration": "1h"})).status,
+        403
+    );
+    let r = post(&operator, json!({"duration": "1h"}));
+    assert_eq!(
+        (r.status, r.error().0.as_str()),
+        (400, "invalid_maintenance")
+    );
+    let r = post(&operator, json!({"zone": "rack-9", "duration": "soon"}));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["details"]["field"], "duration");
+    assert_eq!(
+        post(&operator, json!({"zone": "nowhere", "duration": "1h"})).status,
+        404
+    );
+    let r = post(&operator, json!({"zone": "rack-9", "duration": "1h"}));
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["agents"], 1);
+    // Silent for more than three intervals, but in maintenance.
+    std::thread::sleep(Duration::from_millis(4000));
+    let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health/agents/db-1");
+    assert_eq!(j["state"], "maintenance", "{j}");
+    // The window ends now: judged again, and failed within the hard bound.
+    assert_eq!(
+        post(&operator, json!({"agent_id": "db-1", "until_ms": now_ms()})).status,
+        200
+    );
+    let t = Instant::now();
+    loop {
+        let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health/agents/db-1");
+        if j["state"] == "failed" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "not failed after maintenance: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -43,6 +43,7 @@ pub fn authorize(
             match need {
                 Need::Write => "write data",
                 Need::Read => "read data",
+                Need::Operate => "operate the fleet",
                 Need::Admin => "administer Vigil",
             }
         )));

@@ -371,3 +371,94 @@ fn event_json(e: &vigil_meta::AgentEventRecord) -> Value {
         "detail": e.detail,
     })
 }
+
+/// Body of `POST /api/telemetry/health/maintenance`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// One agent.
+    #[serde(default)]
+    agent_id: Option<String>,
+    /// A whole zone.
+    #[serde(default)]
+    zone: Option<String>,
+    /// Agents carrying all these labels.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// End of the window, ms since the epoch (a past time ends a window).
+    #[serde(default)]
+    until_ms: Option<i64>,
+    /// Or its length from now, e.g. `2h`.
+    #[serde(default)]
+    duration: Option<String>,
+}
+
+/// `POST /api/telemetry/health/maintenance`: agents matching every given selector (an agent,
+/// a zone, labels) are not judged until the window ends. Operator or admin.
+pub async fn maintenance(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Operate)?;
+    let bytes = body_bytes(body).await?;
+    let req: MaintenanceRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_maintenance",
+            format!("not a maintenance request: {e}"),
+        )
+    })?;
+    if req.agent_id.is_none() && req.zone.is_none() && req.labels.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_maintenance",
+            "name at least one of agent_id, zone, labels",
+        )
+        .with_details(json!({"field": "agent_id"})));
+    }
+    let now = now_ms();
+    let until = match (req.until_ms, &req.duration) {
+        (Some(u), None) => u,
+        (None, Some(d)) => {
+            let ms = crate::config::parse_duration(d).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_maintenance",
+                    format!("duration {d:?} is not like 30m or 2h"),
+                )
+                .with_details(json!({"field": "duration"}))
+            })?;
+            now + ms.as_millis() as i64
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_maintenance",
+                "give exactly one of until_ms and duration",
+            )
+            .with_details(json!({"field": "until_ms"})));
+        }
+    };
+    if until > now + 30 * 86_400_000 {
+        return Err(ApiError::bad_request(
+            "invalid_maintenance",
+            "a window may last at most 30 days",
+        )
+        .with_details(json!({"field": "until_ms"})));
+    }
+    let n = match state.0.fleet.get(env.as_str()) {
+        None => 0,
+        Some(f) => f.lock().maintenance(
+            req.agent_id.as_deref(),
+            req.zone.as_deref(),
+            &req.labels,
+            until,
+            now,
+        ),
+    };
+    if n == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no registered agent matches",
+        ));
+    }
+    Ok(axum::Json(json!({"agents": n, "until_ms": until})).into_response())
+}

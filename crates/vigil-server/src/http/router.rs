@@ -35,6 +35,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/telemetry/health", get(health::summary))
         .route("/api/telemetry/health/zones", get(health::zones))
+        .route(
+            "/api/telemetry/health/maintenance",
+            post(health::maintenance),
+        )
         .route("/api/telemetry/health/agents", get(health::agents))
         .route("/api/telemetry/health/agents/{id}", get(health::agent))
         .route("/api/v1/query", get(prom::query).post(prom::query))
