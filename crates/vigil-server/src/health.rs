@@ -13,6 +13,19 @@ use vigil_meta::{AgentEventRecord, AgentRecord, Meta};
 
 /// Most recent events kept in memory per environment.
 const RECENT_EVENTS: usize = 10_000;
+/// Events buffered for live-stream subscribers that fall behind.
+const STREAM_BUFFER: usize = 8_192;
+
+/// An event as the live stream publishes it.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    /// Environment.
+    pub env: String,
+    /// Zone of the agent (or of the partition).
+    pub zone: String,
+    /// The event.
+    pub record: AgentEventRecord,
+}
 
 /// A heartbeat as sent over HTTP.
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +187,8 @@ pub struct AgentInfo {
 
 /// One environment's fleet.
 pub struct EnvFleet {
+    env: String,
+    tx: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
     /// The detector.
     pub det: Detector,
     ids: HashMap<String, u32>,
@@ -194,8 +209,15 @@ impl std::fmt::Debug for EnvFleet {
 }
 
 impl EnvFleet {
-    fn new(cfg: DetectorConfig, now: i64) -> Self {
+    fn new(
+        env: &str,
+        tx: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
+        cfg: DetectorConfig,
+        now: i64,
+    ) -> Self {
         Self {
+            env: env.to_string(),
+            tx,
             det: Detector::new(cfg, now),
             ids: HashMap::new(),
             info: Vec::new(),
@@ -320,6 +342,23 @@ impl EnvFleet {
     fn collect(&mut self, _now: i64) {
         for e in self.det.drain_events() {
             let rec = self.record(&e);
+            if self.tx.receiver_count() > 0 {
+                let zone = match &e.kind {
+                    EventKind::PartitionSuspected { zone, .. }
+                    | EventKind::PartitionEnded { zone } => self.zone_name(*zone).to_string(),
+                    _ => self
+                        .info
+                        .get(e.agent as usize)
+                        .map_or_else(String::new, |i| i.zone.clone()),
+                };
+                let mut r = rec.clone();
+                r.env = self.env.clone();
+                let _ = self.tx.send(Arc::new(StreamEvent {
+                    env: self.env.clone(),
+                    zone,
+                    record: r,
+                }));
+            }
             if self.recent.len() >= RECENT_EVENTS {
                 self.recent.pop_front();
             }
@@ -377,6 +416,7 @@ impl EnvFleet {
 #[derive(Debug)]
 pub struct Fleet {
     cfg: DetectorConfig,
+    tx: tokio::sync::broadcast::Sender<Arc<StreamEvent>>,
     envs: RwLock<HashMap<String, Arc<Mutex<EnvFleet>>>>,
     meta: Arc<Meta>,
 }
@@ -385,8 +425,10 @@ impl Fleet {
     /// Loads the registry: every known agent starts `unknown` and is judged only after its
     /// next expected heartbeats.
     pub fn load(meta: Arc<Meta>, cfg: DetectorConfig, now: i64) -> Result<Self, vigil_meta::Error> {
+        let (tx, _) = tokio::sync::broadcast::channel(STREAM_BUFFER);
         let f = Self {
             cfg,
+            tx,
             envs: RwLock::new(HashMap::new()),
             meta,
         };
@@ -422,8 +464,20 @@ impl Fleet {
         self.envs
             .write()
             .entry(env.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(EnvFleet::new(self.cfg.clone(), now))))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(EnvFleet::new(
+                    env,
+                    self.tx.clone(),
+                    self.cfg.clone(),
+                    now,
+                )))
+            })
             .clone()
+    }
+
+    /// Subscribes to every environment's events (filter on `env`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<StreamEvent>> {
+        self.tx.subscribe()
     }
 
     /// The fleet of `env` if it has one.

@@ -331,3 +331,62 @@ fn maintenance_windows_hold_judgement_and_need_an_operator() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_live_stream_publishes_state_changes_of_the_callers_environment() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Server::start(&[]);
+    let viewer = s.token("viewer", &["prod"]);
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        c,
+        "GET /api/telemetry/stream?type=state&zone=eu HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {viewer}\r\nX-Scope-OrgID: prod\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("200"), "{line}");
+    // Wait for the headers, so the subscription exists before the events happen.
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    // Another environment and another zone: filtered out.
+    assert_eq!(
+        send(&s, &s.admin, "staging", &hb("s-1", 1, 1000, "eu")).status,
+        200
+    );
+    assert_eq!(
+        send(&s, &s.admin, "prod", &hb("p-us", 1, 1000, "us")).status,
+        200
+    );
+    assert_eq!(
+        send(&s, &s.admin, "prod", &hb("p-eu", 1, 1000, "eu")).status,
+        200
+    );
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim();
+        if let Some(d) = l.strip_prefix("data:") {
+            got.push(serde_json::from_str::<Value>(d.trim()).unwrap());
+        } else if let Some(e) = l.strip_prefix("event:") {
+            assert_eq!(e.trim(), "state");
+        }
+        if got.len() == 1 {
+            // p-eu goes silent: suspect, then failed, both on the stream.
+            assert_eq!(got[0]["agent_id"], "p-eu");
+            assert_eq!(got[0]["to"], "healthy");
+        }
+    }
+    assert_eq!(got[1]["agent_id"], "p-eu", "{got:?}");
+    assert_eq!(got[1]["to"], "suspect");
+    let r2 = s.get("/api/telemetry/stream?type=gossip", Some(&viewer));
+    assert_eq!(r2.status, 400);
+}

@@ -462,3 +462,85 @@ pub async fn maintenance(
     }
     Ok(axum::Json(json!({"agents": n, "until_ms": until})).into_response())
 }
+
+/// Query of `/api/telemetry/stream`.
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// Comma-separated event kinds: `state`, `partition_suspected`, `partition_ended`,
+    /// `restarted` (default all).
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// Only this zone.
+    zone: Option<String>,
+}
+
+/// `GET /api/telemetry/stream`: the caller's environment's events as Server-Sent Events
+/// (`event:` is the kind, `data:` the JSON). A subscriber that falls behind gets a `lagged`
+/// event with the number of events it missed.
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let (_, env) = authorize(&state, &headers, Need::Read)?;
+    const KINDS: [&str; 4] = [
+        "state",
+        "partition_suspected",
+        "partition_ended",
+        "restarted",
+    ];
+    let kinds: Vec<String> = match &q.kind {
+        None => KINDS.iter().map(|s| s.to_string()).collect(),
+        Some(list) => {
+            let v: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+            if let Some(bad) = v.iter().find(|k| !KINDS.contains(&k.as_str())) {
+                return Err(ApiError::bad_request(
+                    "bad_parameter",
+                    format!("type {bad:?} is not one of {}", KINDS.join(", ")),
+                ));
+            }
+            v
+        }
+    };
+    let rx = state.0.fleet.subscribe();
+    let env = env.as_str().to_string();
+    let zone = q.zone;
+    let events = futures_util::stream::unfold(rx, move |mut rx| {
+        let (env, kinds, zone) = (env.clone(), kinds.clone(), zone.clone());
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if ev.env != env
+                            || !kinds.contains(&ev.record.kind)
+                            || zone.as_ref().is_some_and(|z| *z != ev.zone)
+                        {
+                            continue;
+                        }
+                        let r = &ev.record;
+                        let data = json!({
+                            "agent_id": r.agent_id, "zone": ev.zone, "at_ms": r.at_ms,
+                            "from": r.from_state, "to": r.to_state, "detail": r.detail,
+                        });
+                        let e = SseEvent::default()
+                            .event(r.kind.clone())
+                            .data(data.to_string());
+                        return Some((Ok::<_, std::convert::Infallible>(e), rx));
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        let e = SseEvent::default()
+                            .event("lagged")
+                            .data(json!({"missed": n}).to_string());
+                        return Some((Ok(e), rx));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
             "/api/telemetry/health/maintenance",
             post(health::maintenance),
         )
+        .route("/api/telemetry/stream", get(health::stream))
         .route("/api/telemetry/health/agents", get(health::agents))
         .route("/api/telemetry/health/agents/{id}", get(health::agent))
         .route("/api/v1/query", get(prom::query).post(prom::query))
