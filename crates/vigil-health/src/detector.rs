@@ -222,9 +222,26 @@ impl Agent {
 #[derive(Debug, Default)]
 struct Zone {
     members: Vec<u32>,
-    /// Times agents of the zone turned suspect, recent first out.
-    recent_suspects: VecDeque<i64>,
+    /// (time, interval class) of agents of the zone turning suspect, oldest first.
+    recent_suspects: VecDeque<(i64, u8)>,
+    /// `recent_suspects` counted per class.
+    recent_counts: [u32; 32],
     partitioned_since: Option<i64>,
+    /// Monitored agents (heard from, not failed or in maintenance) per interval class.
+    monitored: [u32; 32],
+}
+
+/// Agents whose intervals differ by less than 2× share a class: a partition silences a
+/// class within about one of its intervals, so fast agents are compared with fast agents.
+fn class_of(interval_ms: u32) -> u8 {
+    (31 - interval_ms.max(1).leading_zeros()) as u8
+}
+
+fn is_monitored(s: State) -> bool {
+    matches!(
+        s,
+        State::Healthy | State::Degraded | State::Recovered | State::Suspect | State::Unreachable
+    )
 }
 
 /// The detector for one environment. Not thread-safe by itself: the caller serialises calls
@@ -343,6 +360,15 @@ impl Detector {
         let from = a.state;
         a.state = to;
         a.since_ms = at;
+        if is_monitored(from) != is_monitored(to) {
+            let (z, c) = (a.zone as usize, class_of(a.interval_ms) as usize);
+            let n = &mut self.zones[z].monitored[c];
+            *n = if is_monitored(to) {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+        }
         self.events.push(Event {
             agent: id,
             at,
@@ -376,6 +402,12 @@ impl Detector {
         a.received = a.received.saturating_add(1);
         // Interval change: start the statistics over at the new interval.
         if b.interval_ms != a.interval_ms && b.interval_ms > 0 {
+            if is_monitored(a.state) {
+                let z = &mut self.zones[a.zone as usize];
+                let old = &mut z.monitored[class_of(a.interval_ms) as usize];
+                *old = old.saturating_sub(1);
+                z.monitored[class_of(b.interval_ms) as usize] += 1;
+            }
             let i = b.interval_ms as f32;
             a.interval_ms = b.interval_ms;
             a.mean_ms = i;
@@ -544,34 +576,23 @@ impl Detector {
         }
     }
 
-    fn monitored(&self, zone: u32) -> usize {
-        self.zones[zone as usize]
-            .members
-            .iter()
-            .filter(|&&m| {
-                matches!(
-                    self.agents[m as usize].state,
-                    State::Healthy
-                        | State::Degraded
-                        | State::Recovered
-                        | State::Suspect
-                        | State::Unreachable
-                )
-            })
-            .count()
-    }
-
     fn note_suspect(&mut self, zone: u32, id: u32, at: i64) {
         // Agents of a zone go silent spread over their interval: the window covers it.
         let window = self
             .cfg
             .partition_window_ms
             .max(self.agents[id as usize].interval_ms as i64 * 6 / 5);
+        let class = class_of(self.agents[id as usize].interval_ms);
         {
             let z = &mut self.zones[zone as usize];
-            z.recent_suspects.push_back(at);
-            while z.recent_suspects.front().is_some_and(|&t| t < at - window) {
+            z.recent_suspects.push_back((at, class));
+            z.recent_counts[class as usize] += 1;
+            while let Some(&(t, c)) = z.recent_suspects.front() {
+                if t >= at - window {
+                    break;
+                }
                 z.recent_suspects.pop_front();
+                z.recent_counts[c as usize] = z.recent_counts[c as usize].saturating_sub(1);
             }
             if z.partitioned_since.is_some() {
                 let a = &mut self.agents[id as usize];
@@ -580,8 +601,9 @@ impl Detector {
                 return;
             }
         }
-        let silent = self.zones[zone as usize].recent_suspects.len();
-        let members = self.monitored(zone);
+        let z = &self.zones[zone as usize];
+        let silent = z.recent_counts[class as usize] as usize;
+        let members = z.monitored[class as usize] as usize;
         if members >= self.cfg.partition_min_agents
             && silent >= self.cfg.partition_min_agents.min(members)
             && silent as f64 >= self.cfg.partition_ratio * members as f64
@@ -612,6 +634,7 @@ impl Detector {
     fn end_partition(&mut self, zone: u32, by: u32, at: i64) {
         self.zones[zone as usize].partitioned_since = None;
         self.zones[zone as usize].recent_suspects.clear();
+        self.zones[zone as usize].recent_counts = [0; 32];
         self.events.push(Event {
             agent: by,
             at,

@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod query;
+mod sim;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,8 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Run a PromQL query against a running server (instant, or --range).
     Query(query::QueryArgs),
+    /// Simulate a fleet against the failure detector (in process, simulated time).
+    Sim(sim::SimArgs),
 }
 
 /// Where configuration comes from; shared by every command that touches the data directory.
@@ -281,6 +284,7 @@ fn main() {
         Cmd::Token(t) => token(t),
         Cmd::Bench(b) => bench::run(b),
         Cmd::Query(q) => query::run(q),
+        Cmd::Sim(a) => sim::run(a),
     };
     if let Err(e) = r {
         eprintln!("vigil: {e:#}");

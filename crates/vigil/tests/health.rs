@@ -390,3 +390,48 @@ fn the_live_stream_publishes_state_changes_of_the_callers_environment() {
     let r2 = s.get("/api/telemetry/stream?type=gossip", Some(&viewer));
     assert_eq!(r2.status, 400);
 }
+
+#[test]
+fn vigil_sim_reports_detection_partitions_and_no_false_failures() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "sim",
+            "--agents",
+            "2000",
+            "--duration",
+            "20m",
+            "--zones",
+            "4",
+            "--crash-rate",
+            "0.02",
+            "--partition",
+            "1@5m+3m",
+            "--seed",
+            "9",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("false failures: 0"), "{text}");
+    assert!(text.contains("crashes not detected: 0"), "{text}");
+    assert!(
+        text.contains("partitions classified right: 1, wrong: 0, missed: 0"),
+        "{text}"
+    );
+    assert!(text.contains("M/s in process"), "{text}");
+    for bad in [
+        vec!["sim", "--intervals", "0.5s:100"],
+        vec!["sim", "--partition", "12@1m+1m"],
+        vec!["sim", "--jitter", "1.5"],
+        vec!["sim", "--duration", "forever"],
+    ] {
+        let out = std::process::Command::new(BIN).args(&bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(!out.stderr.is_empty());
+    }
+}
