@@ -265,6 +265,19 @@ impl EnvFleet {
 
     /// Applies one validated heartbeat arriving at `now`.
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: i64) {
+        self.apply(hb, now);
+        self.collect(now);
+    }
+
+    /// Applies many validated heartbeats, collecting events once.
+    pub fn heartbeats(&mut self, hbs: &[Heartbeat], now: i64) {
+        for hb in hbs {
+            self.apply(hb, now);
+        }
+        self.collect(now);
+    }
+
+    fn apply(&mut self, hb: &Heartbeat, now: i64) {
         let idx = match self.index(&hb.agent_id) {
             Some(i) => i,
             None => self.register(
@@ -291,8 +304,12 @@ impl EnvFleet {
             if let Some(v) = &hb.version {
                 info.version = v.clone();
             }
-            info.message = hb.message.clone();
-            info.checks = hb.checks.clone();
+            if info.message != hb.message {
+                info.message = hb.message.clone();
+            }
+            if !(info.checks.is_empty() && hb.checks.is_empty()) {
+                info.checks = hb.checks.clone();
+            }
         }
         self.det.heartbeat(
             idx,
@@ -305,7 +322,6 @@ impl EnvFleet {
             now,
         );
         self.mark_dirty(idx);
-        self.collect(now);
     }
 
     /// Puts every agent matching all given selectors in maintenance until `until`; returns how

@@ -23,6 +23,37 @@ use vigil_ingest::remote_write::proto::{
 pub enum BenchCmd {
     /// Push the reference fleet to a server and measure acknowledged samples/s.
     Ingest(IngestArgs),
+    /// Send heartbeats (one per request, or batches) and measure accepted heartbeats/s.
+    Heartbeat(HeartbeatArgs),
+}
+
+/// `vigil bench heartbeat` options.
+#[derive(Args, Debug)]
+pub struct HeartbeatArgs {
+    /// Server base URL (http only).
+    #[arg(long, default_value = "http://127.0.0.1:9700")]
+    url: String,
+    /// File holding a token with write access.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// Environment (X-Scope-OrgID).
+    #[arg(long, default_value = "bench")]
+    env: String,
+    /// Agents.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Heartbeats per agent to send (the first round registers the agents untimed).
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// Heartbeats per request: 1 uses /heartbeat, more uses /heartbeat/batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Server PID, to report its CPU time and peak RSS.
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 /// `vigil bench ingest` options.
@@ -359,7 +390,138 @@ fn proc_figures(pid: u32) -> Option<(f64, u64)> {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ingest(a) => ingest(a),
+        BenchCmd::Heartbeat(a) => heartbeat(a),
     }
+}
+
+fn heartbeat(a: HeartbeatArgs) -> Result<()> {
+    let host = a
+        .url
+        .strip_prefix("http://")
+        .context("--url must start with http://")?
+        .trim_end_matches('/')
+        .to_string();
+    let token = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("read {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    if a.agents == 0 || a.rounds < 2 || a.batch == 0 {
+        bail!("--agents must be ≥ 1, --rounds ≥ 2, --batch ≥ 1");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let one = |agent: usize, seq: usize| {
+        format!(
+            "{{\"agent_id\":\"bench-{agent:07}\",\"seq\":{seq},\"sent_at\":{now},\"interval_ms\":10000,\"zone\":\"zone-{}\"}}",
+            agent % 16
+        )
+    };
+    let mut rounds: Vec<Vec<Req>> = Vec::new();
+    for r in 0..a.rounds {
+        let mut reqs = Vec::new();
+        let agents: Vec<usize> = (0..a.agents).collect();
+        for chunk in agents.chunks(a.batch) {
+            let (path, body) = if a.batch == 1 {
+                ("/api/telemetry/heartbeat", one(chunk[0], r + 1))
+            } else {
+                let items: Vec<String> = chunk.iter().map(|&g| one(g, r + 1)).collect();
+                (
+                    "/api/telemetry/heartbeat/batch",
+                    format!("[{}]", items.join(",")),
+                )
+            };
+            reqs.push(Req {
+                path,
+                content_type: "application/json",
+                encoding: None,
+                body: body.into_bytes(),
+                samples: chunk.len(),
+            });
+        }
+        rounds.push(reqs);
+    }
+    let mut c = Conn::open(&host)?;
+    for r in &rounds[0] {
+        let (st, body) = c.send(r, token.as_deref(), &a.env)?;
+        if st / 100 != 2 {
+            bail!("registration request failed: {st} {body}");
+        }
+    }
+    let before = a.pid.and_then(proc_figures);
+    let work: Vec<&Req> = rounds[1..].iter().flatten().collect();
+    let next = AtomicUsize::new(0);
+    let acked = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let t = Instant::now();
+    std::thread::scope(|sc| -> Result<()> {
+        let mut hs = Vec::new();
+        for _ in 0..a.connections.max(1) {
+            let (work, next, acked, errors, token, host, env) = (
+                &work,
+                &next,
+                &acked,
+                &errors,
+                token.as_deref(),
+                &host,
+                &a.env,
+            );
+            hs.push(sc.spawn(move || -> Result<()> {
+                let mut c = Conn::open(host)?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(r) = work.get(i) else { return Ok(()) };
+                    match c.send(r, token, env) {
+                        Ok((st, _)) if st / 100 == 2 => {
+                            acked.fetch_add(r.samples as u64, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            c = Conn::open(host)?;
+                        }
+                    }
+                }
+            }));
+        }
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let after = a.pid.and_then(proc_figures);
+    let n = acked.load(Ordering::Relaxed);
+    println!("agents              {}", a.agents);
+    println!(
+        "requests            {} × {} heartbeat(s), {} connections",
+        work.len(),
+        a.batch,
+        a.connections
+    );
+    println!("accepted            {n} heartbeats in {secs:.2} s");
+    println!(
+        "throughput          {:.0} heartbeats/s, {:.0} requests/s",
+        n as f64 / secs,
+        work.len() as f64 / secs
+    );
+    println!("errors              {}", errors.load(Ordering::Relaxed));
+    if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
+        println!(
+            "server              {:.0} % CPU, peak RSS {:.0} MiB",
+            (c1 - c0) / secs * 100.0,
+            rss as f64 / 1048576.0
+        );
+    }
+    Ok(())
 }
 
 fn ingest(a: IngestArgs) -> Result<()> {

@@ -138,10 +138,7 @@ pub async fn heartbeat_batch(
     let now = now_ms();
     let fleet = state.0.fleet.env(env.as_str(), now);
     {
-        let mut f = fleet.lock();
-        for hb in &list {
-            f.heartbeat(hb, now);
-        }
+        fleet.lock().heartbeats(&list, now);
     }
     state.note_env(env.as_str(), now);
     Ok(axum::Json(json!({"accepted": list.len()})).into_response())
