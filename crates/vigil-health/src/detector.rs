@@ -478,6 +478,17 @@ impl Detector {
         self.schedule(id);
     }
 
+    /// Stops judging an agent for good (it was deregistered): no more events, not counted in
+    /// its zone. Its index is not reused.
+    pub fn retire(&mut self, id: u32, now: i64) {
+        self.advance(now);
+        self.agents[id as usize].in_maintenance_until = i64::MAX;
+        let before = self.events.len();
+        self.set_state(id, State::Maintenance, now);
+        self.events.truncate(before);
+        self.agents[id as usize].wheel_tick = i64::MAX;
+    }
+
     /// The next moment the agent must be looked at, if any.
     fn next_deadline(&self, a: &Agent) -> Option<i64> {
         match a.state {

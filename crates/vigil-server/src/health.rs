@@ -183,6 +183,8 @@ pub struct AgentInfo {
     pub first_seen_ms: i64,
     /// Latest heartbeat, ms (or from the registry after a restart).
     pub last_seen_ms: i64,
+    /// Deregistered: kept only so indices stay stable.
+    pub retired: bool,
 }
 
 /// One environment's fleet.
@@ -200,6 +202,9 @@ pub struct EnvFleet {
     /// Recent events (oldest first).
     pub recent: VecDeque<AgentEventRecord>,
     unsaved: Vec<AgentEventRecord>,
+    /// Deregistered ids not yet deleted by a flush (a flush that read them before the
+    /// deregistration must not bring them back).
+    removed: Vec<String>,
 }
 
 impl std::fmt::Debug for EnvFleet {
@@ -226,7 +231,25 @@ impl EnvFleet {
             dirty_mark: Vec::new(),
             recent: VecDeque::new(),
             unsaved: Vec::new(),
+            removed: Vec::new(),
         }
+    }
+
+    /// Indices of registered (not deregistered) agents.
+    pub fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.info.len() as u32).filter(|&i| !self.info[i as usize].retired)
+    }
+
+    /// Forgets an agent: it is no longer judged, listed or counted; a later heartbeat
+    /// registers it anew. Returns whether it was known.
+    pub fn deregister(&mut self, id: &str, now: i64) -> bool {
+        let Some(idx) = self.ids.remove(id) else {
+            return false;
+        };
+        self.info[idx as usize].retired = true;
+        self.det.retire(idx, now);
+        self.removed.push(id.to_string());
+        true
     }
 
     /// The detector index of an agent id.
@@ -290,6 +313,7 @@ impl EnvFleet {
                     checks: Vec::new(),
                     first_seen_ms: now,
                     last_seen_ms: now,
+                    retired: false,
                 },
                 hb.interval_ms,
                 now,
@@ -334,7 +358,8 @@ impl EnvFleet {
         until: i64,
         now: i64,
     ) -> usize {
-        let chosen: Vec<u32> = (0..self.info.len() as u32)
+        let chosen: Vec<u32> = self
+            .live()
             .filter(|&i| {
                 let info = &self.info[i as usize];
                 agent.is_none_or(|a| info.id == a)
@@ -464,6 +489,7 @@ impl Fleet {
                     checks: Vec::new(),
                     first_seen_ms: r.first_seen_ms,
                     last_seen_ms: r.last_seen_ms,
+                    retired: false,
                 },
                 interval,
                 now,
@@ -513,6 +539,7 @@ impl Fleet {
     pub fn flush(&self) -> Result<(usize, usize), vigil_meta::Error> {
         let mut agents = Vec::new();
         let mut events = Vec::new();
+        let mut removed = Vec::new();
         let envs: Vec<(String, Arc<Mutex<EnvFleet>>)> = self
             .envs
             .read()
@@ -524,6 +551,9 @@ impl Fleet {
             let dirty = std::mem::take(&mut e.dirty);
             for idx in dirty {
                 e.dirty_mark[idx as usize] = false;
+                if e.info[idx as usize].retired {
+                    continue;
+                }
                 let a = e.det.agent(idx);
                 let i = &e.info[idx as usize];
                 agents.push(AgentRecord {
@@ -537,6 +567,9 @@ impl Fleet {
                     last_seen_ms: i.last_seen_ms,
                 });
             }
+            for id in std::mem::take(&mut e.removed) {
+                removed.push((name.clone(), id));
+            }
             for mut ev in std::mem::take(&mut e.unsaved) {
                 ev.env = name.clone();
                 events.push(ev);
@@ -547,6 +580,13 @@ impl Fleet {
         }
         if !events.is_empty() {
             self.meta.insert_agent_events(&events)?;
+        }
+        for (env, id) in &removed {
+            // Unless it came back since (a new heartbeat registers it again).
+            let back = self.get(env).is_some_and(|e| e.lock().index(id).is_some());
+            if !back {
+                self.meta.delete_agent(env, id)?;
+            }
         }
         Ok((agents.len(), events.len()))
     }
@@ -572,7 +612,7 @@ impl Fleet {
             };
             let mut b = vigil_tsdb::WriteBatch::new(env);
             let e = e.lock();
-            for i in 0..e.det.len() as u32 {
+            for i in e.live() {
                 let a = e.det.agent(i);
                 let info = &e.info[i as usize];
                 let up = matches!(a.state, State::Healthy | State::Degraded | State::Recovered);

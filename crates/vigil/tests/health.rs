@@ -435,3 +435,47 @@ fn vigil_sim_reports_detection_partitions_and_no_false_failures() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[test]
+fn deregistered_agents_are_forgotten_and_come_back_with_a_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_in(&data, &[]);
+    let operator = s.token("operator", &["default"]);
+    let viewer = s.token("viewer", &["default"]);
+    for a in ["keep", "drop"] {
+        assert_eq!(
+            send(&s, &s.admin, "default", &hb(a, 1, 10_000, "z")).status,
+            200
+        );
+    }
+    let del = |token: &str, id: &str| {
+        let h = format!("Bearer {token}");
+        request(
+            &s.addr,
+            "DELETE",
+            &format!("/api/telemetry/health/agents/{id}"),
+            &[("Authorization", &h)],
+            b"",
+        )
+        .unwrap()
+    };
+    assert_eq!(del(&viewer, "drop").status, 403);
+    assert_eq!(del(&operator, "nobody").status, 404);
+    assert_eq!(del(&operator, "drop").status, 204);
+    let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health");
+    assert_eq!(j["agents"], 1, "{j}");
+    let (st, _) = get(&s, &s.admin, "default", "/api/telemetry/health/agents/drop");
+    assert_eq!(st, 404);
+    s.signal("TERM");
+    assert!(s.wait_exit().success());
+    let s = Server::start_in(&data, &[]);
+    let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health/agents");
+    assert_eq!(j["total"], 1, "deregistration survives a restart: {j}");
+    assert_eq!(
+        send(&s, &s.admin, "default", &hb("drop", 1, 10_000, "z")).json()["state"],
+        "healthy"
+    );
+    let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health");
+    assert_eq!(j["agents"], 2);
+}

@@ -146,7 +146,7 @@ pub async fn heartbeat_batch(
 
 fn counts(f: &EnvFleet, filter: impl Fn(u32) -> bool) -> BTreeMap<&'static str, usize> {
     let mut m = BTreeMap::new();
-    for i in 0..f.det.len() as u32 {
+    for i in f.live() {
         if filter(i) {
             *m.entry(f.det.agent(i).state.as_str()).or_insert(0) += 1;
         }
@@ -171,7 +171,7 @@ pub async fn summary(
         .collect();
     Ok(axum::Json(json!({
         "environment": env.as_str(),
-        "agents": f.det.len(),
+        "agents": f.live().count(),
         "states": counts(&f, |_| true),
         "zones": zones,
         "partitions": partitions,
@@ -269,7 +269,8 @@ pub async fn agents(
         None => (0, Vec::new()),
         Some(f) => {
             let f = f.lock();
-            let mut idx: Vec<u32> = (0..f.det.len() as u32)
+            let mut idx: Vec<u32> = f
+                .live()
                 .filter(|&i| {
                     let a = f.det.agent(i);
                     let info = &f.info[i as usize];
@@ -540,4 +541,34 @@ pub async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// `DELETE /api/telemetry/health/agents/{id}`: deregisters an agent (operator or admin). Its
+/// history stays; a later heartbeat registers it again.
+pub async fn deregister(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Operate)?;
+    let now = now_ms();
+    let known = state
+        .0
+        .fleet
+        .get(env.as_str())
+        .is_some_and(|f| f.lock().deregister(&id, now));
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no agent {id:?} in environment {:?}", env.as_str()),
+        ));
+    }
+    let meta = state.0.meta.clone();
+    let env_s = env.as_str().to_string();
+    tokio::task::spawn_blocking(move || meta.delete_agent(&env_s, &id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

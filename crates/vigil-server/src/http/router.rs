@@ -41,7 +41,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/telemetry/stream", get(health::stream))
         .route("/api/telemetry/health/agents", get(health::agents))
-        .route("/api/telemetry/health/agents/{id}", get(health::agent))
+        .route(
+            "/api/telemetry/health/agents/{id}",
+            get(health::agent).delete(health::deregister),
+        )
         .route("/api/v1/query", get(prom::query).post(prom::query))
         .route(
             "/api/v1/query_range",
