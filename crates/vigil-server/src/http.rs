@@ -4,6 +4,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod ingest;
+pub mod openapi;
 pub mod prom;
 pub mod router;
 pub mod state;

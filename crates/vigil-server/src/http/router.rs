@@ -14,7 +14,7 @@ use crate::auth::Need;
 use crate::http::error::ApiError;
 use crate::http::extract::authorize;
 use crate::http::state::AppState;
-use crate::http::{health, ingest, prom};
+use crate::http::{health, ingest, openapi, prom};
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
@@ -22,6 +22,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi::openapi))
+        .route("/api/docs", get(openapi::docs))
         .route("/api/v1/write", post(ingest::remote_write))
         .route("/v1/metrics", post(ingest::otlp_metrics))
         .route("/write", post(ingest::influx_v1))
@@ -88,7 +90,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see /api/openapi.json once available, or the README's API list",
+        "no such endpoint; see /api/openapi.json or /api/docs",
     )
 }
 
