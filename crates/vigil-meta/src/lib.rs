@@ -370,6 +370,46 @@ impl Meta {
             .map_err(self.err("list agent events"))
     }
 
+    /// State changes of `env` at or after `since_ms`: (agent, at, new state), by agent and time.
+    pub fn state_changes_since(
+        &self,
+        env: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64, String)>> {
+        let c = self.conn.lock();
+        let mut st = c
+            .prepare(
+                "SELECT agent_id, at_ms, to_state FROM agent_events
+                 WHERE env = ?1 AND kind = 'state' AND at_ms >= ?2 ORDER BY agent_id, at_ms, id",
+            )
+            .map_err(self.err("list state changes"))?;
+        let rows = st
+            .query_map(params![env, since_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(self.err("list state changes"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("list state changes"))
+    }
+
+    /// Each agent's last state before `before_ms` in `env`.
+    pub fn states_before(&self, env: &str, before_ms: i64) -> Result<Vec<(String, String)>> {
+        let c = self.conn.lock();
+        let mut st = c
+            .prepare(
+                "SELECT e.agent_id, e.to_state FROM agent_events e
+                 JOIN (SELECT agent_id, MAX(id) AS mid FROM agent_events
+                       WHERE env = ?1 AND kind = 'state' AND at_ms < ?2 GROUP BY agent_id) m
+                 ON e.id = m.mid",
+            )
+            .map_err(self.err("list states before"))?;
+        let rows = st
+            .query_map(params![env, before_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err("list states before"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("list states before"))
+    }
+
     /// Records a minted token.
     pub fn insert_token(&self, t: &TokenRecord) -> Result<()> {
         let envs = serde_json::to_string(&t.envs).unwrap_or_else(|_| "[]".into());

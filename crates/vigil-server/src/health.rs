@@ -648,6 +648,104 @@ impl Fleet {
     }
 }
 
+/// Up and down time (ms) of one agent, zone or environment over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Uptime {
+    /// Time heard from (healthy, degraded, recovered) or not yet judged down (suspect).
+    pub up_ms: i64,
+    /// Time failed or unreachable.
+    pub down_ms: i64,
+}
+
+impl Uptime {
+    /// `up / (up + down)`; `None` when no time counted (unknown or in maintenance throughout).
+    pub fn ratio(&self) -> Option<f64> {
+        let t = self.up_ms + self.down_ms;
+        (t > 0).then(|| self.up_ms as f64 / t as f64)
+    }
+
+    fn add(&mut self, o: Uptime) {
+        self.up_ms += o.up_ms;
+        self.down_ms += o.down_ms;
+    }
+}
+
+fn count_state(u: &mut Uptime, state: &str, ms: i64) {
+    match state {
+        "healthy" | "degraded" | "recovered" | "suspect" => u.up_ms += ms,
+        "failed" | "unreachable" => u.down_ms += ms,
+        _ => {} // unknown, maintenance: not counted
+    }
+}
+
+/// Availability over one window: per agent, per zone, for the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Availability {
+    /// Per agent id.
+    pub agents: BTreeMap<String, Uptime>,
+    /// Per zone.
+    pub zones: BTreeMap<String, Uptime>,
+    /// The environment.
+    pub total: Uptime,
+}
+
+impl Fleet {
+    /// Availability of `env`'s registered agents over `[now - window_ms, now]`, from the state
+    /// history (flushed first, so the newest changes count).
+    pub fn availability(
+        &self,
+        env: &str,
+        now: i64,
+        window_ms: i64,
+    ) -> Result<Availability, vigil_meta::Error> {
+        self.flush()?;
+        let since = now - window_ms;
+        let before: HashMap<String, String> =
+            self.meta.states_before(env, since)?.into_iter().collect();
+        let changes = self.meta.state_changes_since(env, since)?;
+        let Some(fleet) = self.get(env) else {
+            return Ok(Availability::default());
+        };
+        let zones: HashMap<String, String> = {
+            let f = fleet.lock();
+            f.live()
+                .map(|i| {
+                    (
+                        f.info[i as usize].id.clone(),
+                        f.info[i as usize].zone.clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut out = Availability::default();
+        let mut by_agent: HashMap<&str, Vec<(i64, &str)>> = HashMap::new();
+        for (a, at, to) in &changes {
+            by_agent
+                .entry(a.as_str())
+                .or_default()
+                .push((*at, to.as_str()));
+        }
+        for (agent, zone) in &zones {
+            let mut u = Uptime::default();
+            let mut state = before.get(agent).map_or("unknown", |s| s.as_str());
+            let mut t = since;
+            for &(at, to) in by_agent
+                .get(agent.as_str())
+                .map_or(&[][..], |v| v.as_slice())
+            {
+                count_state(&mut u, state, at.min(now) - t);
+                state = to;
+                t = at.min(now);
+            }
+            count_state(&mut u, state, now - t);
+            out.total.add(u);
+            out.zones.entry(zone.clone()).or_default().add(u);
+            out.agents.insert(agent.clone(), u);
+        }
+        Ok(out)
+    }
+}
+
 /// `State` by its API name.
 pub fn parse_state(s: &str) -> Option<State> {
     [

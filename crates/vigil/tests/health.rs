@@ -479,3 +479,67 @@ fn deregistered_agents_are_forgotten_and_come_back_with_a_heartbeat() {
     let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health");
     assert_eq!(j["agents"], 2);
 }
+
+#[test]
+fn availability_counts_up_and_down_time_from_the_history() {
+    let s = Server::start(&[]);
+    for seq in 1..=3 {
+        assert_eq!(
+            send(&s, &s.admin, "default", &hb("av-1", seq, 1000, "z")).status,
+            200
+        );
+        assert_eq!(
+            send(&s, &s.admin, "default", &hb("av-2", seq, 1000, "z")).status,
+            200
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    // av-2 keeps going; av-1 goes silent and fails.
+    let t = Instant::now();
+    let mut seq = 4;
+    loop {
+        assert_eq!(
+            send(&s, &s.admin, "default", &hb("av-2", seq, 1000, "z")).status,
+            200
+        );
+        seq += 1;
+        let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health/agents/av-1");
+        if j["state"] == "failed" && t.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (st, j) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/availability?window=1h&agent=av-1",
+    );
+    assert_eq!(st, 200, "{j}");
+    let a1 = j["windows"]["1h"]["agent"].as_f64().unwrap();
+    assert!(a1 > 0.2 && a1 < 0.95, "av-1 was up, then down: {a1}");
+    let (_, j) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/availability?agent=av-2",
+    );
+    assert_eq!(j["windows"]["24h"]["agent"], 1.0, "{j}");
+    let (_, j) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/availability",
+    );
+    let env = j["windows"]["30d"]["environment"].as_f64().unwrap();
+    assert!(env > a1 && env < 1.0, "{j}");
+    assert_eq!(j["windows"]["7d"]["agents_below_99"], 1);
+    let (st, _) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/availability?window=1y",
+    );
+    assert_eq!(st, 400);
+}

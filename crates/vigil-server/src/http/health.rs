@@ -572,3 +572,65 @@ pub async fn deregister(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// Query of `/health/availability`.
+#[derive(Debug, Deserialize)]
+pub struct AvailabilityQuery {
+    /// Window: `24h`, `7d`, `30d` or any duration up to 90 days (default: all three).
+    window: Option<String>,
+    /// One agent only.
+    agent: Option<String>,
+}
+
+/// `GET /api/telemetry/health/availability`: the share of time agents were up (healthy,
+/// degraded, recovered or not yet judged) versus down (failed, unreachable) over 24 h, 7 d and
+/// 30 d, per environment, zone and agent. Unknown and maintenance time is not counted.
+pub async fn availability(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<AvailabilityQuery>,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Read)?;
+    let windows: Vec<(String, i64)> = match &q.window {
+        None => vec![
+            ("24h".into(), 86_400_000),
+            ("7d".into(), 7 * 86_400_000),
+            ("30d".into(), 30 * 86_400_000),
+        ],
+        Some(w) => {
+            let d = crate::config::parse_duration(w)
+                .filter(|d| !d.is_zero() && d.as_secs() <= 90 * 86_400)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_parameter",
+                        format!("window {w:?} is not a duration up to 90d"),
+                    )
+                })?;
+            vec![(w.clone(), d.as_millis() as i64)]
+        }
+    };
+    let now = now_ms();
+    let fleet = state.0.fleet.clone();
+    let env_s = env.as_str().to_string();
+    let agent = q.agent.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<Value, vigil_meta::Error> {
+        let mut out = serde_json::Map::new();
+        for (name, ms) in windows {
+            let a = fleet.availability(&env_s, now, ms)?;
+            let v = match &agent {
+                Some(id) => json!({"agent": a.agents.get(id).and_then(|u| u.ratio())}),
+                None => json!({
+                    "environment": a.total.ratio(),
+                    "zones": a.zones.iter().map(|(z, u)| (z.clone(), json!(u.ratio()))).collect::<serde_json::Map<_, _>>(),
+                    "agents_below_99": a.agents.iter().filter(|(_, u)| u.ratio().is_some_and(|r| r < 0.99)).count(),
+                }),
+            };
+            out.insert(name, v);
+        }
+        Ok(Value::Object(out))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(axum::Json(json!({"environment": env.as_str(), "windows": res})).into_response())
+}

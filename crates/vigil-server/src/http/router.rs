@@ -38,6 +38,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/telemetry/health", get(health::summary))
         .route("/api/telemetry/health/zones", get(health::zones))
         .route(
+            "/api/telemetry/health/availability",
+            get(health::availability),
+        )
+        .route(
             "/api/telemetry/health/maintenance",
             post(health::maintenance),
         )
