@@ -114,6 +114,14 @@ const OPS: &[Op] = &[
         None,
     ),
     (
+        "get",
+        "/api/telemetry/health/availability",
+        "Availability over 24 h / 7 d / 30 d (or `window`) per environment and zone, or one `agent`",
+        "viewer, operator, admin",
+        &["window", "agent"],
+        None,
+    ),
+    (
         "post",
         "/api/telemetry/health/maintenance",
         "Maintenance window for agents matching agent_id, zone and/or labels",
