@@ -178,6 +178,8 @@ pub struct Agent {
     pub restarts: u32,
     /// Zone index.
     pub zone: u32,
+    /// Network-segment group index (a group like a zone), `u32::MAX` if none.
+    pub segment: u32,
     /// State.
     pub state: State,
     /// End of a maintenance window (ms), `i64::MIN` if none.
@@ -203,6 +205,7 @@ impl Agent {
             lost: 0,
             restarts: 0,
             zone,
+            segment: u32::MAX,
             state: State::Unknown,
             in_maintenance_until: i64::MIN,
         }
@@ -294,6 +297,31 @@ impl Detector {
         z
     }
 
+    /// Registers an agent in a zone and a network-segment group (from [`Detector::zone`] too;
+    /// a segment is judged for partitions like a zone).
+    pub fn add_agent_in(
+        &mut self,
+        zone: u32,
+        segment: Option<u32>,
+        interval_ms: u32,
+        now: i64,
+    ) -> u32 {
+        let id = self.add_agent(zone, interval_ms, now);
+        if let Some(sg) = segment
+            && sg != zone
+        {
+            self.agents[id as usize].segment = sg;
+            self.zones[sg as usize].members.push(id);
+        }
+        id
+    }
+
+    fn groups_of(&self, id: u32) -> impl Iterator<Item = u32> + use<> {
+        let a = &self.agents[id as usize];
+        let seg = (a.segment != u32::MAX).then_some(a.segment);
+        std::iter::once(a.zone).chain(seg)
+    }
+
     /// Registers an agent (new, or known from before a restart: then pass its last interval).
     /// It starts `Unknown`; if no heartbeat comes it turns suspect after two intervals and
     /// failed after the hard bound, both counted from `now`, so a restart of Vigil does not
@@ -361,13 +389,16 @@ impl Detector {
         a.state = to;
         a.since_ms = at;
         if is_monitored(from) != is_monitored(to) {
-            let (z, c) = (a.zone as usize, class_of(a.interval_ms) as usize);
-            let n = &mut self.zones[z].monitored[c];
-            *n = if is_monitored(to) {
-                *n + 1
-            } else {
-                n.saturating_sub(1)
-            };
+            let c = class_of(a.interval_ms) as usize;
+            let groups: Vec<u32> = self.groups_of(id).collect();
+            for g in groups {
+                let n = &mut self.zones[g as usize].monitored[c];
+                *n = if is_monitored(to) {
+                    *n + 1
+                } else {
+                    n.saturating_sub(1)
+                };
+            }
         }
         self.events.push(Event {
             agent: id,
@@ -403,10 +434,13 @@ impl Detector {
         // Interval change: start the statistics over at the new interval.
         if b.interval_ms != a.interval_ms && b.interval_ms > 0 {
             if is_monitored(a.state) {
-                let z = &mut self.zones[a.zone as usize];
-                let old = &mut z.monitored[class_of(a.interval_ms) as usize];
-                *old = old.saturating_sub(1);
-                z.monitored[class_of(b.interval_ms) as usize] += 1;
+                let seg = (a.segment != u32::MAX).then_some(a.segment);
+                for g in std::iter::once(a.zone).chain(seg) {
+                    let z = &mut self.zones[g as usize];
+                    let old = &mut z.monitored[class_of(a.interval_ms) as usize];
+                    *old = old.saturating_sub(1);
+                    z.monitored[class_of(b.interval_ms) as usize] += 1;
+                }
             }
             let i = b.interval_ms as f32;
             a.interval_ms = b.interval_ms;
@@ -452,9 +486,15 @@ impl Detector {
                 kind: EventKind::Restarted,
             });
         }
-        // A heartbeat from a cut-off zone ends its partition.
-        if state == State::Unreachable && self.zones[zone as usize].partitioned_since.is_some() {
-            self.end_partition(zone, id, now);
+        // A heartbeat from a cut-off zone (or segment) ends its partition.
+        if state == State::Unreachable {
+            let _ = zone;
+            let groups: Vec<u32> = self.groups_of(id).collect();
+            for g in groups {
+                if self.zones[g as usize].partitioned_since.is_some() {
+                    self.end_partition(g, id, now);
+                }
+            }
         }
         let to = if in_maint {
             State::Maintenance
@@ -575,8 +615,11 @@ impl Detector {
         }
     }
 
-    fn fail(&mut self, id: u32, zone: u32, at: i64) {
-        if self.zones[zone as usize].partitioned_since.is_some() {
+    fn fail(&mut self, id: u32, _zone: u32, at: i64) {
+        let cut_off = self
+            .groups_of(id)
+            .any(|g| self.zones[g as usize].partitioned_since.is_some());
+        if cut_off {
             if self.agents[id as usize].state != State::Unreachable {
                 self.set_state(id, State::Unreachable, at);
             }
@@ -587,7 +630,17 @@ impl Detector {
         }
     }
 
-    fn note_suspect(&mut self, zone: u32, id: u32, at: i64) {
+    fn note_suspect(&mut self, _zone: u32, id: u32, at: i64) {
+        let groups: Vec<u32> = self.groups_of(id).collect();
+        for g in groups {
+            if self.agents[id as usize].state != State::Suspect {
+                break;
+            }
+            self.note_suspect_in(g, id, at);
+        }
+    }
+
+    fn note_suspect_in(&mut self, zone: u32, id: u32, at: i64) {
         // Agents of a zone go silent spread over their interval: the window covers it.
         let window = self
             .cfg
@@ -661,6 +714,13 @@ impl Detector {
             self.agents[m as usize].fail_at = at + 2 * i;
             self.schedule(m);
         }
+    }
+
+    /// Groups (zones and segments) currently suspected to be partitioned.
+    pub fn partitioned_groups(&self) -> Vec<u32> {
+        (0..self.zones.len() as u32)
+            .filter(|&g| self.zones[g as usize].partitioned_since.is_some())
+            .collect()
     }
 
     /// Whether `zone` is currently suspected to be partitioned.

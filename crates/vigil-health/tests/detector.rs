@@ -337,3 +337,40 @@ fn a_degraded_agent_and_its_recovery() {
     d.heartbeat(a, beat(4, T0, 1_000), T0 + 22_000);
     assert_eq!(d.agent(a).state, State::Healthy);
 }
+
+#[test]
+fn agents_sharing_a_network_segment_across_zones_are_a_partition_too() {
+    let mut d = Detector::new(DetectorConfig::default(), T0);
+    let zones: Vec<u32> = (0..4).map(|z| d.zone(&format!("zone-{z}"))).collect();
+    let seg = d.zone("segment/rack-7");
+    let mut ids = Vec::new();
+    let mut in_segment = Vec::new();
+    for i in 0..40u32 {
+        let on_rack = i % 10 < 3; // 3 per zone, 12 in all
+        let id = d.add_agent_in(zones[(i / 10) as usize], on_rack.then_some(seg), 10_000, T0);
+        if on_rack {
+            in_segment.push(id);
+        }
+        ids.push((id, 10_000));
+    }
+    let cut = T0 + 300_000;
+    let rack = in_segment.clone();
+    let silent = move |id: u32| rack.contains(&id).then_some((cut, None));
+    let ev = run_fleet(&mut d, &ids, T0, cut + 120_000, 0.1, 3, &silent);
+    let parts: Vec<u32> = ev
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::PartitionSuspected { zone, .. } => Some(zone),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parts, vec![seg], "{ev:?}");
+    assert!(
+        state_changes(&ev, State::Failed).is_empty(),
+        "cut-off agents are unreachable, not failed"
+    );
+    for id in &in_segment {
+        assert_eq!(d.agent(*id).state, State::Unreachable);
+    }
+    assert_eq!(d.partitioned_groups(), vec![seg]);
+}

@@ -13,6 +13,8 @@ use vigil_meta::{AgentEventRecord, AgentRecord, Meta};
 
 /// Most recent events kept in memory per environment.
 const RECENT_EVENTS: usize = 10_000;
+/// The heartbeat label naming an agent's network segment.
+pub const SEGMENT_LABEL: &str = "segment";
 /// Events buffered for live-stream subscribers that fall behind.
 const STREAM_BUFFER: usize = 8_192;
 
@@ -272,7 +274,13 @@ impl EnvFleet {
 
     fn register(&mut self, info: AgentInfo, interval_ms: u32, now: i64) -> u32 {
         let z = self.zone(&info.zone.clone());
-        let idx = self.det.add_agent(z, interval_ms, now);
+        // Agents sharing a `segment` label form a group judged for partitions like a zone.
+        let seg = info
+            .labels
+            .get(SEGMENT_LABEL)
+            .map(|v| format!("{SEGMENT_LABEL}/{v}"))
+            .map(|name| self.zone(&name));
+        let idx = self.det.add_agent_in(z, seg, interval_ms, now);
         self.ids.insert(info.id.clone(), idx);
         self.info.push(info);
         self.dirty_mark.push(false);
@@ -307,7 +315,7 @@ impl EnvFleet {
                 AgentInfo {
                     id: hb.agent_id.clone(),
                     zone: hb.zone.clone().unwrap_or_else(|| "default".into()),
-                    labels: BTreeMap::new(),
+                    labels: hb.labels.clone(),
                     version: String::new(),
                     message: None,
                     checks: Vec::new(),

@@ -165,8 +165,10 @@ pub async fn summary(
     };
     let f = fleet.lock();
     let zones = zones_json(&f);
-    let partitions: Vec<&str> = zones_iter(&f)
-        .filter(|&z| f.det.partitioned(z))
+    let partitions: Vec<&str> = f
+        .det
+        .partitioned_groups()
+        .into_iter()
         .map(|z| f.zone_name(z))
         .collect();
     Ok(axum::Json(json!({
