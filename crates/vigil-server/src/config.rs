@@ -27,6 +27,8 @@ pub struct Config {
     pub tsdb: TsdbConfig,
     /// `[query]`: PromQL engine limits.
     pub query: QueryConfig,
+    /// `[health]`: heartbeats and failure detection.
+    pub health: HealthConfig,
     /// Seconds to finish in-flight requests on shutdown (default 10).
     pub shutdown_timeout: String,
 }
@@ -41,6 +43,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             tsdb: TsdbConfig::default(),
             query: QueryConfig::default(),
+            health: HealthConfig::default(),
             shutdown_timeout: "10s".into(),
         }
     }
@@ -183,6 +186,49 @@ impl Default for QueryConfig {
     }
 }
 
+/// `[health]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Environments where a metrics push counts as a heartbeat of the agent it names
+    /// (`["*"]` for all; default none).
+    pub metrics_heartbeat_envs: Vec<String>,
+    /// The label naming the agent in pushed metrics (default `agent`).
+    pub metrics_heartbeat_label: String,
+    /// The heartbeat interval assumed for such agents (default `10s`).
+    pub metrics_heartbeat_interval: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            metrics_heartbeat_envs: Vec::new(),
+            metrics_heartbeat_label: "agent".into(),
+            metrics_heartbeat_interval: "10s".into(),
+        }
+    }
+}
+
+/// Checked `[health]` settings.
+#[derive(Debug, Clone)]
+pub struct HealthOptions {
+    /// Environments where metrics count as heartbeats (`*` = all).
+    pub metrics_heartbeat_envs: Vec<String>,
+    /// Label naming the agent.
+    pub metrics_heartbeat_label: String,
+    /// Assumed interval, ms.
+    pub metrics_heartbeat_interval_ms: u32,
+}
+
+impl HealthOptions {
+    /// Whether a metrics push into `env` counts as a heartbeat.
+    pub fn metrics_count_in(&self, env: &str) -> bool {
+        self.metrics_heartbeat_envs
+            .iter()
+            .any(|e| e == "*" || e == env)
+    }
+}
+
 /// A configuration value that does not parse; names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration {key}: {reason}")]
@@ -251,6 +297,8 @@ pub struct Resolved {
     pub shutdown_timeout: Duration,
     /// PromQL engine options.
     pub query: vigil_promql::EngineOptions,
+    /// Heartbeat settings.
+    pub health: HealthOptions,
 }
 
 impl Config {
@@ -340,6 +388,29 @@ impl Config {
             tsdb,
             shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
             query: self.query_options()?,
+            health: {
+                let iv = dur(
+                    "[health].metrics_heartbeat_interval",
+                    &self.health.metrics_heartbeat_interval,
+                )?;
+                if !(1_000..=60_000).contains(&iv.as_millis()) {
+                    return Err(bad(
+                        "[health].metrics_heartbeat_interval",
+                        "must be between 1s and 60s",
+                    ));
+                }
+                if !vigil_model::is_valid_label_name(&self.health.metrics_heartbeat_label) {
+                    return Err(bad(
+                        "[health].metrics_heartbeat_label",
+                        "is not a valid label name",
+                    ));
+                }
+                HealthOptions {
+                    metrics_heartbeat_envs: self.health.metrics_heartbeat_envs.clone(),
+                    metrics_heartbeat_label: self.health.metrics_heartbeat_label.clone(),
+                    metrics_heartbeat_interval_ms: iv.as_millis() as u32,
+                }
+            },
         })
     }
 }

@@ -300,6 +300,46 @@ impl EnvFleet {
         self.collect(now);
     }
 
+    /// Counts a metrics push naming `agent` (in `zone`) as its heartbeat: the next sequence
+    /// number, the agent's known interval or `interval_ms`. Ids that are not valid agent ids
+    /// are ignored.
+    pub fn metrics_heartbeat(
+        &mut self,
+        agent: &str,
+        zone: Option<&str>,
+        interval_ms: u32,
+        now: i64,
+    ) {
+        if !valid_id(agent) {
+            return;
+        }
+        let (seq, interval) = match self.index(agent) {
+            Some(i) => {
+                let a = self.det.agent(i);
+                (a.last_seq + 1, a.interval_ms)
+            }
+            None => (1, interval_ms),
+        };
+        let hb = Heartbeat {
+            agent_id: agent.to_string(),
+            seq,
+            sent_at: now,
+            interval_ms: interval,
+            zone: zone.filter(|z| valid_id(z)).map(str::to_string),
+            labels: BTreeMap::new(),
+            version: None,
+            status: None,
+            message: None,
+            checks: Vec::new(),
+        };
+        self.apply(&hb, now);
+    }
+
+    /// Collects events now (after a series of `metrics_heartbeat` calls).
+    pub fn flush_events(&mut self, now: i64) {
+        self.collect(now);
+    }
+
     /// Applies many validated heartbeats, collecting events once.
     pub fn heartbeats(&mut self, hbs: &[Heartbeat], now: i64) {
         for hb in hbs {

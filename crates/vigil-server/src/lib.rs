@@ -162,6 +162,7 @@ impl Server {
             known_envs: parking_lot::RwLock::new(known),
             engine: Arc::new(vigil_promql::Engine::new(cfg.query.clone())),
             fleet,
+            health: cfg.health.clone(),
         }));
         Ok(Self {
             cfg,

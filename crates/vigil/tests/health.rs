@@ -543,3 +543,50 @@ fn availability_counts_up_and_down_time_from_the_history() {
     );
     assert_eq!(st, 400);
 }
+
+#[test]
+fn a_metrics_push_counts_as_a_heartbeat_where_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        "[health]\nmetrics_heartbeat_envs = [\"prod\"]\nmetrics_heartbeat_interval = \"5s\"\n",
+    )
+    .unwrap();
+    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let push = |env: &str, agent: &str| {
+        let body = json!({"agent_id": agent, "cpu": {"load1": 0.5}});
+        s.post(
+            "/api/telemetry/ingest",
+            Some(&s.admin),
+            &[("X-Scope-OrgID", env)],
+            body.to_string().as_bytes(),
+        )
+    };
+    assert_eq!(push("prod", "m-1").status, 200);
+    assert_eq!(push("prod", "m-1").status, 200);
+    assert_eq!(push("dev", "m-2").status, 200);
+    let (st, j) = get(&s, &s.admin, "prod", "/api/telemetry/health/agents/m-1");
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["state"], "healthy");
+    assert_eq!(j["interval_ms"], 5000);
+    assert_eq!(j["received"], 2);
+    let (st, _) = get(&s, &s.admin, "dev", "/api/telemetry/health/agents/m-2");
+    assert_eq!(st, 404, "dev is not configured for it");
+    // A bad setting is refused at start, naming the key.
+    std::fs::write(&cfg, "[health]\nmetrics_heartbeat_interval = \"2h\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("d2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[health].metrics_heartbeat_interval"));
+}

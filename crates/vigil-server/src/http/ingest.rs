@@ -95,6 +95,8 @@ fn now_ms() -> i64 {
 struct Decoded {
     summary: Summary,
     outcome: WriteOutcome,
+    /// Agents (and zones) named in the batch, when metrics count as heartbeats.
+    agents: Vec<(String, Option<String>)>,
 }
 
 fn rejection_summary(o: &WriteOutcome) -> serde_json::Value {
@@ -184,6 +186,11 @@ async fn ingest(
         _ => Vec::new(),
     };
     let env2 = env.clone();
+    let beat_label = state
+        .0
+        .health
+        .metrics_count_in(env.as_str())
+        .then(|| state.0.health.metrics_heartbeat_label.clone());
     let result = tokio::task::block_in_place(|| -> Result<(Decoded, String), ApiError> {
         BUFS.with(|cell| {
             let mut guard = cell.borrow_mut();
@@ -222,7 +229,37 @@ async fn ingest(
             } else {
                 String::new()
             };
-            Ok((Decoded { summary, outcome }, msg))
+            // Metrics pushes as heartbeats: the distinct agents named in the batch.
+            let mut agents: Vec<(String, Option<String>)> = Vec::new();
+            if beat_label.is_some() {
+                let label = beat_label.as_deref().unwrap_or("agent");
+                let mut seen = hashbrown::HashSet::new();
+                for i in 0..batch.series_len() {
+                    let mut agent = None;
+                    let mut zone = None;
+                    for (n, v) in batch.label_pairs(i) {
+                        if n == label {
+                            agent = Some(v);
+                        } else if n == "zone" {
+                            zone = Some(v);
+                        }
+                    }
+                    if let Some(a) = agent
+                        && seen.len() < 100_000
+                        && seen.insert(a.to_string())
+                    {
+                        agents.push((a.to_string(), zone.map(str::to_string)));
+                    }
+                }
+            }
+            Ok((
+                Decoded {
+                    summary,
+                    outcome,
+                    agents,
+                },
+                msg,
+            ))
         })
     });
     let (d, msg) = match result {
@@ -241,6 +278,19 @@ async fn ingest(
         }
     };
     state.note_env(env.as_str(), now);
+    if !d.agents.is_empty() {
+        let fleet = state.0.fleet.env(env.as_str(), now);
+        let mut f = fleet.lock();
+        for (agent, zone) in &d.agents {
+            f.metrics_heartbeat(
+                agent,
+                zone.as_deref(),
+                state.0.health.metrics_heartbeat_interval_ms,
+                now,
+            );
+        }
+        f.flush_events(now);
+    }
     let m = &state.0.metrics;
     m.ingested(proto.name(), d.outcome.accepted);
     m.rejected(proto.name(), "too_old", d.outcome.rejected_too_old);

@@ -39,6 +39,8 @@ pub struct Inner {
     pub engine: Arc<vigil_promql::Engine>,
     /// Agent registry and failure detection.
     pub fleet: Arc<crate::health::Fleet>,
+    /// Heartbeat settings.
+    pub health: crate::config::HealthOptions,
 }
 
 impl AppState {
