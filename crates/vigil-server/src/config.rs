@@ -197,6 +197,8 @@ pub struct HealthConfig {
     pub metrics_heartbeat_label: String,
     /// The heartbeat interval assumed for such agents (default `10s`).
     pub metrics_heartbeat_interval: String,
+    /// Recovery actions (`[[health.recovery]]`).
+    pub recovery: Vec<crate::recovery::RecoveryConfig>,
 }
 
 impl Default for HealthConfig {
@@ -205,6 +207,7 @@ impl Default for HealthConfig {
             metrics_heartbeat_envs: Vec::new(),
             metrics_heartbeat_label: "agent".into(),
             metrics_heartbeat_interval: "10s".into(),
+            recovery: Vec::new(),
         }
     }
 }
@@ -218,6 +221,8 @@ pub struct HealthOptions {
     pub metrics_heartbeat_label: String,
     /// Assumed interval, ms.
     pub metrics_heartbeat_interval_ms: u32,
+    /// Recovery actions.
+    pub recovery: Vec<crate::recovery::Rule>,
 }
 
 impl HealthOptions {
@@ -409,6 +414,13 @@ impl Config {
                     metrics_heartbeat_envs: self.health.metrics_heartbeat_envs.clone(),
                     metrics_heartbeat_label: self.health.metrics_heartbeat_label.clone(),
                     metrics_heartbeat_interval_ms: iv.as_millis() as u32,
+                    recovery: self
+                        .health
+                        .recovery
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| r.check(i))
+                        .collect::<Result<_, _>>()?,
                 }
             },
         })

@@ -685,6 +685,28 @@ impl Fleet {
         out
     }
 
+    /// Records the outcome of a recovery action in the agent's history.
+    pub fn record_recovery(&self, env: &str, agent: &str, detail: String) {
+        let Some(e) = self.get(env) else { return };
+        let mut e = e.lock();
+        let rec = AgentEventRecord {
+            env: String::new(),
+            agent_id: agent.to_string(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            kind: "recovery".into(),
+            from_state: None,
+            to_state: None,
+            detail,
+        };
+        if e.recent.len() >= RECENT_EVENTS {
+            e.recent.pop_front();
+        }
+        e.recent.push_back(rec.clone());
+        e.unsaved.push(rec);
+    }
+
     /// The stored history of an agent, newest first.
     pub fn history(
         &self,

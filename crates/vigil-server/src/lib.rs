@@ -13,6 +13,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod recovery;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -252,6 +253,7 @@ impl Server {
                 }
             })
         };
+        let recovery = recovery::spawn(fleet.clone(), cfg.health.recovery.clone());
         let app = http::router::router(state.clone());
         let timeout = cfg.shutdown_timeout;
         let served = if let Some((cert, key, tls12)) = &cfg.tls {
@@ -290,6 +292,9 @@ impl Server {
         };
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = ticker.await;
+        if let Some(r) = recovery {
+            r.abort();
+        }
         match tokio::task::spawn_blocking(move || fleet.flush()).await {
             Ok(Err(e)) => tracing::error!(error = %e, "Could not save the agent registry."),
             Err(e) => tracing::error!(error = %e, "Registry flush task failed."),

@@ -590,3 +590,127 @@ fn a_metrics_push_counts_as_a_heartbeat_where_configured() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[health].metrics_heartbeat_interval"));
 }
+
+#[test]
+fn a_failed_agent_triggers_its_recovery_action_with_retries() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+    // A runbook endpoint: fails the first call, accepts the second.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut c) = conn else { continue };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            seen2.lock().unwrap().push((
+                line.trim().to_string(),
+                String::from_utf8_lossy(&body).into(),
+            ));
+            let status = if n == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[health.recovery]]\nenv = \"default\"\nzone = \"lab\"\nurl = \"http://127.0.0.1:{port}/restart/{{agent_id}}\"\nretries = 2\nbackoff = \"100ms\"\nbody = '{{\"agent\": \"{{agent_id}}\", \"state\": \"{{state}}\"}}'\n"
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    for seq in 1..=2 {
+        assert_eq!(
+            send(&s, &s.admin, "default", &hb("r-1", seq, 1000, "lab")).status,
+            200
+        );
+        assert_eq!(
+            send(
+                &s,
+                &s.admin,
+                "default",
+                &hb("other", seq, 1000, "elsewhere")
+            )
+            .status,
+            200
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let t = Instant::now();
+    let detail = loop {
+        let (_, j) = get(&s, &s.admin, "default", "/api/telemetry/health/agents/r-1");
+        if let Some(e) = j["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "recovery")
+        {
+            break e["detail"].as_str().unwrap().to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no recovery recorded: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(detail.contains("200 after 2 attempt(s)"), "{detail}");
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].0.starts_with("POST /restart/r-1 "), "{calls:?}");
+    assert_eq!(calls[1].1, "{\"agent\": \"r-1\", \"state\": \"failed\"}");
+    // The agent in another zone failed too, but no rule matches it.
+    let (_, j) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/agents/other",
+    );
+    assert!(
+        !j["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "recovery")
+    );
+    // A bad rule is refused at start, naming it.
+    std::fs::write(&cfg, "[[health.recovery]]\nurl = \"ftp://x\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("d2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[[health.recovery]][0].url"));
+}
