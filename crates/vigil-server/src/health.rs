@@ -166,6 +166,25 @@ impl Heartbeat {
     }
 }
 
+/// An agent failure, from detection to recovery.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Incident {
+    /// Agent id.
+    pub agent_id: String,
+    /// Zone.
+    pub zone: String,
+    /// Last heartbeat before the failure, ms.
+    pub last_seen_ms: i64,
+    /// When it was declared failed, ms.
+    pub failed_at_ms: i64,
+    /// Time to detect: `failed_at - last_seen`, ms.
+    pub ttd_ms: i64,
+    /// When it was heard from again, ms.
+    pub recovered_at_ms: Option<i64>,
+    /// Time to recover: `recovered_at - failed_at`, ms.
+    pub ttr_ms: Option<i64>,
+}
+
 /// What the registry knows of an agent besides the detector's numbers.
 #[derive(Debug, Clone)]
 pub struct AgentInfo {
@@ -204,6 +223,8 @@ pub struct EnvFleet {
     /// Recent events (oldest first).
     pub recent: VecDeque<AgentEventRecord>,
     unsaved: Vec<AgentEventRecord>,
+    /// Incidents (an agent failed; closed when it recovers), newest last, at most 10,000.
+    pub incidents: VecDeque<Incident>,
     /// Deregistered ids not yet deleted by a flush (a flush that read them before the
     /// deregistration must not bring them back).
     removed: Vec<String>,
@@ -234,6 +255,7 @@ impl EnvFleet {
             recent: VecDeque::new(),
             unsaved: Vec::new(),
             removed: Vec::new(),
+            incidents: VecDeque::new(),
         }
     }
 
@@ -430,7 +452,41 @@ impl EnvFleet {
 
     fn collect(&mut self, _now: i64) {
         for e in self.det.drain_events() {
-            let rec = self.record(&e);
+            let mut rec = self.record(&e);
+            if let EventKind::State { from, to } = e.kind {
+                let info = &self.info[e.agent as usize];
+                if to == State::Failed {
+                    let last = self.det.agent(e.agent).last_ms;
+                    let last = if last == i64::MIN {
+                        info.last_seen_ms
+                    } else {
+                        last
+                    };
+                    rec.detail = format!("time to detect {} ms", e.at - last);
+                    if self.incidents.len() >= 10_000 {
+                        self.incidents.pop_front();
+                    }
+                    self.incidents.push_back(Incident {
+                        agent_id: info.id.clone(),
+                        zone: info.zone.clone(),
+                        last_seen_ms: last,
+                        failed_at_ms: e.at,
+                        ttd_ms: e.at - last,
+                        recovered_at_ms: None,
+                        ttr_ms: None,
+                    });
+                } else if from == State::Failed
+                    && let Some(inc) = self
+                        .incidents
+                        .iter_mut()
+                        .rev()
+                        .find(|i| i.agent_id == info.id && i.recovered_at_ms.is_none())
+                {
+                    inc.recovered_at_ms = Some(e.at);
+                    inc.ttr_ms = Some(e.at - inc.failed_at_ms);
+                    rec.detail = format!("time to recover {} ms", e.at - inc.failed_at_ms);
+                }
+            }
             if self.tx.receiver_count() > 0 {
                 let zone = match &e.kind {
                     EventKind::PartitionSuspected { zone, .. }

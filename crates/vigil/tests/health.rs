@@ -202,6 +202,27 @@ fn a_silent_agent_is_failed_within_three_intervals_and_its_history_says_so() {
         send(&s, &s.admin, "default", &hb("edge-7", 5, 1000, "eu-1")).json()["state"],
         "healthy"
     );
+    // One incident: detected within the bound, recovered.
+    let (_, inc) = get(&s, &s.admin, "default", "/api/telemetry/health/incidents");
+    assert_eq!(inc["incidents"].as_array().unwrap().len(), 1, "{inc}");
+    assert_eq!(inc["open"], 0);
+    let i0 = &inc["incidents"][0];
+    assert!(i0["ttd_ms"].as_i64().unwrap() <= 3_100, "{inc}");
+    assert!(i0["ttr_ms"].as_i64().unwrap() > 0, "{inc}");
+    assert!(inc["mean_time_to_detect_ms"].as_f64().is_some());
+    let (_, j) = get(
+        &s,
+        &s.admin,
+        "default",
+        "/api/telemetry/health/agents/edge-7",
+    );
+    assert!(
+        j["history"].as_array().unwrap().iter().any(|e| e["detail"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("time to detect")),
+        "{j}"
+    );
     let (_, j) = get(
         &s,
         &s.admin,

@@ -636,3 +636,52 @@ pub async fn availability(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(axum::Json(json!({"environment": env.as_str(), "windows": res})).into_response())
 }
+
+/// Query of `/health/incidents`.
+#[derive(Debug, Deserialize)]
+pub struct IncidentsQuery {
+    /// Only open (not yet recovered) incidents.
+    open: Option<bool>,
+    /// Most to return, newest first (default 100).
+    limit: Option<usize>,
+}
+
+/// `GET /api/telemetry/health/incidents`: agent failures with time to detect and time to
+/// recover (the last 10,000 since start), and their means.
+pub async fn incidents(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<IncidentsQuery>,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Read)?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let (list, mttd, mttr, open) = match state.0.fleet.get(env.as_str()) {
+        None => (Vec::new(), None, None, 0),
+        Some(f) => {
+            let f = f.lock();
+            let all = &f.incidents;
+            let mean = |v: Vec<i64>| {
+                (!v.is_empty()).then(|| v.iter().sum::<i64>() as f64 / v.len() as f64)
+            };
+            let mttd = mean(all.iter().map(|i| i.ttd_ms).collect());
+            let mttr = mean(all.iter().filter_map(|i| i.ttr_ms).collect());
+            let open = all.iter().filter(|i| i.recovered_at_ms.is_none()).count();
+            let list: Vec<Value> = all
+                .iter()
+                .rev()
+                .filter(|i| !q.open.unwrap_or(false) || i.recovered_at_ms.is_none())
+                .take(limit)
+                .map(|i| json!(i))
+                .collect();
+            (list, mttd, mttr, open)
+        }
+    };
+    Ok(axum::Json(json!({
+        "environment": env.as_str(),
+        "open": open,
+        "mean_time_to_detect_ms": mttd,
+        "mean_time_to_recover_ms": mttr,
+        "incidents": list,
+    }))
+    .into_response())
+}

@@ -115,6 +115,14 @@ const OPS: &[Op] = &[
     ),
     (
         "get",
+        "/api/telemetry/health/incidents",
+        "Agent failures with time to detect and time to recover, and their means",
+        "viewer, operator, admin",
+        &["open", "limit"],
+        None,
+    ),
+    (
+        "get",
         "/api/telemetry/health/availability",
         "Availability over 24 h / 7 d / 30 d (or `window`) per environment and zone, or one `agent`",
         "viewer, operator, admin",

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/telemetry/health", get(health::summary))
         .route("/api/telemetry/health/zones", get(health::zones))
+        .route("/api/telemetry/health/incidents", get(health::incidents))
         .route(
             "/api/telemetry/health/availability",
             get(health::availability),
