@@ -704,14 +704,24 @@ impl Detector {
             at,
             kind: EventKind::PartitionEnded { zone },
         });
-        // The others get until their next expected heartbeat (plus one interval) to speak up.
+        // Everyone the partition silenced gets until their next expected heartbeat (plus one
+        // interval) to speak up: the unreachable ones, and those not yet judged whose last
+        // heartbeat predates the heal.
         let members = self.zones[zone as usize].members.clone();
         for m in members {
-            if m == by || self.agents[m as usize].state != State::Unreachable {
+            let a = &mut self.agents[m as usize];
+            if m == by || a.last_ms >= at {
                 continue;
             }
-            let i = self.agents[m as usize].interval_ms.max(1) as i64;
-            self.agents[m as usize].fail_at = at + 2 * i;
+            let i = a.interval_ms.max(1) as i64;
+            match a.state {
+                State::Unreachable => a.fail_at = at + 2 * i,
+                State::Healthy | State::Degraded | State::Recovered | State::Suspect => {
+                    a.fail_at = a.fail_at.max(at + 2 * i);
+                    a.suspect_at = a.suspect_at.max(at + i + i / 2).min(a.fail_at);
+                }
+                _ => continue,
+            }
             self.schedule(m);
         }
     }

@@ -67,6 +67,32 @@ pub fn post_form(
     read_response(BufReader::new(s))
 }
 
+/// Sends a JSON POST to `path` under `base_url`.
+pub fn post_json(
+    base_url: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, String)],
+) -> Result<Response> {
+    let (host, prefix) = split_url(base_url)?;
+    let mut s = TcpStream::connect(&host).with_context(|| format!("connect to {host}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!(
+        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        if v.contains(['\r', '\n']) {
+            bail!("header {k} holds a line break");
+        }
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    read_response(BufReader::new(s))
+}
+
 fn read_response(mut r: BufReader<TcpStream>) -> Result<Response> {
     let mut line = String::new();
     r.read_line(&mut line)?;

@@ -40,6 +40,17 @@ pub struct SimArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run against a server over HTTP in real time instead of in process (e.g.
+    /// http://127.0.0.1:9700); heartbeats go through the batch endpoint, events are read from
+    /// the live stream.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Token file for --url.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Environment for --url.
+    #[arg(long, default_value = "sim")]
+    pub env: String,
 }
 
 struct Rng(u64);
@@ -80,6 +91,9 @@ fn pct(v: &mut [i64], p: f64) -> i64 {
 
 /// Runs the simulation and prints the report.
 pub fn run(a: SimArgs) -> Result<()> {
+    if a.url.is_some() {
+        return run_http(a);
+    }
     if a.agents == 0 || a.zones == 0 {
         bail!("--agents and --zones must be at least 1");
     }
@@ -309,5 +323,275 @@ pub fn run(a: SimArgs) -> Result<()> {
         "heartbeats: {beats} in {wall:.2} s = {:.2} M/s in process; detector memory {mem:.0} bytes/agent",
         beats as f64 / wall / 1e6
     );
+    Ok(())
+}
+
+/// Reads the server's live stream into `out` as (kind, agent_id, to, detail, at_ms).
+fn follow_stream(
+    host: String,
+    token: Option<String>,
+    env: String,
+    out: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String, i64)>>>,
+) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut c = std::net::TcpStream::connect(&host).with_context(|| format!("connect {host}"))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        c,
+        "GET /api/telemetry/stream HTTP/1.1\r\nHost: {host}\r\n{auth}X-Scope-OrgID: {env}\r\n\r\n"
+    )?;
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    if !line.contains(" 200") {
+        bail!("live stream refused: {}", line.trim());
+    }
+    let mut kind = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let l = line.trim();
+        if let Some(k) = l.strip_prefix("event:") {
+            kind = k.trim().to_string();
+        } else if let Some(d) = l.strip_prefix("data:")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(d.trim())
+        {
+            let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+            out.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((
+                kind.clone(),
+                s("agent_id"),
+                s("to"),
+                s("detail"),
+                v["at_ms"].as_i64().unwrap_or(0),
+            ));
+        }
+    }
+}
+
+fn run_http(a: SimArgs) -> Result<()> {
+    let url = a.url.clone().unwrap_or_default();
+    let host = url
+        .strip_prefix("http://")
+        .context("--url must start with http://")?
+        .trim_end_matches('/')
+        .to_string();
+    let token = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("read {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    if a.agents == 0 || a.zones == 0 {
+        bail!("--agents and --zones must be at least 1");
+    }
+    let span = dur(&a.duration, "--duration")?;
+    let mut mix: Vec<(u32, f64)> = Vec::new();
+    for part in a.intervals.split(',') {
+        let (i, p) = part
+            .split_once(':')
+            .with_context(|| format!("--intervals: {part:?} is not INTERVAL:PERCENT"))?;
+        let ms = dur(i, "--intervals")?;
+        if !(1_000..=60_000).contains(&ms) {
+            bail!("--intervals: {i} is outside 1s..60s");
+        }
+        mix.push((
+            ms as u32,
+            p.parse().with_context(|| format!("--intervals: {p:?}"))?,
+        ));
+    }
+    let total: f64 = mix.iter().map(|m| m.1).sum();
+    let mut parts = Vec::new();
+    for p in &a.partitions {
+        let (z, rest) = p
+            .split_once('@')
+            .with_context(|| format!("--partition {p:?}"))?;
+        let (st, len) = rest
+            .split_once('+')
+            .with_context(|| format!("--partition {p:?}"))?;
+        let z: u32 = z.parse().with_context(|| format!("--partition {p:?}"))?;
+        if z >= a.zones {
+            bail!("--partition {p:?}: zone {z} does not exist");
+        }
+        parts.push((z, dur(st, "--partition")?, dur(len, "--partition")?));
+    }
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let (h, t, e, ev) = (host.clone(), token.clone(), a.env.clone(), events.clone());
+        std::thread::spawn(move || {
+            if let Err(err) = follow_stream(h, t, e, ev) {
+                eprintln!("vigil sim: live stream: {err:#}");
+            }
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let mut rng = Rng(a.seed.max(1));
+    let t0 = now_ms();
+    struct Ag {
+        id: String,
+        interval: u32,
+        zone: u32,
+        crash_at: i64,
+        next: i64,
+        seq: u64,
+    }
+    let mut agents: Vec<Ag> = (0..a.agents)
+        .map(|i| {
+            let mut r = rng.unit() * total;
+            let mut interval = mix[0].0;
+            for &(iv, p) in &mix {
+                if r < p {
+                    interval = iv;
+                    break;
+                }
+                r -= p;
+            }
+            let crash_at = if rng.unit() < a.crash_rate {
+                t0 + 5_000 + (rng.unit() * (span - 5_000).max(1) as f64) as i64
+            } else {
+                i64::MAX
+            };
+            Ag {
+                id: format!("sim-{i:06}"),
+                interval,
+                zone: i % a.zones,
+                crash_at,
+                next: t0 + (rng.unit() * interval as f64) as i64,
+                seq: 0,
+            }
+        })
+        .collect();
+    let in_partition = |zone: u32, t: i64| {
+        parts
+            .iter()
+            .any(|&(z, s, l)| z == zone && t >= t0 + s && t < t0 + s + l)
+    };
+    let mut sent = 0u64;
+    let started = std::time::Instant::now();
+    let mut conn_err = 0u64;
+    // Keep the living agents talking a little past the end, so the last crashes are judged
+    // against a fleet that is still there.
+    let max_iv = agents.iter().map(|g| g.interval).max().unwrap_or(1_000) as i64;
+    while now_ms() < t0 + span + 3 * max_iv + 500 {
+        let t = now_ms();
+        let mut batch = Vec::new();
+        for ag in agents.iter_mut() {
+            if ag.next > t {
+                continue;
+            }
+            if t < ag.crash_at && !in_partition(ag.zone, t) {
+                ag.seq += 1;
+                batch.push(serde_json::json!({
+                    "agent_id": ag.id, "seq": ag.seq, "sent_at": t, "interval_ms": ag.interval,
+                    "zone": format!("zone-{}", ag.zone),
+                }));
+            }
+            let j = (rng.unit() * 2.0 - 1.0) * a.jitter * ag.interval as f64;
+            ag.next += ag.interval as i64 + j as i64;
+        }
+        for chunk in batch.chunks(10_000) {
+            let body = serde_json::to_string(chunk)?;
+            let mut headers: Vec<(&str, String)> = vec![("X-Scope-OrgID", a.env.clone())];
+            if let Some(t) = &token {
+                headers.push(("Authorization", format!("Bearer {t}")));
+            }
+            match crate::client::post_json(&url, "/api/telemetry/heartbeat/batch", &body, &headers)
+            {
+                Ok(r) if r.status / 100 == 2 => sent += chunk.len() as u64,
+                Ok(r) => bail!(
+                    "heartbeat batch refused: HTTP {} {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                ),
+                Err(_) => conn_err += 1,
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let ev = events
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let by_id: std::collections::HashMap<&str, &Ag> =
+        agents.iter().map(|g| (g.id.as_str(), g)).collect();
+    let mut by_class: std::collections::BTreeMap<u32, Vec<i64>> = Default::default();
+    let mut false_failures = 0;
+    let mut detected = std::collections::HashSet::new();
+    for (kind, agent, to, _, at) in &ev {
+        if kind == "state" && to == "failed"
+            && let Some(g) = by_id.get(agent.as_str())
+            // After the run everyone falls silent: only judge failures while it lasted.
+            && (*at < t0 + span || *at >= g.crash_at)
+        {
+            if *at >= g.crash_at {
+                if detected.insert(agent.clone()) {
+                    by_class
+                        .entry(g.interval)
+                        .or_default()
+                        .push(at - g.crash_at);
+                }
+            } else {
+                false_failures += 1;
+                if std::env::var_os("VIGIL_SIM_DEBUG").is_some() {
+                    eprintln!(
+                        "false failure: {agent} zone {} interval {} at +{} ms",
+                        g.zone,
+                        g.interval,
+                        at - t0
+                    );
+                }
+            }
+        }
+    }
+    if std::env::var_os("VIGIL_SIM_DEBUG").is_some() {
+        for e in ev.iter().filter(|e| e.0.starts_with("partition")) {
+            eprintln!("{} {} at +{} ms", e.0, e.3, e.4 - t0);
+        }
+    }
+    let crashed = agents.iter().filter(|g| g.crash_at != i64::MAX).count();
+    let partitions = ev
+        .iter()
+        .filter(|e| e.0 == "partition_suspected" && e.4 < t0 + span)
+        .count();
+    println!(
+        "simulated {} agents over HTTP for {} ({} zones, jitter ±{:.0} %, {} crashes, {} partition(s))",
+        a.agents,
+        a.duration,
+        a.zones,
+        a.jitter * 100.0,
+        crashed,
+        parts.len()
+    );
+    println!(
+        "{:<12} {:>8} {:>12} {:>12} {:>12}",
+        "interval", "crashes", "p50 ms", "p99 ms", "max ms"
+    );
+    for (iv, v) in &mut by_class {
+        let n = v.len();
+        let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), *v.iter().max().unwrap_or(&0));
+        println!(
+            "{:<12} {n:>8} {p50:>12} {p99:>12} {max:>12}",
+            format!("{} s", iv / 1000)
+        );
+    }
+    println!("crashes not detected: {}", crashed - detected.len());
+    println!("false failures: {false_failures}");
+    println!(
+        "partitions suspected: {partitions} (scheduled {})",
+        parts.len()
+    );
+    println!("heartbeats: {sent} accepted in {wall:.1} s; connection errors {conn_err}");
     Ok(())
 }

@@ -735,3 +735,47 @@ fn a_failed_agent_triggers_its_recovery_action_with_retries() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[[health.recovery]][0].url"));
 }
+
+#[test]
+fn vigil_sim_over_http_against_a_running_server() {
+    let s = Server::start(&[]);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "sim",
+            "--url",
+            &format!("http://{}", s.addr),
+            "--agents",
+            "60",
+            "--zones",
+            "2",
+            "--duration",
+            "12s",
+            "--intervals",
+            "1s:100",
+            "--crash-rate",
+            "0.1",
+            "--partition",
+            "1@4s+4s",
+            "--seed",
+            "5",
+            "--token-file",
+        ])
+        .arg(s.dir.join("admin.token"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("false failures: 0"), "{text}");
+    assert!(text.contains("crashes not detected: 0"), "{text}");
+    assert!(
+        text.contains("partitions suspected: 1 (scheduled 1)"),
+        "{text}"
+    );
+    // The server saw the fleet in the sim environment.
+    let (_, j) = get(&s, &s.admin, "sim", "/api/telemetry/health");
+    assert_eq!(j["agents"], 60, "{j}");
+}
