@@ -326,13 +326,13 @@ pub fn run(a: SimArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads the server's live stream into `out` as (kind, agent_id, to, detail, at_ms).
-fn follow_stream(
-    host: String,
-    token: Option<String>,
-    env: String,
-    out: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String, i64)>>>,
-) -> Result<()> {
+/// A live-stream event: (kind, agent_id, to, detail, at_ms).
+type StreamItem = (String, String, String, String, i64);
+/// Events shared between the stream reader and the report.
+type Shared = std::sync::Arc<std::sync::Mutex<Vec<StreamItem>>>;
+
+/// Reads the server's live stream into `out`.
+fn follow_stream(host: String, token: Option<String>, env: String, out: Shared) -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
     let mut c = std::net::TcpStream::connect(&host).with_context(|| format!("connect {host}"))?;
     let auth = token
