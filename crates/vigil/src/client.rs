@@ -45,26 +45,17 @@ pub fn post_form(
     form: &[(&str, String)],
     headers: &[(&str, String)],
 ) -> Result<Response> {
-    let (host, prefix) = split_url(base_url)?;
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
         .finish();
-    let mut s = TcpStream::connect(&host).with_context(|| format!("connect to {host}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let mut head = format!(
-        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        if v.contains(['\r', '\n']) {
-            bail!("header {k} holds a line break");
-        }
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
-    read_response(BufReader::new(s))
+    post(
+        base_url,
+        path,
+        "application/x-www-form-urlencoded",
+        &body,
+        headers,
+        300,
+    )
 }
 
 /// Sends a JSON POST to `path` under `base_url`.
@@ -74,11 +65,22 @@ pub fn post_json(
     body: &str,
     headers: &[(&str, String)],
 ) -> Result<Response> {
+    post(base_url, path, "application/json", body, headers, 60)
+}
+
+fn post(
+    base_url: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    headers: &[(&str, String)],
+    timeout_s: u64,
+) -> Result<Response> {
     let (host, prefix) = split_url(base_url)?;
     let mut s = TcpStream::connect(&host).with_context(|| format!("connect to {host}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.set_read_timeout(Some(Duration::from_secs(timeout_s)))?;
     let mut head = format!(
-        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {

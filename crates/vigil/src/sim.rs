@@ -89,11 +89,16 @@ fn pct(v: &mut [i64], p: f64) -> i64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Runs the simulation and prints the report.
-pub fn run(a: SimArgs) -> Result<()> {
-    if a.url.is_some() {
-        return run_http(a);
-    }
+/// The checked scenario: run length, interval mix (ms, share) and its total, partitions
+/// (zone, start, length in ms).
+struct Plan {
+    span: i64,
+    mix: Vec<(u32, f64)>,
+    total: f64,
+    parts: Vec<(u32, i64, i64)>,
+}
+
+fn plan(a: &SimArgs) -> Result<Plan> {
     if a.agents == 0 || a.zones == 0 {
         bail!("--agents and --zones must be at least 1");
     }
@@ -145,6 +150,25 @@ pub fn run(a: SimArgs) -> Result<()> {
             dur(len, "--partition length")?,
         ));
     }
+    Ok(Plan {
+        span,
+        mix,
+        total,
+        parts,
+    })
+}
+
+/// Runs the simulation and prints the report.
+pub fn run(a: SimArgs) -> Result<()> {
+    if a.url.is_some() {
+        return run_http(a);
+    }
+    let Plan {
+        span,
+        mix,
+        total,
+        parts,
+    } = plan(&a)?;
 
     let t0 = 1_800_000_000_000i64;
     let mut rng = Rng(a.seed.max(1));
@@ -388,39 +412,12 @@ fn run_http(a: SimArgs) -> Result<()> {
         ),
         None => None,
     };
-    if a.agents == 0 || a.zones == 0 {
-        bail!("--agents and --zones must be at least 1");
-    }
-    let span = dur(&a.duration, "--duration")?;
-    let mut mix: Vec<(u32, f64)> = Vec::new();
-    for part in a.intervals.split(',') {
-        let (i, p) = part
-            .split_once(':')
-            .with_context(|| format!("--intervals: {part:?} is not INTERVAL:PERCENT"))?;
-        let ms = dur(i, "--intervals")?;
-        if !(1_000..=60_000).contains(&ms) {
-            bail!("--intervals: {i} is outside 1s..60s");
-        }
-        mix.push((
-            ms as u32,
-            p.parse().with_context(|| format!("--intervals: {p:?}"))?,
-        ));
-    }
-    let total: f64 = mix.iter().map(|m| m.1).sum();
-    let mut parts = Vec::new();
-    for p in &a.partitions {
-        let (z, rest) = p
-            .split_once('@')
-            .with_context(|| format!("--partition {p:?}"))?;
-        let (st, len) = rest
-            .split_once('+')
-            .with_context(|| format!("--partition {p:?}"))?;
-        let z: u32 = z.parse().with_context(|| format!("--partition {p:?}"))?;
-        if z >= a.zones {
-            bail!("--partition {p:?}: zone {z} does not exist");
-        }
-        parts.push((z, dur(st, "--partition")?, dur(len, "--partition")?));
-    }
+    let Plan {
+        span,
+        mix,
+        total,
+        parts,
+    } = plan(&a)?;
     let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     {
         let (h, t, e, ev) = (host.clone(), token.clone(), a.env.clone(), events.clone());
