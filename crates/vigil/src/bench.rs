@@ -394,6 +394,67 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
+/// What a timed send produced.
+struct Sent {
+    acked: u64,
+    errors: u64,
+    last_error: Option<String>,
+    secs: f64,
+}
+
+/// Sends `work` over `connections` keep-alive connections; counts acknowledged units.
+fn send_all(
+    host: &str,
+    work: &[&Req],
+    connections: usize,
+    token: Option<&str>,
+    env: &str,
+) -> Result<Sent> {
+    let next = AtomicUsize::new(0);
+    let acked = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let last_err = parking_lot_free::Slot::default();
+    let t = Instant::now();
+    std::thread::scope(|sc| -> Result<()> {
+        let mut hs = Vec::new();
+        for _ in 0..connections.max(1) {
+            let (next, acked, errors, last_err) = (&next, &acked, &errors, &last_err);
+            hs.push(sc.spawn(move || -> Result<()> {
+                let mut c = Conn::open(host)?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(r) = work.get(i) else { return Ok(()) };
+                    match c.send(r, token, env) {
+                        Ok((st, _)) if st / 100 == 2 => {
+                            acked.fetch_add(r.samples as u64, Ordering::Relaxed);
+                        }
+                        Ok((st, body)) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            last_err.set(format!("{st} {body}"));
+                        }
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            last_err.set(e.to_string());
+                            c = Conn::open(host)?;
+                        }
+                    }
+                }
+            }));
+        }
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(Sent {
+        acked: acked.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        last_error: last_err.get(),
+        secs: t.elapsed().as_secs_f64(),
+    })
+}
+
 fn heartbeat(a: HeartbeatArgs) -> Result<()> {
     let host = a
         .url
@@ -455,51 +516,10 @@ fn heartbeat(a: HeartbeatArgs) -> Result<()> {
     }
     let before = a.pid.and_then(proc_figures);
     let work: Vec<&Req> = rounds[1..].iter().flatten().collect();
-    let next = AtomicUsize::new(0);
-    let acked = AtomicU64::new(0);
-    let errors = AtomicU64::new(0);
-    let t = Instant::now();
-    std::thread::scope(|sc| -> Result<()> {
-        let mut hs = Vec::new();
-        for _ in 0..a.connections.max(1) {
-            let (work, next, acked, errors, token, host, env) = (
-                &work,
-                &next,
-                &acked,
-                &errors,
-                token.as_deref(),
-                &host,
-                &a.env,
-            );
-            hs.push(sc.spawn(move || -> Result<()> {
-                let mut c = Conn::open(host)?;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(r) = work.get(i) else { return Ok(()) };
-                    match c.send(r, token, env) {
-                        Ok((st, _)) if st / 100 == 2 => {
-                            acked.fetch_add(r.samples as u64, Ordering::Relaxed);
-                        }
-                        Ok(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            c = Conn::open(host)?;
-                        }
-                    }
-                }
-            }));
-        }
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let secs = t.elapsed().as_secs_f64();
+    let sent = send_all(&host, &work, a.connections, token.as_deref(), &a.env)?;
+    let secs = sent.secs;
     let after = a.pid.and_then(proc_figures);
-    let n = acked.load(Ordering::Relaxed);
+    let n = sent.acked;
     println!("agents              {}", a.agents);
     println!(
         "requests            {} × {} heartbeat(s), {} connections",
@@ -513,7 +533,13 @@ fn heartbeat(a: HeartbeatArgs) -> Result<()> {
         n as f64 / secs,
         work.len() as f64 / secs
     );
-    println!("errors              {}", errors.load(Ordering::Relaxed));
+    println!(
+        "errors              {}{}",
+        sent.errors,
+        sent.last_error
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
+    );
     if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
         println!(
             "server              {:.0} % CPU, peak RSS {:.0} MiB",
@@ -579,55 +605,10 @@ fn ingest(a: IngestArgs) -> Result<()> {
     }
     let before = a.pid.and_then(proc_figures);
     let work: Vec<&Req> = rounds[1..].iter().flatten().collect();
-    let next = AtomicUsize::new(0);
-    let acked = AtomicU64::new(0);
-    let errors = AtomicU64::new(0);
-    let last_err = parking_lot_free::Slot::default();
-    let t = Instant::now();
-    std::thread::scope(|sc| -> Result<()> {
-        let mut hs = Vec::new();
-        for _ in 0..a.connections.max(1) {
-            let (work, next, acked, errors, last_err, token, host, env) = (
-                &work,
-                &next,
-                &acked,
-                &errors,
-                &last_err,
-                token.as_deref(),
-                &host,
-                &a.env,
-            );
-            hs.push(sc.spawn(move || -> Result<()> {
-                let mut c = Conn::open(host)?;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(r) = work.get(i) else { return Ok(()) };
-                    match c.send(r, token, env) {
-                        Ok((st, _)) if st / 100 == 2 => {
-                            acked.fetch_add(r.samples as u64, Ordering::Relaxed);
-                        }
-                        Ok((st, body)) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            last_err.set(format!("{st} {body}"));
-                        }
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            last_err.set(e.to_string());
-                            c = Conn::open(host)?;
-                        }
-                    }
-                }
-            }));
-        }
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let secs = t.elapsed().as_secs_f64();
+    let sent = send_all(&host, &work, a.connections, token.as_deref(), &a.env)?;
+    let secs = sent.secs;
     let after = a.pid.and_then(proc_figures);
-    let n = acked.load(Ordering::Relaxed);
+    let n = sent.acked;
     println!("protocol            {}", a.protocol);
     println!("series              {}", fleet.series().len());
     println!(
@@ -641,9 +622,9 @@ fn ingest(a: IngestArgs) -> Result<()> {
     println!("throughput          {:.0} samples/s", n as f64 / secs);
     println!(
         "errors              {}{}",
-        errors.load(Ordering::Relaxed),
-        last_err
-            .get()
+        sent.errors,
+        sent.last_error
+            .as_deref()
             .map(|e| format!(" (last: {e})"))
             .unwrap_or_default()
     );
