@@ -29,6 +29,10 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
 fn field_error(prefix: &str, e: FieldError) -> ApiError {
     let field = format!("{prefix}{}", e.field);
     ApiError::bad_request("invalid_heartbeat", format!("{field}: {}", e.reason))
@@ -344,8 +348,8 @@ pub async fn agent(
     let (env_s, id_s) = (env.as_str().to_string(), id.clone());
     let stored = tokio::task::spawn_blocking(move || fleet_ref.history(&env_s, &id_s, 20))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(internal)?
+        .map_err(internal)?;
     // The in-memory events are the newest; stored ones fill in what came before.
     let mut history = unsaved;
     let newest_kept = history
@@ -570,8 +574,8 @@ pub async fn deregister(
     let env_s = env.as_str().to_string();
     tokio::task::spawn_blocking(move || meta.delete_agent(&env_s, &id))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(internal)?
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -632,8 +636,8 @@ pub async fn availability(
         Ok(Value::Object(out))
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    .map_err(internal)?
+    .map_err(internal)?;
     Ok(axum::Json(json!({"environment": env.as_str(), "windows": res})).into_response())
 }
 

@@ -457,6 +457,48 @@ fn string_list(v: &[String], limit: Option<usize>) -> (String, Vec<String>) {
     (out, warn)
 }
 
+/// Label names, or the values of one label, over the selected series (all series without
+/// `match[]`), sorted and deduplicated, with the `limit` applied.
+async fn label_strings(
+    state: AppState,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+    name: Option<String>,
+) -> Result<Response, PromError> {
+    let env = auth(&state, &headers)?;
+    let p = Params::read(&method, &uri, &headers, body).await?;
+    if name.as_deref().is_some_and(str::is_empty) {
+        return Err(PromError::bad_data("invalid label name: \"\""));
+    }
+    let sets = match_sets(&p)?;
+    let start = p.time("start", MIN_TIME)?;
+    let end = p.time("end", MAX_TIME)?;
+    let limit = p.limit()?;
+    let db = state.db()?;
+    let found = tokio::task::spawn_blocking(move || {
+        let q = db.querier(env.as_str(), start, end);
+        let read = |ms: &[vigil_model::Matcher]| match &name {
+            None => q.label_names(ms),
+            Some(n) => q.label_values(n, ms),
+        };
+        let mut all = std::collections::BTreeSet::new();
+        if sets.is_empty() {
+            all.extend(read(&[]));
+        } else {
+            for ms in &sets {
+                all.extend(read(ms));
+            }
+        }
+        all.into_iter().collect::<Vec<String>>()
+    })
+    .await
+    .map_err(|e| PromError::from(QError::Storage(e.to_string())))?;
+    let (out, warn) = string_list(&found, limit);
+    Ok(success(out, &warn))
+}
+
 /// `GET|POST /api/v1/labels`
 pub async fn labels(
     State(state): State<AppState>,
@@ -465,29 +507,7 @@ pub async fn labels(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, PromError> {
-    let env = auth(&state, &headers)?;
-    let p = Params::read(&method, &uri, &headers, body).await?;
-    let sets = match_sets(&p)?;
-    let start = p.time("start", MIN_TIME)?;
-    let end = p.time("end", MAX_TIME)?;
-    let limit = p.limit()?;
-    let db = state.db()?;
-    let names = tokio::task::spawn_blocking(move || {
-        let q = db.querier(env.as_str(), start, end);
-        let mut all = std::collections::BTreeSet::new();
-        if sets.is_empty() {
-            all.extend(q.label_names(&[]));
-        } else {
-            for ms in &sets {
-                all.extend(q.label_names(ms));
-            }
-        }
-        all.into_iter().collect::<Vec<String>>()
-    })
-    .await
-    .map_err(|e| PromError::from(QError::Storage(e.to_string())))?;
-    let (out, warn) = string_list(&names, limit);
-    Ok(success(out, &warn))
+    label_strings(state, method, uri, headers, body, None).await
 }
 
 /// `GET /api/v1/label/<name>/values`
@@ -499,32 +519,7 @@ pub async fn label_values(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, PromError> {
-    let env = auth(&state, &headers)?;
-    let p = Params::read(&method, &uri, &headers, body).await?;
-    if name.is_empty() {
-        return Err(PromError::bad_data(format!("invalid label name: {name:?}")));
-    }
-    let sets = match_sets(&p)?;
-    let start = p.time("start", MIN_TIME)?;
-    let end = p.time("end", MAX_TIME)?;
-    let limit = p.limit()?;
-    let db = state.db()?;
-    let values = tokio::task::spawn_blocking(move || {
-        let q = db.querier(env.as_str(), start, end);
-        let mut all = std::collections::BTreeSet::new();
-        if sets.is_empty() {
-            all.extend(q.label_values(&name, &[]));
-        } else {
-            for ms in &sets {
-                all.extend(q.label_values(&name, ms));
-            }
-        }
-        all.into_iter().collect::<Vec<String>>()
-    })
-    .await
-    .map_err(|e| PromError::from(QError::Storage(e.to_string())))?;
-    let (out, warn) = string_list(&values, limit);
-    Ok(success(out, &warn))
+    label_strings(state, method, uri, headers, body, Some(name)).await
 }
 
 /// `GET /api/v1/metadata`: Vigil keeps no metric metadata yet, so the map is empty.
