@@ -191,7 +191,14 @@ pub struct Authn {
     extra: Vec<(Algorithm, DecodingKey)>,
     meta: Arc<Meta>,
     revoked: Mutex<RevokedCache>,
+    /// Tokens whose signature was checked: token → (principal, expiry in s). Saves the
+    /// signature check and claim parsing on every request of a keep-alive agent; expiry and
+    /// revocation are still checked each time.
+    verified: parking_lot::RwLock<hashbrown::HashMap<Box<str>, (Principal, u64)>>,
 }
+
+/// Most verified tokens remembered; the cache starts over when full.
+const VERIFIED_CACHE: usize = 65_536;
 
 struct RevokedCache {
     version: i64,
@@ -335,6 +342,7 @@ impl Authn {
                 checked: None,
                 set: HashSet::new(),
             }),
+            verified: parking_lot::RwLock::new(hashbrown::HashMap::new()),
         })
     }
 
@@ -347,6 +355,20 @@ impl Authn {
 
     /// Verifies a token and returns its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let hit = self.verified.read().get(token).cloned();
+        if let Some((p, exp)) = hit {
+            if exp + 5 < now {
+                self.verified.write().remove(token);
+                return Err(AuthError::Invalid("ExpiredSignature".into()));
+            }
+            if self.is_revoked(&p.jti) {
+                return Err(AuthError::Revoked(p.jti));
+            }
+            return Ok(p);
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let data = if header.alg == Algorithm::HS256 {
@@ -366,12 +388,18 @@ impl Authn {
         if self.is_revoked(&c.jti) {
             return Err(AuthError::Revoked(c.jti));
         }
-        Ok(Principal {
+        let p = Principal {
             sub: c.sub,
             role: c.role,
             envs: c.envs,
             jti: c.jti,
-        })
+        };
+        let mut cache = self.verified.write();
+        if cache.len() >= VERIFIED_CACHE {
+            cache.clear();
+        }
+        cache.insert(token.into(), (p.clone(), c.exp));
+        Ok(p)
     }
 
     fn is_revoked(&self, jti: &str) -> bool {
