@@ -14,11 +14,18 @@ use vigil_promql::storage::TsdbStorage;
 use vigil_promql::{Engine, EngineOptions, Value, parse_duration};
 use vigil_tsdb::{Db, Options, WriteBatch};
 
+/// `VIGIL_PROMQL_CORPUS`, else `../shared/testdata/promql` beside the workspace (looked up
+/// from each ancestor of the crate, so a clone in another folder still finds it).
 fn corpus_dir() -> PathBuf {
-    match std::env::var_os("VIGIL_PROMQL_CORPUS") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/promql"),
+    if let Some(p) = std::env::var_os("VIGIL_PROMQL_CORPUS") {
+        return PathBuf::from(p);
     }
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/promql");
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/testdata/promql"))
+        .find(|p| p.is_dir())
+        .unwrap_or(default)
 }
 
 // ---------------------------------------------------------------- script parsing
