@@ -169,7 +169,7 @@ impl<'a> Evaluator<'a> {
 
     /// The time a selector or subquery with these modifiers reads at, for evaluation time `t`.
     pub(crate) fn ref_time(&self, at: &Option<AtModifier>, off: &Option<Offset>, t: i64) -> i64 {
-        self.at_ms(at).unwrap_or(t) - offset_ms(off)
+        self.at_ms(at).unwrap_or(t).saturating_sub(offset_ms(off))
     }
 
     fn plan<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Plan<'e>>) {
@@ -220,7 +220,7 @@ impl<'a> Evaluator<'a> {
     fn window(&self, at: &Option<AtModifier>, off: &Option<Offset>, s: i64, en: i64) -> (i64, i64) {
         let o = offset_ms(off);
         match self.at_ms(at) {
-            Some(a) => (a - o, a - o),
+            Some(a) => (a.saturating_sub(o), a.saturating_sub(o)),
             None => (s.saturating_sub(o), en.saturating_sub(o)),
         }
     }
@@ -373,7 +373,7 @@ impl<'a> Evaluator<'a> {
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_selector(vs, t))),
             Expr::MatrixSelector(m) => {
                 let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
-                let lo = r - ms(m.range);
+                let lo = r.saturating_sub(ms(m.range));
                 let mut out = Vec::new();
                 for s in self.loaded(&m.vs) {
                     let w = window(&s.points, lo, r);
@@ -399,7 +399,7 @@ impl<'a> Evaluator<'a> {
 
     pub(crate) fn eval_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Sample> {
         let r = self.ref_time(&vs.at, &vs.offset, t);
-        let lo = r - self.lookback;
+        let lo = r.saturating_sub(self.lookback);
         let data = self.loaded(vs);
         let mut out = Vec::with_capacity(data.len());
         for s in data {
@@ -428,10 +428,10 @@ impl<'a> Evaluator<'a> {
             .unwrap_or_else(|| ms(self.opts.default_subquery_step))
             .max(1);
         let r = self.ref_time(&sq.at, &sq.offset, t);
-        let lo = r - ms(sq.range);
+        let lo = r.saturating_sub(ms(sq.range));
         let mut ts = lo.div_euclid(step) * step;
         if ts <= lo {
-            ts += step;
+            ts = ts.saturating_add(step);
         }
         let mut out: Matrix = Vec::new();
         let mut index: HashMap<(Metric, bool), usize> = HashMap::new();
@@ -472,7 +472,10 @@ impl<'a> Evaluator<'a> {
                     ));
                 }
             }
-            ts += step;
+            ts = match ts.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
         }
         Ok(out)
     }

@@ -362,7 +362,7 @@ impl Evaluator<'_> {
         match unwrap_parens(arg) {
             Expr::MatrixSelector(m) => {
                 let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
-                let lo = r - ms(m.range);
+                let lo = r.saturating_sub(ms(m.range));
                 for s in self.loaded(&m.vs) {
                     let w = crate::eval::window(&s.points, lo, r);
                     if !w.is_empty() {
@@ -373,7 +373,7 @@ impl Evaluator<'_> {
             }
             Expr::Subquery(sq) => {
                 let r = self.ref_time(&sq.at, &sq.offset, t);
-                let lo = r - ms(sq.range);
+                let lo = r.saturating_sub(ms(sq.range));
                 for s in self.eval_subquery(sq, t)? {
                     if !s.points.is_empty() {
                         f(&s.metric, s.drop_name, &s.points, lo, r);

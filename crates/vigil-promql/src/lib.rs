@@ -403,7 +403,7 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        let points = (end_ms - start_ms) / step_ms + 1;
+        let points = (end_ms.saturating_sub(start_ms) / step_ms).saturating_add(1);
         if points as usize > self.opts.max_points_per_series {
             return Err(Error::BadData(format!(
                 "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
@@ -475,6 +475,31 @@ mod tests {
 
     fn err(q: &str) -> String {
         parse(q).unwrap_err().to_string()
+    }
+
+    struct Empty;
+    impl Storage for Empty {
+        fn select(&self, _: &[Matcher], _: i64, _: i64, _: usize) -> Result<Vec<StoredSeries>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn extreme_times_are_errors_or_empty_not_overflows() {
+        let e = Engine::default();
+        let lim = 9_200_000_000_000_000_000i64;
+        assert!(e.range(&Empty, "up", -lim, lim, 1).is_err());
+        for q in [
+            "up offset 10000y",
+            "up @ 100 offset -10000y",
+            "max_over_time(up[10000y:1y])",
+        ] {
+            match e.instant(&Empty, q, -lim) {
+                Ok(Value::Vector(v)) => assert!(v.is_empty(), "{q}"),
+                Ok(other) => panic!("{q}: {other:?}"),
+                Err(err) => assert!(!err.to_string().is_empty()),
+            }
+        }
     }
 
     #[test]
