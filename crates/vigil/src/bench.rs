@@ -456,21 +456,8 @@ fn send_all(
 }
 
 fn heartbeat(a: HeartbeatArgs) -> Result<()> {
-    let host = a
-        .url
-        .strip_prefix("http://")
-        .context("--url must start with http://")?
-        .trim_end_matches('/')
-        .to_string();
-    let token = match &a.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("read {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let host = crate::client::http_host(&a.url)?;
+    let token = crate::client::read_token(a.token_file.as_deref())?;
     if a.agents == 0 || a.rounds < 2 || a.batch == 0 {
         bail!("--agents must be ≥ 1, --rounds ≥ 2, --batch ≥ 1");
     }
@@ -551,21 +538,8 @@ fn heartbeat(a: HeartbeatArgs) -> Result<()> {
 }
 
 fn ingest(a: IngestArgs) -> Result<()> {
-    let host = a
-        .url
-        .strip_prefix("http://")
-        .context("--url must start with http://")?
-        .trim_end_matches('/')
-        .to_string();
-    let token = match &a.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("read {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let host = crate::client::http_host(&a.url)?;
+    let token = crate::client::read_token(a.token_file.as_deref())?;
     let start_ms = {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?

@@ -13,6 +13,25 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// `host:port` of an `http://` URL (for the raw keep-alive senders of the benchmarks).
+pub fn http_host(url: &str) -> Result<String> {
+    Ok(url
+        .strip_prefix("http://")
+        .context("--url must start with http://")?
+        .trim_end_matches('/')
+        .to_string())
+}
+
+/// The token in `path`, trimmed; `None` without a path.
+pub fn read_token(path: Option<&std::path::Path>) -> Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .with_context(|| format!("read {}", p.display()))
+            .map(|t| t.trim().to_string())
+    })
+    .transpose()
+}
+
 /// Splits `http://host:port[/prefix]` into `host:port` and the path prefix.
 fn split_url(url: &str) -> Result<(String, String)> {
     if url.starts_with("https://") {

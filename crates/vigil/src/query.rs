@@ -90,13 +90,8 @@ fn token(a: &QueryArgs) -> Result<Option<String>> {
     if let Some(t) = &a.token {
         return Ok(Some(t.trim().to_string()));
     }
-    if let Some(f) = &a.token_file {
-        return Ok(Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("read token file {}", f.display()))?
-                .trim()
-                .to_string(),
-        ));
+    if let Some(t) = crate::client::read_token(a.token_file.as_deref())? {
+        return Ok(Some(t));
     }
     let f = a.data_dir.join("admin.token");
     Ok(std::fs::read_to_string(&f)

@@ -81,6 +81,34 @@ fn rss() -> u64 {
         * 1024
 }
 
+/// An interval drawn from the mix (ms, share) whose shares add up to `total`.
+fn pick_interval(rng: &mut Rng, mix: &[(u32, f64)], total: f64) -> u32 {
+    let mut r = rng.unit() * total;
+    for &(iv, p) in mix {
+        if r < p {
+            return iv;
+        }
+        r -= p;
+    }
+    mix[mix.len() - 1].0
+}
+
+/// Detection time (ms from crash to failed) per interval class: count, p50, p99, max.
+fn print_classes(by_class: &mut std::collections::BTreeMap<u32, Vec<i64>>) {
+    println!(
+        "{:<12} {:>8} {:>12} {:>12} {:>12}",
+        "interval", "crashes", "p50 ms", "p99 ms", "max ms"
+    );
+    for (iv, v) in by_class.iter_mut() {
+        let n = v.len();
+        let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), *v.iter().max().unwrap_or(&0));
+        println!(
+            "{:<12} {n:>8} {p50:>12} {p99:>12} {max:>12}",
+            format!("{} s", iv / 1000)
+        );
+    }
+}
+
 fn pct(v: &mut [i64], p: f64) -> i64 {
     if v.is_empty() {
         return 0;
@@ -184,15 +212,7 @@ pub fn run(a: SimArgs) -> Result<()> {
     }
     let mut agents = Vec::with_capacity(a.agents as usize);
     for i in 0..a.agents {
-        let mut r = rng.unit() * total;
-        let mut interval = mix[0].0;
-        for &(iv, p) in &mix {
-            if r < p {
-                interval = iv;
-                break;
-            }
-            r -= p;
-        }
+        let interval = pick_interval(&mut rng, &mix, total);
         let zone = i % a.zones;
         let crash_at = if rng.unit() < a.crash_rate {
             t0 + 60_000 + (rng.unit() * (span - 120_000).max(1) as f64) as i64
@@ -328,18 +348,7 @@ pub fn run(a: SimArgs) -> Result<()> {
         a.crash_rate * 100.0,
         parts.len()
     );
-    println!(
-        "{:<12} {:>8} {:>12} {:>12} {:>12}",
-        "interval", "crashes", "p50 ms", "p99 ms", "max ms"
-    );
-    for (iv, v) in &mut by_class {
-        let n = v.len();
-        let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), *v.iter().max().unwrap_or(&0));
-        println!(
-            "{:<12} {n:>8} {p50:>12} {p99:>12} {max:>12}",
-            format!("{} s", iv / 1000)
-        );
-    }
+    print_classes(&mut by_class);
     println!("crashes not detected: {missed}");
     println!("false failures: {false_failures}");
     println!("partitions classified right: {right}, wrong: {wrong}, missed: {unclassified}");
@@ -398,20 +407,8 @@ fn follow_stream(host: String, token: Option<String>, env: String, out: Shared) 
 
 fn run_http(a: SimArgs) -> Result<()> {
     let url = a.url.clone().unwrap_or_default();
-    let host = url
-        .strip_prefix("http://")
-        .context("--url must start with http://")?
-        .trim_end_matches('/')
-        .to_string();
-    let token = match &a.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("read {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let host = crate::client::http_host(&url)?;
+    let token = crate::client::read_token(a.token_file.as_deref())?;
     let Plan {
         span,
         mix,
@@ -445,15 +442,7 @@ fn run_http(a: SimArgs) -> Result<()> {
     }
     let mut agents: Vec<Ag> = (0..a.agents)
         .map(|i| {
-            let mut r = rng.unit() * total;
-            let mut interval = mix[0].0;
-            for &(iv, p) in &mix {
-                if r < p {
-                    interval = iv;
-                    break;
-                }
-                r -= p;
-            }
+            let interval = pick_interval(&mut rng, &mix, total);
             let crash_at = if rng.unit() < a.crash_rate {
                 t0 + 5_000 + (rng.unit() * (span - 5_000).max(1) as f64) as i64
             } else {
@@ -571,18 +560,7 @@ fn run_http(a: SimArgs) -> Result<()> {
         crashed,
         parts.len()
     );
-    println!(
-        "{:<12} {:>8} {:>12} {:>12} {:>12}",
-        "interval", "crashes", "p50 ms", "p99 ms", "max ms"
-    );
-    for (iv, v) in &mut by_class {
-        let n = v.len();
-        let (p50, p99, max) = (pct(v, 0.5), pct(v, 0.99), *v.iter().max().unwrap_or(&0));
-        println!(
-            "{:<12} {n:>8} {p50:>12} {p99:>12} {max:>12}",
-            format!("{} s", iv / 1000)
-        );
-    }
+    print_classes(&mut by_class);
     println!("crashes not detected: {}", crashed - detected.len());
     println!("false failures: {false_failures}");
     println!(
