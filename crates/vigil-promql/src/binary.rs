@@ -190,72 +190,49 @@ fn vector_scalar(
     out
 }
 
+/// The matching signatures of a vector.
+fn signatures(v: &[Sample], matching: &Option<LabelModifier>) -> HashSet<Vec<u8>> {
+    let mut buf = Vec::new();
+    v.iter()
+        .map(|s| {
+            signature(&s.metric, matching, &mut buf);
+            buf.clone()
+        })
+        .collect()
+}
+
 fn set_op(
     op: Op,
     lhs: Vec<Sample>,
     rhs: Vec<Sample>,
     matching: &Option<LabelModifier>,
 ) -> Vec<Sample> {
+    if lhs.is_empty() || rhs.is_empty() {
+        return match op {
+            Op::And => Vec::new(),
+            Op::Or if lhs.is_empty() => rhs,
+            _ => lhs,
+        };
+    }
     let mut buf = Vec::new();
+    let mut has = |set: &HashSet<Vec<u8>>, s: &Sample| {
+        signature(&s.metric, matching, &mut buf);
+        set.contains(&buf)
+    };
     match op {
         Op::And => {
-            if lhs.is_empty() || rhs.is_empty() {
-                return Vec::new();
-            }
-            let right: HashSet<Vec<u8>> = rhs
-                .iter()
-                .map(|s| {
-                    signature(&s.metric, matching, &mut buf);
-                    buf.clone()
-                })
-                .collect();
-            lhs.into_iter()
-                .filter(|s| {
-                    signature(&s.metric, matching, &mut buf);
-                    right.contains(&buf)
-                })
-                .collect()
+            let right = signatures(&rhs, matching);
+            lhs.into_iter().filter(|s| has(&right, s)).collect()
         }
         Op::Or => {
-            if lhs.is_empty() {
-                return rhs;
-            }
-            if rhs.is_empty() {
-                return lhs;
-            }
-            let left: HashSet<Vec<u8>> = lhs
-                .iter()
-                .map(|s| {
-                    signature(&s.metric, matching, &mut buf);
-                    buf.clone()
-                })
-                .collect();
+            let left = signatures(&lhs, matching);
             let mut out = lhs;
-            for s in rhs {
-                signature(&s.metric, matching, &mut buf);
-                if !left.contains(&buf) {
-                    out.push(s);
-                }
-            }
+            out.extend(rhs.into_iter().filter(|s| !has(&left, s)));
             out
         }
         _ => {
-            if lhs.is_empty() || rhs.is_empty() {
-                return lhs;
-            }
-            let right: HashSet<Vec<u8>> = rhs
-                .iter()
-                .map(|s| {
-                    signature(&s.metric, matching, &mut buf);
-                    buf.clone()
-                })
-                .collect();
-            lhs.into_iter()
-                .filter(|s| {
-                    signature(&s.metric, matching, &mut buf);
-                    !right.contains(&buf)
-                })
-                .collect()
+            let right = signatures(&rhs, matching);
+            lhs.into_iter().filter(|s| !has(&right, s)).collect()
         }
     }
 }
