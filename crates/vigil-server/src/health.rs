@@ -816,15 +816,14 @@ pub struct Availability {
 }
 
 impl Fleet {
-    /// Availability of `env`'s registered agents over `[now - window_ms, now]`, from the state
-    /// history (flushed first, so the newest changes count).
+    /// Availability of `env`'s registered agents over `[now - window_ms, now]`, from the stored
+    /// state history (call [`Fleet::flush`] first so the newest changes count).
     pub fn availability(
         &self,
         env: &str,
         now: i64,
         window_ms: i64,
     ) -> Result<Availability, vigil_meta::Error> {
-        self.flush()?;
         let since = now - window_ms;
         let before: HashMap<String, String> =
             self.meta.states_before(env, since)?.into_iter().collect();

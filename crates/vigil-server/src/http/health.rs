@@ -620,6 +620,7 @@ pub async fn availability(
     let env_s = env.as_str().to_string();
     let agent = q.agent.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<Value, vigil_meta::Error> {
+        fleet.flush()?;
         let mut out = serde_json::Map::new();
         for (name, ms) in windows {
             let a = fleet.availability(&env_s, now, ms)?;
