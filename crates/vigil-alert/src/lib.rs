@@ -8,6 +8,7 @@ pub mod alert;
 pub mod config;
 pub mod dispatch;
 pub mod duration;
+pub mod payload;
 pub mod rulefile;
 pub mod rules;
 pub mod silence;

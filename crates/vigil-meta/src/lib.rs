@@ -101,7 +101,46 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
      );
      CREATE INDEX agent_events_by_agent ON agent_events (env, agent_id, at_ms);",
+    // 3: alerting: state documents, the notification outbox and alert history.
+    "CREATE TABLE docs (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        env TEXT NOT NULL,
+        body TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (kind, key)
+     );
+     CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_ms INTEGER NOT NULL,
+        env TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        request TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT,
+        delivered_ms INTEGER
+     );
+     CREATE INDEX outbox_due ON outbox (state, next_attempt_ms);
+     CREATE TABLE alert_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        env TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        alertname TEXT NOT NULL,
+        source TEXT NOT NULL,
+        event TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        by TEXT
+     );
+     CREATE INDEX alert_history_by_time ON alert_history (env, at_ms);",
 ];
+
+mod alerting;
+pub use alerting::{AlertTx, DocOp, HistoryRecord, OutboxNew, OutboxRow};
 
 /// An agent as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,6 +29,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// `[health]`: heartbeats and failure detection.
     pub health: HealthConfig,
+    /// `[alerting]`: rules, notification routing, delivery.
+    pub alerting: AlertingConfig,
     /// Seconds to finish in-flight requests on shutdown (default 10).
     pub shutdown_timeout: String,
 }
@@ -44,6 +46,7 @@ impl Default for Config {
             tsdb: TsdbConfig::default(),
             query: QueryConfig::default(),
             health: HealthConfig::default(),
+            alerting: AlertingConfig::default(),
             shutdown_timeout: "10s".into(),
         }
     }
@@ -212,6 +215,173 @@ impl Default for HealthConfig {
     }
 }
 
+/// `[alerting]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// Prometheus rule files (also `--rules PATH`, repeatable); reloaded on change and SIGHUP.
+    pub rule_files: Vec<PathBuf>,
+    /// Environment the rule files evaluate in (default `default`).
+    pub rules_env: String,
+    /// Interval of rule groups that set none (default `15s`).
+    pub evaluation_interval: String,
+    /// Alertmanager-format routing file (also `--notify-config PATH`); empty = built-in default
+    /// (group by alertname, no channels, zone partitions inhibit agent failures).
+    pub notify_config: Option<PathBuf>,
+    /// Base URL put in notifications (default `http://<listen>`).
+    pub external_url: String,
+    /// Per-attempt delivery timeout (default `10s`).
+    pub delivery_timeout: String,
+    /// Attempts before a notification is dead-lettered (default 8).
+    pub delivery_max_attempts: u32,
+    /// First retry delay; doubles per attempt with ±20% jitter (default `1s`).
+    pub delivery_backoff: String,
+    /// Longest retry delay (default `5m`).
+    pub delivery_backoff_max: String,
+    /// Built-in health alerts.
+    pub health: HealthAlertsConfig,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            rule_files: Vec::new(),
+            rules_env: "default".into(),
+            evaluation_interval: "15s".into(),
+            notify_config: None,
+            external_url: String::new(),
+            delivery_timeout: "10s".into(),
+            delivery_max_attempts: 8,
+            delivery_backoff: "1s".into(),
+            delivery_backoff_max: "5m".into(),
+            health: HealthAlertsConfig::default(),
+        }
+    }
+}
+
+/// `[alerting.health]`: the built-in health rules.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthAlertsConfig {
+    /// `AgentFailed` when the detector declares an agent failed (default true).
+    pub agent_failed: bool,
+    /// `ZonePartitionSuspected` when a zone or segment goes silent together (default true).
+    pub partition: bool,
+    /// `AgentCheckFailing` when an agent reports failing checks (default true).
+    pub check_failing: bool,
+    /// `AvailabilityBelowSLO` when an environment's fleet availability over
+    /// `availability_window` drops below this ratio (default 0 = off; e.g. 0.99).
+    pub availability_slo: f64,
+    /// Window of the availability SLO (default `1h`).
+    pub availability_window: String,
+    /// Severity of `AgentFailed` (default `critical`).
+    pub agent_failed_severity: String,
+}
+
+impl Default for HealthAlertsConfig {
+    fn default() -> Self {
+        Self {
+            agent_failed: true,
+            partition: true,
+            check_failing: true,
+            availability_slo: 0.0,
+            availability_window: "1h".into(),
+            agent_failed_severity: "critical".into(),
+        }
+    }
+}
+
+/// Checked `[alerting]` settings.
+#[derive(Debug, Clone)]
+pub struct AlertingOptions {
+    /// Rule files.
+    pub rule_files: Vec<PathBuf>,
+    /// Their environment.
+    pub rules_env: String,
+    /// Default group interval, ms.
+    pub evaluation_interval_ms: i64,
+    /// Routing configuration (already parsed and checked) and where it came from.
+    pub notify: vigil_alert::NotifyConfig,
+    /// Path of the routing file, for reloads.
+    pub notify_path: Option<PathBuf>,
+    /// External URL.
+    pub external_url: String,
+    /// Delivery timeout.
+    pub delivery_timeout: Duration,
+    /// Attempts before dead-lettering.
+    pub delivery_max_attempts: u32,
+    /// First retry delay.
+    pub delivery_backoff: Duration,
+    /// Longest retry delay.
+    pub delivery_backoff_max: Duration,
+    /// Health rules.
+    pub health: HealthAlertsConfig,
+    /// Availability window, ms.
+    pub availability_window_ms: i64,
+}
+
+impl AlertingConfig {
+    fn resolve(&self, listen: &SocketAddr, tls: bool) -> Result<AlertingOptions, ConfigError> {
+        let notify = match &self.notify_config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    bad("[alerting].notify_config", format!("{}: {e}", p.display()))
+                })?;
+                vigil_alert::NotifyConfig::parse(&text)
+                    .map_err(|e| bad("[alerting].notify_config", format!("{}: {e}", p.display())))?
+            }
+            None => vigil_alert::NotifyConfig::default_config(),
+        };
+        let ev = dur("[alerting].evaluation_interval", &self.evaluation_interval)?;
+        if ev.as_millis() < 1000 {
+            return Err(bad("[alerting].evaluation_interval", "must be at least 1s"));
+        }
+        if self.delivery_max_attempts == 0 {
+            return Err(bad(
+                "[alerting].delivery_max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.health.availability_slo) {
+            return Err(bad(
+                "[alerting.health].availability_slo",
+                "must be between 0 and 1",
+            ));
+        }
+        if vigil_model::EnvId::new(&self.rules_env).is_err() {
+            return Err(bad(
+                "[alerting].rules_env",
+                "is not a valid environment name",
+            ));
+        }
+        Ok(AlertingOptions {
+            rule_files: self.rule_files.clone(),
+            rules_env: self.rules_env.clone(),
+            evaluation_interval_ms: ev.as_millis() as i64,
+            notify,
+            notify_path: self.notify_config.clone(),
+            external_url: if self.external_url.is_empty() {
+                format!("{}://{listen}", if tls { "https" } else { "http" })
+            } else {
+                self.external_url.trim_end_matches('/').to_string()
+            },
+            delivery_timeout: dur("[alerting].delivery_timeout", &self.delivery_timeout)?,
+            delivery_max_attempts: self.delivery_max_attempts,
+            delivery_backoff: dur("[alerting].delivery_backoff", &self.delivery_backoff)?,
+            delivery_backoff_max: dur(
+                "[alerting].delivery_backoff_max",
+                &self.delivery_backoff_max,
+            )?,
+            availability_window_ms: dur(
+                "[alerting.health].availability_window",
+                &self.health.availability_window,
+            )?
+            .as_millis() as i64,
+            health: self.health.clone(),
+        })
+    }
+}
+
 /// Checked `[health]` settings.
 #[derive(Debug, Clone)]
 pub struct HealthOptions {
@@ -304,6 +474,8 @@ pub struct Resolved {
     pub query: vigil_promql::EngineOptions,
     /// Heartbeat settings.
     pub health: HealthOptions,
+    /// Alerting settings.
+    pub alerting: AlertingOptions,
 }
 
 impl Config {
@@ -382,6 +554,7 @@ impl Config {
             (None, None) => None,
             _ => return Err(bad("[tls]", "set both cert and key, or neither")),
         };
+        let tls_on = tls.is_some();
         Ok(Resolved {
             listen,
             data_dir: self.data_dir.clone(),
@@ -393,6 +566,7 @@ impl Config {
             tsdb,
             shutdown_timeout: dur("shutdown_timeout", &self.shutdown_timeout)?,
             query: self.query_options()?,
+            alerting: self.alerting.resolve(&listen, tls_on)?,
             health: {
                 let iv = dur(
                     "[health].metrics_heartbeat_interval",

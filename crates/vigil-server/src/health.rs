@@ -626,6 +626,11 @@ impl Fleet {
         self.tx.subscribe()
     }
 
+    /// Environments with a fleet.
+    pub fn env_names(&self) -> Vec<String> {
+        self.envs.read().keys().cloned().collect()
+    }
+
     /// The fleet of `env` if it has one.
     pub fn get(&self, env: &str) -> Option<Arc<Mutex<EnvFleet>>> {
         self.envs.read().get(env).cloned()

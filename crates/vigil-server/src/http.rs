@@ -1,5 +1,6 @@
 //! The HTTP layer: router, state, error shape, auth extraction, handlers.
 
+pub mod alerting;
 pub mod error;
 pub mod extract;
 pub mod health;

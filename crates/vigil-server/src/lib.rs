@@ -8,6 +8,7 @@
 //! create the signing key and the admin token on first start, then open the time-series store
 //! (WAL replay) in the background; `/readyz` turns 200 and ingest accepts writes when it is done.
 
+pub mod alerting;
 pub mod auth;
 pub mod config;
 pub mod health;
@@ -60,6 +61,9 @@ pub enum ServeError {
     /// Auth set-up problem.
     #[error("auth: {0}")]
     Auth(String),
+    /// Alerting set-up problem (a bad rule file, routing file or stored rule).
+    #[error("alerting: {0}")]
+    Alerting(String),
     /// Serving failed.
     #[error("server: {0}")]
     Serve(std::io::Error),
@@ -152,7 +156,11 @@ impl Server {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        let alerting =
+            alerting::Alerting::load(meta.clone(), cfg.alerting.clone(), Arc::new(SystemClock))
+                .map_err(ServeError::Alerting)?;
         let state = AppState(Arc::new(Inner {
+            alerting,
             db: OnceLock::new(),
             authn,
             meta,
@@ -254,6 +262,26 @@ impl Server {
             })
         };
         let recovery = recovery::spawn(fleet.clone(), cfg.health.recovery.clone());
+        // Alerting: evaluation loop (own thread), health-event feed and delivery worker.
+        let alerting = state.0.alerting.clone();
+        let alert_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (alert_thread, alert_events, alert_delivery) =
+            alerting.spawn(state.clone(), alert_stop.clone());
+        #[cfg(unix)]
+        let sighup = {
+            let al = alerting.clone();
+            tokio::spawn(async move {
+                let Ok(mut hup) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading rule files and the routing configuration.");
+                    al.request_reload();
+                }
+            })
+        };
         let app = http::router::router(state.clone());
         let timeout = cfg.shutdown_timeout;
         let served = if let Some((cert, key, tls12)) = &cfg.tls {
@@ -292,6 +320,14 @@ impl Server {
         };
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = ticker.await;
+        alert_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        alerting.request_reload_stop();
+        let _ = tokio::task::spawn_blocking(move || alert_thread.join()).await;
+        alert_events.abort();
+        alert_delivery.abort();
+        #[cfg(unix)]
+        sighup.abort();
+        drop(alerting);
         if let Some(r) = recovery {
             r.abort();
         }

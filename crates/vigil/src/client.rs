@@ -95,11 +95,32 @@ fn post(
     headers: &[(&str, String)],
     timeout_s: u64,
 ) -> Result<Response> {
+    request(
+        "POST",
+        base_url,
+        path,
+        content_type,
+        body,
+        headers,
+        timeout_s,
+    )
+}
+
+/// Sends `method` to `path` under `base_url` (a body only when not empty).
+pub fn request(
+    method: &str,
+    base_url: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    headers: &[(&str, String)],
+    timeout_s: u64,
+) -> Result<Response> {
     let (host, prefix) = split_url(base_url)?;
     let mut s = TcpStream::connect(&host).with_context(|| format!("connect to {host}"))?;
     s.set_read_timeout(Some(Duration::from_secs(timeout_s)))?;
     let mut head = format!(
-        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        "{method} {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {

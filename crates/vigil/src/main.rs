@@ -1,6 +1,7 @@
 //! The `vigil` command. Thin: parses arguments and configuration, installs logging, and calls
 //! into `vigil-server` (serve, tokens) and the benchmark module.
 
+mod alerts;
 mod bench;
 mod client;
 mod query;
@@ -36,6 +37,15 @@ enum Cmd {
     Query(query::QueryArgs),
     /// Simulate a fleet against the failure detector (in process, simulated time).
     Sim(sim::SimArgs),
+    /// Prometheus rule files (check).
+    #[command(subcommand)]
+    Rules(alerts::RulesCmd),
+    /// Silences on a running server (add, list, expire).
+    #[command(subcommand)]
+    Silence(alerts::SilenceCmd),
+    /// Alerts on a running server (list, ack).
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCmd),
 }
 
 /// Where configuration comes from; shared by every command that touches the data directory.
@@ -71,6 +81,12 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "VIGIL_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Prometheus rule file to evaluate (repeatable; adds to [alerting].rule_files).
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Alertmanager-format routing file (replaces [alerting].notify_config).
+    #[arg(long, env = "VIGIL_NOTIFY_CONFIG")]
+    notify_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,6 +181,10 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(e) = a.auth_enabled {
         cfg.auth.enabled = e;
+    }
+    cfg.alerting.rule_files.extend(a.rules);
+    if let Some(n) = a.notify_config {
+        cfg.alerting.notify_config = Some(n);
     }
     if a.tls_cert.is_some() || a.tls_key.is_some() {
         cfg.tls.cert = a.tls_cert;
@@ -285,6 +305,9 @@ fn main() {
         Cmd::Bench(b) => bench::run(b),
         Cmd::Query(q) => query::run(q),
         Cmd::Sim(a) => sim::run(a),
+        Cmd::Rules(c) => alerts::rules(c),
+        Cmd::Silence(c) => alerts::silence(c),
+        Cmd::Alerts(c) => alerts::alerts(c),
     };
     if let Err(e) = r {
         eprintln!("vigil: {e:#}");

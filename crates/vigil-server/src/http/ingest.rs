@@ -224,6 +224,8 @@ async fn ingest(
                 Protocol::Native => native::decode(body, now, &limits, batch)?,
             };
             let outcome = db.write(batch)?;
+            // Threshold rules see the samples as they arrive.
+            state.0.alerting.on_batch(batch);
             let msg = if outcome.rejected_total() > 0 {
                 rejection_message(&outcome, &|i| batch.labels_of(i).to_string())
             } else {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use vigil_model::{EnvId, Labels, Matcher};
@@ -540,22 +540,42 @@ pub async fn exemplars(
     Ok(success("[]".into(), &[]))
 }
 
-/// `GET /api/v1/rules`: no rules are loaded until alerting lands.
+/// `GET /api/v1/rules`: rule-file groups, then Vigil's threshold and health rules
+/// (`type=alert|record`, `exclude_alerts=true` as in Prometheus).
 pub async fn rules(
     State(state): State<AppState>,
     headers: HeaderMap,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, PromError> {
-    auth(&state, &headers)?;
-    Ok(success("{\"groups\":[]}".into(), &[]))
+    let env = auth(&state, &headers)?;
+    let mut kind = None;
+    let mut exclude = false;
+    for (k, v) in form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "type" => match v.as_ref() {
+                "alert" | "record" => kind = Some(v.into_owned()),
+                other => {
+                    return Err(PromError::bad_data(format!(
+                        "invalid parameter \"type\": {other:?} is not alert or record"
+                    )));
+                }
+            },
+            "exclude_alerts" => exclude = v == "true",
+            _ => {}
+        }
+    }
+    let data = crate::http::alerting::rules_data(&state, env.as_str(), kind.as_deref(), exclude);
+    Ok(success(data.to_string(), &[]))
 }
 
-/// `GET /api/v1/alerts`
+/// `GET /api/v1/alerts`: pending and firing alerts of the environment.
 pub async fn alerts(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, PromError> {
-    auth(&state, &headers)?;
-    Ok(success("{\"alerts\":[]}".into(), &[]))
+    let env = auth(&state, &headers)?;
+    let data = crate::http::alerting::alerts_data(&state, env.as_str());
+    Ok(success(data.to_string(), &[]))
 }
 
 /// `GET /api/v1/status/buildinfo`: Prometheus' fields; `features` is left out on purpose

@@ -7,14 +7,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::json;
 
 use crate::auth::Need;
 use crate::http::error::ApiError;
 use crate::http::extract::authorize;
 use crate::http::state::AppState;
-use crate::http::{health, ingest, openapi, prom};
+use crate::http::{alerting, health, ingest, openapi, prom};
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
@@ -65,6 +65,49 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/query_exemplars",
             get(prom::exemplars).post(prom::exemplars),
         )
+        .route(
+            "/api/telemetry/admin/thresholds",
+            get(alerting::list_thresholds).post(alerting::create_threshold),
+        )
+        .route(
+            "/api/telemetry/admin/thresholds/{id}",
+            get(alerting::get_threshold)
+                .put(alerting::put_threshold)
+                .delete(alerting::delete_threshold),
+        )
+        .route("/api/telemetry/admin/rules", get(alerting::list_namespaces))
+        .route(
+            "/api/telemetry/admin/rules/{namespace}",
+            put(alerting::put_namespace).delete(alerting::delete_namespace),
+        )
+        .route(
+            "/api/telemetry/admin/silences",
+            get(alerting::list_silences).post(alerting::create_silence),
+        )
+        .route(
+            "/api/telemetry/admin/silences/{id}",
+            get(alerting::get_silence).delete(alerting::expire_silence),
+        )
+        .route("/api/telemetry/admin/alerts", get(alerting::list_alerts))
+        .route(
+            "/api/telemetry/admin/alerts/{fingerprint}",
+            get(alerting::get_alert),
+        )
+        .route(
+            "/api/telemetry/admin/alerts/{fingerprint}/ack",
+            post(alerting::ack_alert),
+        )
+        .route(
+            "/api/telemetry/admin/alert-groups",
+            get(alerting::alert_groups),
+        )
+        .route(
+            "/api/telemetry/admin/notifications",
+            get(alerting::notifications),
+        )
+        .route("/api/telemetry/admin/analytics", get(alerting::analytics))
+        .route("/api/telemetry/admin/channels", get(alerting::channels))
+        .route("/api/telemetry/admin/reload", post(alerting::reload))
         .route("/api/v1/rules", get(prom::rules))
         .route("/api/v1/alerts", get(prom::alerts))
         .route("/api/v1/status/buildinfo", get(prom::buildinfo))
@@ -118,7 +161,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers, Need::Read)?;
     let stats = state.0.db.get().map(|db| db.stats());
-    let body = state.0.metrics.render(stats.as_ref());
+    let mut body = state.0.metrics.render(stats.as_ref());
+    state.0.alerting.render_metrics(&mut body);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -41,6 +41,8 @@ pub struct Inner {
     pub fleet: Arc<crate::health::Fleet>,
     /// Heartbeat settings.
     pub health: crate::config::HealthOptions,
+    /// Rules, alerts, routing and delivery.
+    pub alerting: Arc<crate::alerting::Alerting>,
 }
 
 impl AppState {
