@@ -1457,7 +1457,14 @@ async fn deliver_loop(al: Arc<Alerting>, stop: Arc<AtomicBool>) {
             let done = al.clock.now_ms();
             let attempts = row.attempts + 1;
             let (state, next, err, delivered, outcome) = match r {
-                Ok(()) => ("delivered", 0, None, Some(done), "delivered"),
+                // The log keeps the last failure of a notification delivered on a retry.
+                Ok(()) => (
+                    "delivered",
+                    0,
+                    row.last_error.clone(),
+                    Some(done),
+                    "delivered",
+                ),
                 Err(SendError::Permanent(e)) => ("dead", 0, Some(e), None, "dead"),
                 Err(SendError::Retry(e))
                     if attempts >= i64::from(al.opts.delivery_max_attempts) =>

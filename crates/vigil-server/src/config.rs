@@ -306,6 +306,9 @@ pub struct AlertingOptions {
     pub notify_path: Option<PathBuf>,
     /// External URL.
     pub external_url: String,
+    /// Whether the external URL was derived from the listen address (the server replaces it
+    /// with the bound address, e.g. after listening on port 0).
+    pub external_url_auto: bool,
     /// Delivery timeout.
     pub delivery_timeout: Duration,
     /// Attempts before dead-lettering.
@@ -360,6 +363,7 @@ impl AlertingConfig {
             evaluation_interval_ms: ev.as_millis() as i64,
             notify,
             notify_path: self.notify_config.clone(),
+            external_url_auto: self.external_url.is_empty(),
             external_url: if self.external_url.is_empty() {
                 format!("{}://{listen}", if tls { "https" } else { "http" })
             } else {

@@ -156,9 +156,15 @@ impl Server {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let alerting =
-            alerting::Alerting::load(meta.clone(), cfg.alerting.clone(), Arc::new(SystemClock))
-                .map_err(ServeError::Alerting)?;
+        let mut alert_opts = cfg.alerting.clone();
+        if alert_opts.external_url_auto
+            && let Ok(a) = listener.local_addr()
+        {
+            let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+            alert_opts.external_url = format!("{scheme}://{a}");
+        }
+        let alerting = alerting::Alerting::load(meta.clone(), alert_opts, Arc::new(SystemClock))
+            .map_err(ServeError::Alerting)?;
         let state = AppState(Arc::new(Inner {
             alerting,
             db: OnceLock::new(),

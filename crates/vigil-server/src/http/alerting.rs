@@ -994,7 +994,9 @@ fn compute_analytics(
         .filter(|r| r["fired"].as_u64() > Some(0))
         .cloned()
         .collect();
-    let mut recv: BTreeMap<(String, String), (u64, u64, u64, Vec<i64>)> = BTreeMap::new();
+    // (delivered, dead, pending, delivery latencies) per (receiver, channel).
+    type Tally = (u64, u64, u64, Vec<i64>);
+    let mut recv: BTreeMap<(String, String), Tally> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.created_ms >= since) {
         let e = recv
             .entry((r.receiver.clone(), r.channel.clone()))
