@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
@@ -193,11 +194,11 @@ impl ThresholdRule {
     }
 }
 
+/// A series of a rule with an alert (pending, firing, or resolved and retained).
 #[derive(Debug)]
 struct SeriesState {
     alert: Alert,
     last_ts: i64,
-    tracked: bool, // false while the condition has never held (no alert yet)
 }
 
 /// A compiled rule with the state of every series it watches.
@@ -210,6 +211,8 @@ pub struct Compiled {
     matchers: Vec<Matcher>,
     annotations: Vec<(String, Template)>,
     state: Mutex<HashMap<u64, SeriesState>>,
+    /// Entries in `state` (read without the lock on the quiet path).
+    tracked: AtomicUsize,
 }
 
 impl Compiled {
@@ -222,13 +225,49 @@ impl Compiled {
         self.state
             .lock()
             .values()
-            .filter(|s| s.tracked)
             .map(|s| s.alert.clone())
             .collect()
     }
 }
 
-type Index = HashMap<String, HashMap<String, Vec<Arc<Compiled>>>>;
+/// Rules of one metric: those with an equality matcher are found by (label, value) lookups,
+/// the rest are checked one by one.
+#[derive(Debug, Default)]
+struct MetricRules {
+    generic: Vec<Arc<Compiled>>,
+    by_label: Vec<(String, HashMap<String, Vec<Arc<Compiled>>>)>,
+}
+
+impl MetricRules {
+    fn add(&mut self, c: Arc<Compiled>) {
+        let key = c
+            .matchers
+            .iter()
+            .find(|m| m.op == MatchOp::Eq && !m.value.is_empty());
+        match key {
+            Some(m) => {
+                let (name, value) = (m.name.clone(), m.value.clone());
+                let slot = match self.by_label.iter().position(|(l, _)| *l == name) {
+                    Some(i) => i,
+                    None => {
+                        self.by_label.push((name, HashMap::new()));
+                        self.by_label.len() - 1
+                    }
+                };
+                self.by_label[slot].1.entry(value).or_default().push(c);
+            }
+            None => self.generic.push(c),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Compiled>> {
+        self.generic
+            .iter()
+            .chain(self.by_label.iter().flat_map(|(_, m)| m.values().flatten()))
+    }
+}
+
+type Index = HashMap<String, HashMap<String, MetricRules>>;
 
 /// All threshold rules and their state; shared by every ingest thread.
 #[derive(Debug, Default)]
@@ -250,7 +289,7 @@ impl ThresholdEngine {
     pub fn load(&self, rules: Vec<(String, ThresholdRule)>) -> Result<(), String> {
         let mut old: HashMap<(String, String), Arc<Compiled>> = HashMap::new();
         for (env, by_metric) in self.index.read().iter() {
-            for c in by_metric.values().flatten() {
+            for c in by_metric.values().flat_map(MetricRules::all) {
                 old.insert((env.clone(), c.rule.id.clone()), c.clone());
             }
         }
@@ -279,13 +318,14 @@ impl ThresholdEngine {
                     env: env.clone(),
                     rule,
                     state: Mutex::new(HashMap::new()),
+                    tracked: AtomicUsize::new(0),
                 }),
             };
             idx.entry(env)
                 .or_default()
                 .entry(c.rule.metric.clone())
                 .or_default()
-                .push(c);
+                .add(c);
         }
         *self.index.write() = idx;
         Ok(())
@@ -297,7 +337,7 @@ impl ThresholdEngine {
             .read()
             .values()
             .flat_map(|m| m.values())
-            .map(Vec::len)
+            .map(|r| r.all().count())
             .sum()
     }
 
@@ -311,7 +351,7 @@ impl ThresholdEngine {
         self.index
             .read()
             .values()
-            .flat_map(|m| m.values().flatten().cloned())
+            .flat_map(|m| m.values().flat_map(MetricRules::all).cloned())
             .collect()
     }
 
@@ -320,7 +360,7 @@ impl ThresholdEngine {
     pub fn observe<'a>(
         &self,
         env: &str,
-        pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        pairs: &[(&'a str, &'a str)],
         samples: &[(i64, f64)],
         out: &mut Vec<(Alert, Transition)>,
     ) {
@@ -329,27 +369,34 @@ impl ThresholdEngine {
             return;
         };
         let Some(name) = pairs
-            .clone()
+            .iter()
             .find(|(n, _)| *n == "__name__")
-            .map(|(_, v)| v)
+            .map(|(_, v)| *v)
         else {
             return;
         };
         let Some(rules) = by_metric.get(name) else {
             return;
         };
-        for c in rules {
-            let ok = c.matchers.iter().all(|m| {
-                m.matches(
-                    pairs
-                        .clone()
-                        .find(|(n, _)| *n == m.name)
-                        .map(|(_, v)| v)
-                        .unwrap_or(""),
-                )
-            });
-            if ok {
-                c.observe(pairs.clone(), samples, out);
+        let value_of = |label: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| n.len() == label.len() && *n == label)
+                .map_or("", |(_, v)| *v)
+        };
+        let check = |c: &Arc<Compiled>, out: &mut Vec<(Alert, Transition)>| {
+            if c.matchers.iter().all(|m| m.matches(value_of(&m.name))) {
+                c.observe(pairs, samples, out);
+            }
+        };
+        for c in &rules.generic {
+            check(c, out);
+        }
+        for (label, by_value) in &rules.by_label {
+            if let Some(cands) = by_value.get(value_of(label)) {
+                for c in cands {
+                    check(c, out);
+                }
             }
         }
     }
@@ -367,34 +414,54 @@ impl ThresholdEngine {
             let src = c.source();
             let mut st = c.state.lock();
             for a in alerts.iter().filter(|a| a.source == src) {
-                let key = crate::alert::fingerprint(&a.labels);
-                st.insert(
+                // The series the alert came from: its labels without what the rule added.
+                let mut series = a.labels.clone();
+                for k in c.rule.labels.keys() {
+                    series.remove(k);
+                }
+                for k in ["alertname", "severity", crate::alert::ENV_LABEL] {
+                    series.remove(k);
+                }
+                series.insert("__name__".into(), c.rule.metric.clone());
+                let key = hash_pairs(series.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let prev = st.insert(
                     key,
                     SeriesState {
                         alert: a.clone(),
                         last_ts: a.active_at.max(a.fired_at.unwrap_or(0)),
-                        tracked: true,
                     },
                 );
+                if prev.is_none() {
+                    c.tracked.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
 }
 
 impl Compiled {
-    fn observe<'a>(
+    fn observe(
         &self,
-        pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        pairs: &[(&str, &str)],
         samples: &[(i64, f64)],
         out: &mut Vec<(Alert, Transition)>,
     ) {
         let r = &self.rule;
-        // Alert labels: series labels minus __name__, then the rule's.
-        let series_key = hash_pairs(pairs.clone());
+        let crosses = |v: f64| !vigil_model::is_stale_marker(v) && r.op.holds(v, r.value);
+        // Quiet path: no series of this rule is tracked and no sample crosses: nothing to
+        // hash, lock or allocate.
+        if self.tracked.load(Ordering::Relaxed) == 0 && !samples.iter().any(|&(_, v)| crosses(v)) {
+            return;
+        }
+        let series_key = hash_pairs(pairs.iter().copied());
         let mut st = self.state.lock();
-        let entry = st.entry(series_key).or_insert_with(|| {
+        if !st.contains_key(&series_key) {
+            if !samples.iter().any(|&(_, v)| crosses(v)) {
+                return;
+            }
+            // Alert labels: series labels minus __name__, then the rule's.
             let mut labels: LabelMap = pairs
-                .clone()
+                .iter()
                 .filter(|(n, _)| *n != "__name__")
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect();
@@ -405,12 +472,19 @@ impl Compiled {
             labels.insert("alertname".into(), r.name.clone());
             let mut a = Alert::new(&self.env, labels, self.source(), f64::NAN, 0);
             a.state = AlertState::Inactive;
-            SeriesState {
-                alert: a,
-                last_ts: i64::MIN,
-                tracked: false,
-            }
-        });
+            st.insert(
+                series_key,
+                SeriesState {
+                    alert: a,
+                    last_ts: i64::MIN,
+                },
+            );
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(entry) = st.get_mut(&series_key) else {
+            return;
+        };
+        let mut forget = false;
         for &(ts, v) in samples {
             if ts <= entry.last_ts || vigil_model::is_stale_marker(v) {
                 continue;
@@ -422,28 +496,31 @@ impl Compiled {
                 (AlertState::Firing | AlertState::Pending, Some(rv)) => r.op.holds(v, rv),
                 _ => r.op.holds(v, r.value),
             };
+            forget = false;
             let t = if holds {
                 let t = a.observe_active(ts, v, r.for_.ms());
                 if matches!(t, Transition::Pending | Transition::Fired) {
-                    entry.tracked = true;
                     let mut labels = a.labels.clone();
                     labels.insert("__name__".into(), r.metric.clone());
                     a.annotations = self.annotate(&labels, v);
                 }
                 t
-            } else if entry.tracked {
-                let (t, forget) = a.observe_inactive(ts, r.keep_firing_for.ms());
-                if forget {
+            } else {
+                let (t, f) = a.observe_inactive(ts, r.keep_firing_for.ms());
+                if f {
                     a.state = AlertState::Inactive;
-                    entry.tracked = false;
+                    forget = true;
                 }
                 t
-            } else {
-                Transition::None
             };
             if t != Transition::None {
                 out.push((a.clone(), t));
             }
+        }
+        // A pending alert that cleared, or a series that never crossed after all, is forgotten.
+        if forget || entry.alert.state == AlertState::Inactive && entry.alert.fired_at.is_none() {
+            st.remove(&series_key);
+            self.tracked.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -480,11 +557,8 @@ impl Compiled {
         let r = &self.rule;
         let stale = r.stale_after.map(|d| d.ms()).unwrap_or(DEFAULT_STALE_MS);
         let mut st = self.state.lock();
+        let before = st.len();
         st.retain(|_, s| {
-            if !s.tracked {
-                // Untracked series state is only a cache of labels; drop it when silent.
-                return now.saturating_sub(s.last_ts) < stale;
-            }
             let a = &mut s.alert;
             match a.state {
                 AlertState::Pending if now.saturating_sub(s.last_ts) >= stale => {
@@ -513,6 +587,7 @@ impl Compiled {
                 }
             }
         });
+        self.tracked.fetch_sub(before - st.len(), Ordering::Relaxed);
     }
 }
 
@@ -550,7 +625,7 @@ mod tests {
     fn obs(e: &ThresholdEngine, zone: &str, ts: i64, v: f64) -> Vec<(Alert, Transition)> {
         let mut out = Vec::new();
         let pairs = [("__name__", "cpu"), ("agent", "a1"), ("zone", zone)];
-        e.observe("prod", pairs.iter().copied(), &[(ts, v)], &mut out);
+        e.observe("prod", &pairs, &[(ts, v)], &mut out);
         out
     }
 
@@ -572,7 +647,7 @@ mod tests {
         let mut o = Vec::new();
         e.observe(
             "staging",
-            [("__name__", "cpu"), ("zone", "eu-1")].into_iter(),
+            &[("__name__", "cpu"), ("zone", "eu-1")],
             &[(1, 99.0)],
             &mut o,
         );
@@ -613,6 +688,47 @@ mod tests {
             "between thresholds: still firing"
         );
         assert_eq!(obs(&e, "eu-1", 3, 79.0)[0].1, Transition::Resolved);
+    }
+
+    #[test]
+    fn indexed_rules_watch_only_their_series_and_state_is_restored() {
+        let e = ThresholdEngine::new();
+        let mut rules = Vec::new();
+        for i in 0..1000 {
+            let mut r = rule(&format!("r{i}"), "cpu", CmpOp::Gt, 90.0, 0);
+            r.matchers = vec![MatcherSpec {
+                name: "agent".into(),
+                op: "=".into(),
+                value: format!("a{i}"),
+            }];
+            r.labels.insert("team".into(), "db".into());
+            rules.push(("prod".to_string(), r));
+        }
+        e.load(rules.clone()).unwrap();
+        let mut out = Vec::new();
+        e.observe(
+            "prod",
+            &[("__name__", "cpu"), ("agent", "a7"), ("zone", "z")],
+            &[(1, 95.0)],
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.source, "threshold:r7");
+        assert_eq!(out[0].0.labels["team"], "db");
+        // After a restart the alert is found again by its series: a clearing sample resolves it.
+        let saved = out[0].0.clone();
+        let e2 = ThresholdEngine::new();
+        e2.load(rules).unwrap();
+        e2.restore(&[saved]);
+        let mut out = Vec::new();
+        e2.observe(
+            "prod",
+            &[("__name__", "cpu"), ("agent", "a7"), ("zone", "z")],
+            &[(2, 10.0)],
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, Transition::Resolved);
     }
 
     #[test]

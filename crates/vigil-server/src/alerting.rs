@@ -328,9 +328,12 @@ impl Alerting {
         }
         let env = batch.env().as_str();
         let mut out = Vec::new();
+        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
         for i in 0..batch.series_len() {
+            pairs.clear();
+            pairs.extend(batch.label_pairs(i));
             self.thresholds
-                .observe(env, batch.label_pairs(i), batch.samples_of(i), &mut out);
+                .observe(env, &pairs, batch.samples_of(i), &mut out);
         }
         if !out.is_empty() {
             self.queue.lock().extend(out);
@@ -1160,6 +1163,75 @@ impl Alerting {
             )
             .map_err(|e| e.to_string())?;
         self.thresholds.load(all)
+    }
+
+    /// Replaces every threshold rule of `env` at once (validated), persisted in one
+    /// transaction; alerts of rules that disappear resolve.
+    pub fn replace_thresholds(&self, env: &str, rules: Vec<ThresholdRule>) -> Result<(), String> {
+        let mut ids = std::collections::HashSet::new();
+        for r in &rules {
+            let errs = r.validate();
+            if !errs.is_empty() {
+                return Err(format!("threshold rule {:?}: {}", r.id, errs.join("; ")));
+            }
+            if !ids.insert(r.id.as_str()) {
+                return Err(format!("threshold rule id {:?} appears twice", r.id));
+            }
+        }
+        let current = self.thresholds.rules();
+        let gone: Vec<_> = current
+            .iter()
+            .filter(|c| c.env == env && !ids.contains(c.rule.id.as_str()))
+            .cloned()
+            .collect();
+        let mut all: Vec<(String, ThresholdRule)> = current
+            .iter()
+            .filter(|c| c.env != env)
+            .map(|c| (c.env.clone(), c.rule.clone()))
+            .collect();
+        let mut docs: Vec<DocOp> = gone
+            .iter()
+            .map(|c| DocOp::Delete {
+                kind: "threshold",
+                key: format!("{env}/{}", c.rule.id),
+            })
+            .collect();
+        for r in rules {
+            docs.push(DocOp::Put {
+                kind: "threshold",
+                key: format!("{env}/{}", r.id),
+                env: env.into(),
+                body: serde_json::to_string(&r).unwrap_or_default(),
+            });
+            all.push((env.to_string(), r));
+        }
+        self.meta
+            .apply_alert_tx(
+                &AlertTx {
+                    docs,
+                    ..Default::default()
+                },
+                self.clock.now_ms(),
+            )
+            .map_err(|e| e.to_string())?;
+        self.thresholds.load(all)?;
+        let now = self.clock.now_ms();
+        let mut q = self.queue.lock();
+        for c in gone {
+            for mut a in c.alerts() {
+                let was_firing = a.state == AlertState::Firing;
+                a.state = if was_firing {
+                    AlertState::Inactive
+                } else {
+                    AlertState::Pending
+                };
+                a.resolved_at = Some(now);
+                q.push((a, Transition::Resolved));
+            }
+        }
+        drop(q);
+        self.poke();
+        Ok(())
     }
 
     /// Deletes a threshold rule; its alerts resolve. `false` if unknown.

@@ -235,7 +235,10 @@ receivers:
     assert_eq!(n["version"], "4");
     assert_eq!(n["status"], "firing");
     assert_eq!(n["receiver"], "ops");
-    assert!(!n["externalURL"].as_str().unwrap().ends_with(":0"), "the bound address, not :0");
+    assert!(
+        !n["externalURL"].as_str().unwrap().ends_with(":0"),
+        "the bound address, not :0"
+    );
     let a = &n["alerts"][0];
     assert_eq!(a["labels"]["alertname"], "DiskFull");
     assert_eq!(a["labels"]["agent"], "a1");
@@ -1233,4 +1236,36 @@ fn rules_check_agrees_with_promtool() {
     }
     assert!(checked >= 12, "only {checked} fixtures");
     eprintln!("{checked} rule files: vigil rules check == promtool check rules");
+}
+
+#[test]
+fn thresholds_can_be_replaced_in_bulk_all_or_nothing() {
+    let s = Server::start(&[]);
+    let put = |body: &str| call(&s, "PUT", "/api/telemetry/admin/thresholds", &s.admin, None, body);
+    let many: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"id":"r{i}","name":"Hot","metric":"temp","matchers":[{{"name":"agent","value":"a{i}"}}],"op":">","value":80}}"#))
+        .collect();
+    let r = put(&format!(r#"{{"thresholds":[{}]}}"#, many.join(",")));
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["thresholds"], 500);
+    // One bad rule: nothing changes, and the error names it.
+    let r = put(r#"{"thresholds":[{"id":"ok","name":"A","metric":"m","op":">","value":1},{"name":"B","metric":"m","op":">","value":"high"}]}"#);
+    assert_eq!(r.status, 400);
+    let r = put(r#"{"thresholds":[{"id":"x","name":"A","metric":"m","op":">","value":1},{"id":"x","name":"B","metric":"m","op":">","value":2}]}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.error().1.contains("twice"), "{}", r.body_str());
+    let l = call(&s, "GET", "/api/telemetry/admin/thresholds", &s.admin, None, "").json();
+    assert_eq!(l["thresholds"].as_array().unwrap().len(), 500);
+    // Only the matching agent's rule fires.
+    send(&s, &s.admin, None, "temp{agent=\"a42\"} 90\ntemp{agent=\"zz\"} 99\n");
+    wait_for("one firing alert", 10, || {
+        let a = s.get("/api/v1/alerts", Some(&s.admin)).json();
+        a["data"]["alerts"].as_array().is_some_and(|v| v.len() == 1 && v[0]["labels"]["agent"] == "a42")
+    });
+    // Replacing with an empty list removes them all; the alert resolves.
+    assert_eq!(put(r#"{"thresholds":[]}"#).status, 200);
+    wait_for("no firing alert", 10, || {
+        let a = s.get("/api/v1/alerts", Some(&s.admin)).json();
+        a["data"]["alerts"].as_array().is_some_and(|v| v.is_empty())
+    });
 }

@@ -188,7 +188,10 @@ fn prometheus_api_answers_in_prometheus_shapes() {
         ("/api/v1/metadata", serde_json::json!({})),
         ("/api/v1/query_exemplars?query=up", serde_json::json!([])),
         // No rule files: no recording rules (the built-in health rules are alerting rules).
-        ("/api/v1/rules?type=record", serde_json::json!({"groups": []})),
+        (
+            "/api/v1/rules?type=record",
+            serde_json::json!({"groups": []}),
+        ),
         ("/api/v1/alerts", serde_json::json!({"alerts": []})),
     ] {
         let (st, j) = get_json(&s, path, &s.admin);

@@ -354,6 +354,54 @@ fn valid_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
+/// `PUT /api/telemetry/admin/thresholds`: replaces every threshold rule of the environment
+/// with `{"thresholds": [...]}` (ids assigned where absent), all or nothing.
+pub async fn replace_thresholds(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (_, env) = authorize(&state, &headers, Need::Operate)?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Bulk {
+        thresholds: Vec<ThresholdRule>,
+    }
+    let bytes = body_bytes(body).await?;
+    let mut b: Bulk = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_threshold",
+            format!("not a list of threshold rules: {e}"),
+        )
+    })?;
+    for (i, r) in b.thresholds.iter_mut().enumerate() {
+        if r.id.is_empty() {
+            r.id = new_id();
+        } else if !valid_id(&r.id) {
+            return Err(ApiError::bad_request(
+                "invalid_threshold",
+                format!("thresholds[{i}].id: 1–64 characters of A-Za-z0-9._-"),
+            ));
+        }
+        let errs = r.validate();
+        if !errs.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_threshold",
+                format!("thresholds[{i}]: {}", errs.join("; ")),
+            )
+            .with_details(json!({"index": i, "errors": errs})));
+        }
+    }
+    let n = b.thresholds.len();
+    let al = state.0.alerting.clone();
+    let e = env.as_str().to_string();
+    tokio::task::spawn_blocking(move || al.replace_thresholds(&e, b.thresholds))
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError::bad_request("invalid_threshold", e))?;
+    Ok(axum::Json(json!({"thresholds": n})).into_response())
+}
+
 /// `GET /api/telemetry/admin/thresholds/{id}`
 pub async fn get_threshold(
     State(state): State<AppState>,

@@ -306,6 +306,14 @@ const OPS: &[Op] = &[
         Some("application/json"),
     ),
     (
+        "put",
+        "/api/telemetry/admin/thresholds",
+        "Replace every threshold rule of the environment: {\"thresholds\": [...]}, all or nothing",
+        "operator, admin",
+        &[],
+        Some("application/json"),
+    ),
+    (
         "get",
         "/api/telemetry/admin/thresholds/{id}",
         "One threshold rule",

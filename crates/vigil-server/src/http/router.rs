@@ -67,7 +67,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/telemetry/admin/thresholds",
-            get(alerting::list_thresholds).post(alerting::create_threshold),
+            get(alerting::list_thresholds)
+                .post(alerting::create_threshold)
+                .put(alerting::replace_thresholds),
         )
         .route(
             "/api/telemetry/admin/thresholds/{id}",
