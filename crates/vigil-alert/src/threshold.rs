@@ -230,12 +230,15 @@ impl Compiled {
     }
 }
 
+/// Rules by the value of one label.
+type ByValue = HashMap<String, Vec<Arc<Compiled>>>;
+
 /// Rules of one metric: those with an equality matcher are found by (label, value) lookups,
 /// the rest are checked one by one.
 #[derive(Debug, Default)]
 struct MetricRules {
     generic: Vec<Arc<Compiled>>,
-    by_label: Vec<(String, HashMap<String, Vec<Arc<Compiled>>>)>,
+    by_label: Vec<(String, ByValue)>,
 }
 
 impl MetricRules {
