@@ -115,21 +115,24 @@ fn main() {
         let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
         let t = Instant::now();
         for (step, samples) in data.iter().enumerate() {
-            for s in samples {
-                pairs.clear();
-                pairs.extend(
-                    series[s.series as usize]
-                        .iter()
-                        .map(|(a, b)| (a.as_str(), b.as_str())),
-                );
-                // With `flip`, 1% of series alternate above/below an absurd value every step.
-                let v = if flip && s.series % 100 == 0 && step % 2 == 1 {
-                    f64::INFINITY
-                } else {
-                    s.value
-                };
-                engine.observe(env, &pairs, &[(s.ts_ms, v)], &mut out);
-            }
+            // One read lock per scrape round, as the ingest path takes one per batch.
+            engine.with_env(env, |rules| {
+                for s in samples {
+                    pairs.clear();
+                    pairs.extend(
+                        series[s.series as usize]
+                            .iter()
+                            .map(|(a, b)| (a.as_str(), b.as_str())),
+                    );
+                    // With `flip`, 1% of series alternate above/below an absurd value every step.
+                    let v = if flip && s.series % 100 == 0 && step % 2 == 1 {
+                        f64::INFINITY
+                    } else {
+                        s.value
+                    };
+                    rules.observe(&pairs, &[(s.ts_ms, v)], &mut out);
+                }
+            });
             changes += out.len();
             out.clear();
         }

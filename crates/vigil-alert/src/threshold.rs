@@ -276,6 +276,13 @@ type Index = HashMap<String, HashMap<String, MetricRules>>;
 #[derive(Debug, Default)]
 pub struct ThresholdEngine {
     index: RwLock<Index>,
+    count: AtomicUsize,
+}
+
+/// The rules of one environment, borrowed for a whole batch (one read lock per batch, not
+/// per series).
+pub struct EnvRules<'a> {
+    by_metric: Option<&'a HashMap<String, MetricRules>>,
 }
 
 fn hash_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
@@ -330,18 +337,19 @@ impl ThresholdEngine {
                 .or_default()
                 .add(c);
         }
+        let n = idx
+            .values()
+            .flat_map(|m| m.values())
+            .map(|r| r.all().count())
+            .sum();
         *self.index.write() = idx;
+        self.count.store(n, Ordering::Relaxed);
         Ok(())
     }
 
     /// Number of rules loaded.
     pub fn len(&self) -> usize {
-        self.index
-            .read()
-            .values()
-            .flat_map(|m| m.values())
-            .map(|r| r.all().count())
-            .sum()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Whether no rule is loaded.
@@ -360,15 +368,39 @@ impl ThresholdEngine {
 
     /// Evaluates one series' samples (ascending time) as they are ingested. `pairs` are the
     /// series' labels, `__name__` included. Changed alerts are appended to `out`.
-    pub fn observe<'a>(
+    pub fn observe(
         &self,
         env: &str,
-        pairs: &[(&'a str, &'a str)],
+        pairs: &[(&str, &str)],
         samples: &[(i64, f64)],
         out: &mut Vec<(Alert, Transition)>,
     ) {
+        self.with_env(env, |e| e.observe(pairs, samples, out));
+    }
+
+    /// Runs `f` with the rules of `env` under one read lock (for a whole batch).
+    pub fn with_env<R>(&self, env: &str, f: impl FnOnce(&EnvRules<'_>) -> R) -> R {
         let idx = self.index.read();
-        let Some(by_metric) = idx.get(env) else {
+        f(&EnvRules {
+            by_metric: idx.get(env),
+        })
+    }
+}
+
+impl EnvRules<'_> {
+    /// Whether the environment has no rules (the batch can be skipped).
+    pub fn is_empty(&self) -> bool {
+        self.by_metric.is_none()
+    }
+
+    /// Evaluates one series' samples; see [`ThresholdEngine::observe`].
+    pub fn observe(
+        &self,
+        pairs: &[(&str, &str)],
+        samples: &[(i64, f64)],
+        out: &mut Vec<(Alert, Transition)>,
+    ) {
+        let Some(by_metric) = self.by_metric else {
             return;
         };
         let Some(name) = pairs
@@ -403,7 +435,9 @@ impl ThresholdEngine {
             }
         }
     }
+}
 
+impl ThresholdEngine {
     /// Promotes pending alerts whose `for` has elapsed and resolves series that went silent.
     pub fn tick(&self, now: i64, out: &mut Vec<(Alert, Transition)>) {
         for c in self.rules() {

@@ -328,13 +328,17 @@ impl Alerting {
         }
         let env = batch.env().as_str();
         let mut out = Vec::new();
-        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
-        for i in 0..batch.series_len() {
-            pairs.clear();
-            pairs.extend(batch.label_pairs(i));
-            self.thresholds
-                .observe(env, &pairs, batch.samples_of(i), &mut out);
-        }
+        self.thresholds.with_env(env, |rules| {
+            if rules.is_empty() {
+                return;
+            }
+            let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(16);
+            for i in 0..batch.series_len() {
+                pairs.clear();
+                pairs.extend(batch.label_pairs(i));
+                rules.observe(&pairs, batch.samples_of(i), &mut out);
+            }
+        });
         if !out.is_empty() {
             self.queue.lock().extend(out);
             self.poke();
@@ -617,7 +621,8 @@ impl Alerting {
         let engine = state.0.engine.clone();
         let mut next_tick = 0i64;
         let mut next_reconcile = self.clock.now_ms() + 10_000;
-        let mut next_slo = self.clock.now_ms() + 60_000;
+        // The availability SLO is checked at the evaluation interval (it reads the state history).
+        let mut next_slo = self.clock.now_ms() + self.opts.evaluation_interval_ms;
         let mut next_series = 0i64;
         let mut next_file_check = 0i64;
         while !stop.load(Ordering::Relaxed) {
@@ -655,7 +660,7 @@ impl Alerting {
                 self.reconcile_health(&fleet, now);
             }
             if now >= next_slo {
-                next_slo = now + 60_000;
+                next_slo = now + self.opts.evaluation_interval_ms;
                 self.availability_slo(&fleet, now);
             }
             let db_now = state.0.db.get().cloned();

@@ -27,7 +27,11 @@ struct Hook {
 
 impl Hook {
     fn start(fail_first: usize, fail_status: u16) -> Hook {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, fail_first, fail_status)
+    }
+
+    fn start_on(port: u16, fail_first: usize, fail_status: u16) -> Hook {
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let got = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(Vec::new()));
@@ -118,12 +122,27 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 fn config(dir: &Path, notify: &str, extra: &str) -> String {
     let n = write(dir, "notify.yml", notify);
+    // `extra` lines go into [alerting] (overriding the defaults below) unless they open a table.
+    let mut keys = vec![
+        format!("notify_config = {n:?}"),
+        "evaluation_interval = \"1s\"".to_string(),
+        "delivery_backoff = \"100ms\"".to_string(),
+        "delivery_backoff_max = \"500ms\"".to_string(),
+        "delivery_max_attempts = 4".to_string(),
+    ];
+    let (own, tables) = match extra.find('[') {
+        Some(i) => (&extra[..i], &extra[i..]),
+        None => (extra, ""),
+    };
+    for line in own.lines().filter(|l| !l.trim().is_empty()) {
+        let key = line.split('=').next().unwrap_or("").trim().to_string();
+        keys.retain(|k| !k.starts_with(&format!("{key} ")));
+        keys.push(line.to_string());
+    }
     write(
         dir,
         "vigil.toml",
-        &format!(
-            "[alerting]\nnotify_config = {n:?}\nevaluation_interval = \"1s\"\ndelivery_backoff = \"100ms\"\ndelivery_backoff_max = \"500ms\"\ndelivery_max_attempts = 4\n{extra}\n"
-        ),
+        &format!("[alerting]\n{}\n{tables}\n", keys.join("\n")),
     )
 }
 
@@ -990,7 +1009,11 @@ fn agent_failure_becomes_an_alert() {
         "route:\n  receiver: ops\n  group_by: [alertname, agent]\n  group_wait: 0s\n  group_interval: 1s\nreceivers:\n  - name: ops\n    webhook_configs: [{{url: \"{}\"}}]\n",
         hook.url("/ops")
     );
-    let cfg = config(tmp.path(), &notify, "");
+    let cfg = config(
+        tmp.path(),
+        &notify,
+        "[alerting.health]\navailability_slo = 0.999\navailability_window = \"1h\"",
+    );
     let s = Server::start(&["--config", &cfg]);
     let beat = |seq: u64| {
         let body = format!(
@@ -1024,6 +1047,14 @@ fn agent_failure_becomes_an_alert() {
         "agent labels are alert labels (for routing)"
     );
     let r = s.get("/api/v1/rules", Some(&s.admin)).json();
+    // Its downtime takes the environment below the 99.9 % availability SLO.
+    wait_for("AvailabilityBelowSLO", 15, || {
+        let a = s.get("/api/v1/alerts", Some(&s.admin)).json();
+        a["data"]["alerts"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|x| x["labels"]["alertname"] == "AvailabilityBelowSLO")
+        })
+    });
     let health = r["data"]["groups"]
         .as_array()
         .unwrap()
@@ -1035,8 +1066,11 @@ fn agent_failure_becomes_an_alert() {
     // It comes back: resolved.
     beat(100);
     beat(101);
-    let n = hook.wait("/ops", 2, 15);
-    assert_eq!(n[1]["status"], "resolved");
+    wait_for("AgentFailed resolved", 15, || {
+        hook.on("/ops")
+            .iter()
+            .any(|n| n["status"] == "resolved" && n["commonLabels"]["alertname"] == "AgentFailed")
+    });
 }
 
 /// A minimal SMTP server: accepts one session at a time and keeps each message's data.
@@ -1241,7 +1275,16 @@ fn rules_check_agrees_with_promtool() {
 #[test]
 fn thresholds_can_be_replaced_in_bulk_all_or_nothing() {
     let s = Server::start(&[]);
-    let put = |body: &str| call(&s, "PUT", "/api/telemetry/admin/thresholds", &s.admin, None, body);
+    let put = |body: &str| {
+        call(
+            &s,
+            "PUT",
+            "/api/telemetry/admin/thresholds",
+            &s.admin,
+            None,
+            body,
+        )
+    };
     let many: Vec<String> = (0..500)
         .map(|i| format!(r#"{{"id":"r{i}","name":"Hot","metric":"temp","matchers":[{{"name":"agent","value":"a{i}"}}],"op":">","value":80}}"#))
         .collect();
@@ -1249,18 +1292,37 @@ fn thresholds_can_be_replaced_in_bulk_all_or_nothing() {
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(r.json()["thresholds"], 500);
     // One bad rule: nothing changes, and the error names it.
-    let r = put(r#"{"thresholds":[{"id":"ok","name":"A","metric":"m","op":">","value":1},{"name":"B","metric":"m","op":">","value":"high"}]}"#);
+    let r = put(
+        r#"{"thresholds":[{"id":"ok","name":"A","metric":"m","op":">","value":1},{"name":"B","metric":"m","op":">","value":"high"}]}"#,
+    );
     assert_eq!(r.status, 400);
-    let r = put(r#"{"thresholds":[{"id":"x","name":"A","metric":"m","op":">","value":1},{"id":"x","name":"B","metric":"m","op":">","value":2}]}"#);
+    let r = put(
+        r#"{"thresholds":[{"id":"x","name":"A","metric":"m","op":">","value":1},{"id":"x","name":"B","metric":"m","op":">","value":2}]}"#,
+    );
     assert_eq!(r.status, 400);
     assert!(r.error().1.contains("twice"), "{}", r.body_str());
-    let l = call(&s, "GET", "/api/telemetry/admin/thresholds", &s.admin, None, "").json();
+    let l = call(
+        &s,
+        "GET",
+        "/api/telemetry/admin/thresholds",
+        &s.admin,
+        None,
+        "",
+    )
+    .json();
     assert_eq!(l["thresholds"].as_array().unwrap().len(), 500);
     // Only the matching agent's rule fires.
-    send(&s, &s.admin, None, "temp{agent=\"a42\"} 90\ntemp{agent=\"zz\"} 99\n");
+    send(
+        &s,
+        &s.admin,
+        None,
+        "temp{agent=\"a42\"} 90\ntemp{agent=\"zz\"} 99\n",
+    );
     wait_for("one firing alert", 10, || {
         let a = s.get("/api/v1/alerts", Some(&s.admin)).json();
-        a["data"]["alerts"].as_array().is_some_and(|v| v.len() == 1 && v[0]["labels"]["agent"] == "a42")
+        a["data"]["alerts"]
+            .as_array()
+            .is_some_and(|v| v.len() == 1 && v[0]["labels"]["agent"] == "a42")
     });
     // Replacing with an empty list removes them all; the alert resolves.
     assert_eq!(put(r#"{"thresholds":[]}"#).status, 200);
@@ -1268,4 +1330,93 @@ fn thresholds_can_be_replaced_in_bulk_all_or_nothing() {
         let a = s.get("/api/v1/alerts", Some(&s.admin)).json();
         a["data"]["alerts"].as_array().is_some_and(|v| v.is_empty())
     });
+}
+
+#[test]
+fn a_crash_loses_no_notification() {
+    // The receiver is down when the alert fires; the server is killed (SIGKILL) while the
+    // notification waits for its next retry; after a restart it is delivered.
+    let port = common::free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let notify = format!(
+        "route:\n  receiver: ops\n  group_wait: 0s\nreceivers:\n  - name: ops\n    webhook_configs: [{{url: \"http://127.0.0.1:{port}/ops\"}}]\n"
+    );
+    let cfg = config(tmp.path(), &notify, "delivery_max_attempts = 100");
+    let dir = tmp.path().join("data");
+    let mut s = Server::start_in(&dir, &["--config", &cfg]);
+    threshold(&s, r#"{"name":"Lost","metric":"m","op":">","value":1}"#);
+    send(&s, &s.admin, None, "m{agent=\"a\"} 5\n");
+    wait_for("a failed attempt", 10, || {
+        let l = call(
+            &s,
+            "GET",
+            "/api/telemetry/admin/notifications?state=pending",
+            &s.admin,
+            None,
+            "",
+        )
+        .json();
+        l["notifications"][0]["attempts"]
+            .as_i64()
+            .is_some_and(|a| a >= 1)
+    });
+    s.signal("KILL");
+    let _ = s.wait_exit();
+    let hook = Hook::start_on(port, 0, 200);
+    let s = Server::start_in(&dir, &["--config", &cfg]);
+    let got = hook.wait("/ops", 1, 15);
+    assert_eq!(got[0]["alerts"][0]["labels"]["alertname"], "Lost");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        hook.on("/ops").len(),
+        1,
+        "delivered once, not re-notified after the restart"
+    );
+    let l = call(
+        &s,
+        "GET",
+        "/api/telemetry/admin/notifications",
+        &s.admin,
+        None,
+        "",
+    )
+    .json();
+    assert_eq!(l["notifications"][0]["state"], "delivered");
+}
+
+#[test]
+fn slack_messages_use_the_incoming_webhook_format() {
+    let hook = Hook::start(0, 200);
+    let tmp = tempfile::tempdir().unwrap();
+    let notify = format!(
+        r##"
+global:
+  slack_api_url: "{}"
+route:
+  receiver: chat
+  group_wait: 0s
+receivers:
+  - name: chat
+    slack_configs:
+      - channel: "#alerts"
+        username: vigil
+        send_resolved: true
+        title: '{{{{ .Status | toUpper }}}}: {{{{ .CommonLabels.alertname }}}}'
+        text: '{{{{ range .Alerts }}}}{{{{ .Annotations.summary }}}} {{{{ end }}}}'
+"##,
+        hook.url("/slack")
+    );
+    let cfg = config(tmp.path(), &notify, "");
+    let s = Server::start(&["--config", &cfg]);
+    threshold(
+        &s,
+        r#"{"name":"Errors","metric":"errors_total","op":">","value":10,"annotations":{"summary":"{{ $labels.svc }} has {{ $value }} errors"}}"#,
+    );
+    send(&s, &s.admin, None, "errors_total{svc=\"cart\"} 12\n");
+    let m = hook.wait("/slack", 1, 10);
+    assert_eq!(m[0]["channel"], "#alerts");
+    assert_eq!(m[0]["username"], "vigil");
+    assert_eq!(m[0]["attachments"][0]["title"], "FIRING: Errors");
+    assert_eq!(m[0]["attachments"][0]["text"], "cart has 12 errors ");
+    assert_eq!(m[0]["attachments"][0]["color"], "danger");
 }
