@@ -224,6 +224,27 @@ pub struct EmailConfig {
     /// Notify resolutions too (Alertmanager default: false).
     #[serde(default)]
     pub send_resolved: bool,
+    /// TLS settings for STARTTLS and implicit TLS.
+    #[serde(default)]
+    pub tls_config: Option<TlsConfig>,
+    /// Vigil: speak TLS from the first byte (default: only on port 465).
+    #[serde(default)]
+    pub implicit_tls: Option<bool>,
+}
+
+/// Alertmanager's `tls_config` (the parts that apply to an SMTP client).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (PEM) to trust in addition to the public roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Name to verify instead of the smarthost's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Accept any certificate (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// Vigil's `alertmanager_configs` entry: forward to an Alertmanager's API v2.
@@ -509,6 +530,14 @@ impl NotifyConfig {
                 }
                 if e.from.is_none() && self.global.smtp_from.is_none() {
                     return Err(format!("receiver {:?}: no global SMTP from set", r.name));
+                }
+                if let Some(ca) = e.tls_config.as_ref().and_then(|t| t.ca_file.as_ref())
+                    && std::fs::metadata(ca).is_err()
+                {
+                    return Err(format!(
+                        "receiver {:?}: tls_config ca_file {ca:?} cannot be read",
+                        r.name
+                    ));
                 }
             }
             for a in &r.alertmanager_configs {

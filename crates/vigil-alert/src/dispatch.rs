@@ -938,6 +938,33 @@ inhibit_rules:
     }
 
     #[test]
+    fn last_level_repeats_until_acknowledged() {
+        let y = BASE.replace(
+            "      - {delay: 10m, receivers: [cto]}",
+            "      - {delay: 10m, receivers: [cto]}\n    repeat_last_level: 2m",
+        );
+        let mut d = cfg(&y);
+        let a = alert("DiskFull", "eu", "critical", 0);
+        d.upsert(&a, 0);
+        let mut cto = Vec::new();
+        let mut t = 0;
+        let mut acked = false;
+        while t <= 1_500_000 {
+            if t >= 1_300_000 && !acked {
+                acked = d.ack(a.fingerprint, "ana", t);
+            }
+            for n in d.flush_due(t) {
+                if n.receiver == "cto" {
+                    cto.push(t);
+                }
+            }
+            t = d.next_due().unwrap_or(t + 1).max(t + 1).min(t + 60_000);
+        }
+        // Level 2 at 15 min, then every 2 min until the acknowledgement (~21:40).
+        assert_eq!(cto, vec![900_000, 1_020_000, 1_140_000, 1_260_000]);
+    }
+
+    #[test]
     fn silences_and_inhibition_mute() {
         let mut d = cfg(BASE);
         let failed = alert("AgentFailed", "eu", "warning", 0);

@@ -938,6 +938,10 @@ impl Alerting {
                     "username": e.auth_username.clone().or_else(|| g.smtp_auth_username.clone()),
                     "password": e.auth_password.clone().or_else(|| g.smtp_auth_password.clone()),
                     "require_tls": e.require_tls.or(g.smtp_require_tls).unwrap_or(true),
+                    "implicit_tls": e.implicit_tls,
+                    "ca_file": e.tls_config.as_ref().and_then(|t| t.ca_file.clone()),
+                    "server_name": e.tls_config.as_ref().and_then(|t| t.server_name.clone()),
+                    "insecure_skip_verify": e.tls_config.as_ref().is_some_and(|t| t.insecure_skip_verify),
                     "subject": subject,
                     "text": text,
                     "html": html,
@@ -1684,12 +1688,25 @@ async fn send_email(req: &serde_json::Value, timeout: Duration) -> Result<(), Se
         ),
     }
     .map_err(|e| SendError::Permanent(format!("cannot build the e-mail: {e}")))?;
-    let tls_params = || {
-        TlsParameters::new(host.clone())
+    let tls_params = || -> Result<TlsParameters, SendError> {
+        let name = s("server_name").unwrap_or_else(|| host.clone());
+        let mut b = TlsParameters::builder(name);
+        if let Some(ca) = s("ca_file") {
+            let pem = std::fs::read(&ca)
+                .map_err(|e| SendError::Retry(format!("read ca_file {ca}: {e}")))?;
+            let cert = lettre::transport::smtp::client::Certificate::from_pem(&pem)
+                .map_err(|e| SendError::Permanent(format!("ca_file {ca}: {e}")))?;
+            b = b.add_root_certificate(cert);
+        }
+        if req["insecure_skip_verify"].as_bool() == Some(true) {
+            b = b.dangerous_accept_invalid_certs(true);
+        }
+        b.build_rustls()
             .map_err(|e| SendError::Permanent(format!("TLS parameters: {e}")))
     };
     let require_tls = req["require_tls"].as_bool().unwrap_or(true);
-    let tls = if port == 465 {
+    let implicit = req["implicit_tls"].as_bool().unwrap_or(port == 465);
+    let tls = if implicit {
         Tls::Wrapper(tls_params()?)
     } else if require_tls {
         Tls::Required(tls_params()?)

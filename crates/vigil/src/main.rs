@@ -81,10 +81,10 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "VIGIL_LOG_FORMAT", default_value = "text")]
     log_format: String,
-    /// Prometheus rule file to evaluate (repeatable; adds to [alerting].rule_files).
+    /// Prometheus rule file to evaluate (repeatable; adds to `[alerting] rule_files`).
     #[arg(long = "rules")]
     rules: Vec<PathBuf>,
-    /// Alertmanager-format routing file (replaces [alerting].notify_config).
+    /// Alertmanager-format routing file (replaces `[alerting] notify_config`).
     #[arg(long, env = "VIGIL_NOTIFY_CONFIG")]
     notify_config: Option<PathBuf>,
 }

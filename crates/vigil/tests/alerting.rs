@@ -1420,3 +1420,146 @@ receivers:
     assert_eq!(m[0]["attachments"][0]["text"], "cart has 12 errors ");
     assert_eq!(m[0]["attachments"][0]["color"], "danger");
 }
+
+/// E-mail over STARTTLS and over implicit TLS (rustls), to a Python SMTP sink that refuses
+/// MAIL before STARTTLS; the sink's self-signed certificate is trusted through `tls_config`.
+#[test]
+fn email_over_starttls_and_implicit_tls() {
+    common::require("openssl");
+    common::require("python3");
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sink = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_tls_sink.py");
+    let mut sinks = Vec::new();
+    let mut ports = Vec::new();
+    for mode in ["starttls", "tls"] {
+        let port_file = tmp.path().join(format!("{mode}.port"));
+        let child = Command::new("python3")
+            .arg(&sink)
+            .args([
+                mode,
+                port_file.to_str().unwrap(),
+                cert.to_str().unwrap(),
+                key.to_str().unwrap(),
+            ])
+            .arg(tmp.path().join(format!("{mode}.mail")))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        sinks.push(child);
+        wait_for("the SMTP sink", 10, || port_file.exists());
+        ports.push(
+            std::fs::read_to_string(&port_file)
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+    }
+    let notify = format!(
+        r#"
+global:
+  smtp_from: vigil@example.org
+route:
+  receiver: mail
+  group_wait: 0s
+receivers:
+  - name: mail
+    email_configs:
+      - to: starttls@example.org
+        smarthost: localhost:{}
+        tls_config: {{ca_file: "{ca}"}}
+      - to: tls@example.org
+        smarthost: localhost:{}
+        implicit_tls: true
+        tls_config: {{ca_file: "{ca}"}}
+      - to: untrusted@example.org
+        smarthost: localhost:{}
+"#,
+        ports[0],
+        ports[1],
+        ports[0],
+        ca = cert.display()
+    );
+    let cfg = config(tmp.path(), &notify, "delivery_max_attempts = 1");
+    let s = Server::start(&["--config", &cfg]);
+    threshold(&s, r#"{"name":"Secure","metric":"m","op":">","value":1}"#);
+    send(&s, &s.admin, None, "m 5\n");
+    let read = |mode: &str| {
+        std::fs::read_to_string(tmp.path().join(format!("{mode}.mail"))).unwrap_or_default()
+    };
+    wait_for("both e-mails", 15, || {
+        !read("starttls").is_empty() && !read("tls").is_empty()
+    });
+    for mode in ["starttls", "tls"] {
+        let m = read(mode);
+        assert!(m.starts_with("TLS: TLSv1.3"), "{mode}: {m}");
+        assert!(
+            m.contains(&format!("To: {mode}@example.org")),
+            "{mode}: {m}"
+        );
+        assert!(m.contains("Subject: [FIRING:1] Secure"), "{mode}: {m}");
+    }
+    // Without the CA the certificate is not trusted: nothing is sent in clear, the
+    // notification is dead-lettered with the reason.
+    assert!(!read("starttls").contains("untrusted@"));
+    wait_for("the untrusted delivery to fail", 15, || {
+        let l = call(
+            &s,
+            "GET",
+            "/api/telemetry/admin/notifications?state=dead",
+            &s.admin,
+            None,
+            "",
+        )
+        .json();
+        l["notifications"].as_array().is_some_and(|v| v.len() == 1)
+    });
+    let l = call(
+        &s,
+        "GET",
+        "/api/telemetry/admin/notifications?state=dead",
+        &s.admin,
+        None,
+        "",
+    )
+    .json();
+    assert_eq!(l["notifications"][0]["target"], "untrusted@example.org");
+    let err = l["notifications"][0]["lastError"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(err.contains("certificate") || err.contains("tls"), "{err}");
+    for mut c in sinks {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
