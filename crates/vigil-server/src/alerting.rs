@@ -41,8 +41,27 @@ pub struct AlertStats {
     pub deliveries: Mutex<BTreeMap<(String, String, &'static str), u64>>,
     /// Firing transitions by alertname.
     pub fired: Mutex<BTreeMap<String, u64>>,
+    /// Per alertname: (resolutions, sum of firing durations in s, acknowledgements, sum of
+    /// times to acknowledge in s, state changes).
+    pub per_rule: Mutex<BTreeMap<String, RuleTally>>,
     /// Notifications queued.
     pub queued: AtomicU64,
+}
+
+/// Counters of one alertname for `/metrics` (MTTA = ack_seconds / acks, MTTR likewise,
+/// flapping = rate of `changes`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RuleTally {
+    /// Resolutions of firing alerts.
+    pub resolved: u64,
+    /// Sum of firing → resolved durations (s).
+    pub resolve_seconds: f64,
+    /// Acknowledgements.
+    pub acks: u64,
+    /// Sum of firing → acknowledged durations (s).
+    pub ack_seconds: f64,
+    /// Firing and resolved transitions.
+    pub changes: u64,
 }
 
 /// An API-loaded rule file.
@@ -764,9 +783,23 @@ impl Alerting {
                             .lock()
                             .entry(a.labels.get("alertname").cloned().unwrap_or_default())
                             .or_default() += 1;
+                        self.stats
+                            .per_rule
+                            .lock()
+                            .entry(a.labels.get("alertname").cloned().unwrap_or_default())
+                            .or_default()
+                            .changes += 1;
                     }
                     Transition::Resolved if a.fired_at.is_some() => {
-                        tx.history.push(history(&a, "resolved", now, None))
+                        tx.history.push(history(&a, "resolved", now, None));
+                        let mut pr = self.stats.per_rule.lock();
+                        let t = pr
+                            .entry(a.labels.get("alertname").cloned().unwrap_or_default())
+                            .or_default();
+                        t.resolved += 1;
+                        t.changes += 1;
+                        t.resolve_seconds +=
+                            (now - a.fired_at.unwrap_or(now)).max(0) as f64 / 1000.0;
                     }
                     _ => {}
                 }
@@ -1062,6 +1095,14 @@ impl Alerting {
         drop(d);
         tx.history
             .push(history(&a, "acknowledged", now, Some(by.to_string())));
+        {
+            let mut pr = self.stats.per_rule.lock();
+            let t = pr
+                .entry(a.labels.get("alertname").cloned().unwrap_or_default())
+                .or_default();
+            t.acks += 1;
+            t.ack_seconds += (now - a.fired_at.unwrap_or(now)).max(0) as f64 / 1000.0;
+        }
         self.meta
             .apply_alert_tx(&tx, now)
             .map_err(|e| e.to_string())?;
@@ -1409,6 +1450,40 @@ impl Alerting {
                 "vigil_alerts_fired_total{{alertname=\"{}\"}} {c}",
                 n.replace('\\', "\\\\").replace('"', "\\\"")
             );
+        }
+        let esc = |n: &str| n.replace('\\', "\\\\").replace('"', "\\\"");
+        let pr = self.stats.per_rule.lock().clone();
+        for (name, help, f) in [
+            (
+                "vigil_alert_resolutions_total",
+                "Firing alerts that resolved, by alertname.",
+                (|t: &RuleTally| t.resolved as f64) as fn(&RuleTally) -> f64,
+            ),
+            (
+                "vigil_alert_resolve_seconds_total",
+                "Sum of firing-to-resolved times, by alertname (MTTR = this / vigil_alert_resolutions_total).",
+                |t| t.resolve_seconds,
+            ),
+            (
+                "vigil_alert_acknowledgements_total",
+                "Acknowledged alerts, by alertname.",
+                |t| t.acks as f64,
+            ),
+            (
+                "vigil_alert_acknowledge_seconds_total",
+                "Sum of firing-to-acknowledged times, by alertname (MTTA = this / vigil_alert_acknowledgements_total).",
+                |t| t.ack_seconds,
+            ),
+            (
+                "vigil_alert_state_changes_total",
+                "Firing and resolved transitions, by alertname (flapping: its rate).",
+                |t| t.changes as f64,
+            ),
+        ] {
+            let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} counter\n");
+            for (n, t) in &pr {
+                let _ = writeln!(o, "{name}{{alertname=\"{}\"}} {}", esc(n), f(t));
+            }
         }
         o.push_str("# HELP vigil_notifications_total Notification attempts by receiver, channel and outcome.\n# TYPE vigil_notifications_total counter\n");
         for ((r, c, out), n) in self.stats.deliveries.lock().iter() {
