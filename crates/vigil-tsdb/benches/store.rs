@@ -216,23 +216,37 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     (code, resp)
 }
 
-fn prom_line(out: &mut Vec<u8>, l: &Labels, ts: i64, v: f64) {
-    out.extend_from_slice(l.metric_name().unwrap_or("x").as_bytes());
-    out.push(b'{');
-    let mut first = true;
-    for lab in l.iter().filter(|x| x.name != "__name__") {
-        if !first {
+/// One series in VictoriaMetrics' JSON-line import format.
+fn vm_json_line(out: &mut Vec<u8>, l: &Labels, samples: &[(i64, f64)]) {
+    out.extend_from_slice(b"{\"metric\":{");
+    for (i, lab) in l.iter().enumerate() {
+        if i > 0 {
             out.push(b',');
         }
-        first = false;
-        write!(out, "{}=\"{}\"", lab.name, lab.value).unwrap();
+        write!(out, "{:?}:{:?}", lab.name.as_str(), lab.value.as_str()).unwrap();
     }
-    writeln!(out, "}} {v} {ts}").unwrap();
+    out.extend_from_slice(b"},\"values\":[");
+    for (i, (_, v)) in samples.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write!(out, "{v}").unwrap();
+    }
+    out.extend_from_slice(b"],\"timestamps\":[");
+    for (i, (t, _)) in samples.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write!(out, "{t}").unwrap();
+    }
+    out.extend_from_slice(b"]}\n");
 }
 
 /// Loads `steps` scrape rounds series-major: `chunk` rounds are generated, then written as
 /// batches of 25,000 series carrying `chunk` samples each (as a sender that buffers does);
-/// `after` runs after each chunk with the chunk's newest timestamp. Returns samples written.
+/// `after` runs after each chunk with the chunk's newest timestamp. With `vm`, the same
+/// samples also go to VictoriaMetrics' JSON-line import (`/api/v1/import`), series-major too.
+/// Returns samples written.
 #[allow(clippy::too_many_arguments)]
 fn load_series_major(
     db: &Db,
@@ -241,6 +255,7 @@ fn load_series_major(
     chunk: usize,
     env: &EnvId,
     lim: &LabelLimits,
+    vm: Option<&str>,
     mut after: impl FnMut(i64),
 ) -> u64 {
     let n = fleet.series().len();
@@ -269,6 +284,22 @@ fn load_series_major(
             let out = db.write(&batch).unwrap();
             assert_eq!(out.accepted, batch.samples_len());
             total += batch.samples_len() as u64;
+            if let Some(addr) = vm {
+                let hi = (lo + 25_000).min(n);
+                for sub in (lo..hi).step_by(2_500) {
+                    let mut body = Vec::with_capacity(16 << 20);
+                    let end = (sub + 2_500).min(hi);
+                    for (l, samples) in fleet.series()[sub..end].iter().zip(&per[sub..end]) {
+                        vm_json_line(&mut body, l, samples);
+                    }
+                    let (code, resp) = http(addr, "POST", "/api/v1/import", &body);
+                    assert!(
+                        code / 100 == 2,
+                        "VM import failed: {}",
+                        String::from_utf8_lossy(&resp)
+                    );
+                }
+            }
         }
         done += k;
         after(newest);
@@ -292,7 +323,6 @@ fn bench_size(rows: &mut Vec<Row>) {
     let clock = ManualClock::new(start);
     let db = Db::open(dir.path(), opts(&clock, SyncPolicy::Never)).unwrap();
     let mut fleet = Fleet::new(spec.clone());
-    let mut step = Vec::new();
     let vm = std::env::var("VIGIL_BENCH_VM").ok();
     let mut vm_proc = None;
     let vm_dir = tempfile::tempdir().unwrap();
@@ -319,55 +349,21 @@ fn bench_size(rows: &mut Vec<Row>) {
         }
     }
     let t = Instant::now();
-    let total = if vm.is_none() {
-        // Series-major loading: same data and store path, several samples per series per batch.
-        load_series_major(&db, &mut fleet, steps as usize, 360, &env, &lim, |newest| {
+    // Series-major loading: same data and store path, several samples per series per batch
+    // (and, with VictoriaMetrics, the same samples to it in the same order).
+    let total = load_series_major(
+        &db,
+        &mut fleet,
+        steps as usize,
+        360,
+        &env,
+        &lim,
+        vm.as_ref().map(|_| vm_addr),
+        |newest| {
             clock.set(newest);
             db.maintain().unwrap();
-        })
-    } else {
-        let mut text = Vec::new();
-        let mut total = 0u64;
-        let mut batch = WriteBatch::new(env.clone());
-        for i in 0..steps {
-            step.clear();
-            fleet.next_step(&mut step);
-            batch.clear(env.clone());
-            for s in &step {
-                batch
-                    .add_series(
-                        &fleet.series()[s.series as usize],
-                        &[(s.ts_ms, s.value)],
-                        &lim,
-                    )
-                    .unwrap();
-                if vm.is_some() {
-                    prom_line(
-                        &mut text,
-                        &fleet.series()[s.series as usize],
-                        s.ts_ms,
-                        s.value,
-                    );
-                }
-            }
-            total += step.len() as u64;
-            db.write(&batch).unwrap();
-            if vm.is_some() && (text.len() > 32 << 20 || i == steps - 1) {
-                let (code, resp) = http(vm_addr, "POST", "/api/v1/import/prometheus", &text);
-                assert!(
-                    code / 100 == 2,
-                    "VM import failed: {}",
-                    String::from_utf8_lossy(&resp)
-                );
-                text.clear();
-            }
-            if i % 360 == 0 {
-                clock.set(step[0].ts_ms);
-                db.maintain().unwrap();
-            }
-        }
-        total
-    };
+        },
+    );
     let ingest = t.elapsed();
     clock.set(start + 3 * DAY);
     db.maintain().unwrap();
@@ -582,7 +578,7 @@ fn bench_reads_and_replay(rows: &mut Vec<Row>) {
     let dir2 = tempfile::tempdir().unwrap();
     {
         let db = Db::open(dir.path(), opts(&clock, SyncPolicy::Never)).unwrap();
-        load_series_major(&db, &mut fleet, steps, 60, &env, &lim, |_| {});
+        load_series_major(&db, &mut fleet, steps, 60, &env, &lim, None, |_| {});
         // 1,000 series × 1 h from the head.
         let q = db.querier("prod", spec.start_ms + HOUR, spec.start_ms + 2 * HOUR);
         let m = [
