@@ -283,26 +283,17 @@ impl Alerting {
             }
         }
         // Alerts of rules that disappeared resolve.
-        let now = self.clock.now_ms();
-        let mut q = self.queue.lock();
+        let mut orphans = Vec::new();
         for o in old.iter_mut() {
             for r in &mut o.rules {
                 if let vigil_alert::rules::Rule::Alerting(ar) = r {
-                    for (_, mut a) in ar.active.drain() {
-                        if a.state == AlertState::Firing {
-                            a.state = AlertState::Inactive;
-                            a.resolved_at = Some(now);
-                            q.push((a, Transition::Resolved));
-                        } else if a.state == AlertState::Pending {
-                            q.push((a, Transition::Resolved));
-                        }
-                    }
+                    orphans.extend(ar.active.drain().map(|(_, a)| a));
                 }
             }
         }
         *old = fresh;
-        drop(q);
-        self.poke();
+        drop(old);
+        self.resolve_orphans(orphans);
         Ok(())
     }
 
@@ -1265,23 +1256,27 @@ impl Alerting {
             )
             .map_err(|e| e.to_string())?;
         self.thresholds.load(all)?;
+        self.resolve_orphans(gone.iter().flat_map(|c| c.alerts()));
+        Ok(())
+    }
+
+    /// Queues the resolution of alerts whose rule is gone (pending ones are forgotten).
+    fn resolve_orphans(&self, alerts: impl IntoIterator<Item = Alert>) {
         let now = self.clock.now_ms();
         let mut q = self.queue.lock();
-        for c in gone {
-            for mut a in c.alerts() {
-                let was_firing = a.state == AlertState::Firing;
-                a.state = if was_firing {
-                    AlertState::Inactive
-                } else {
-                    AlertState::Pending
-                };
-                a.resolved_at = Some(now);
-                q.push((a, Transition::Resolved));
+        for mut a in alerts {
+            match a.state {
+                AlertState::Firing => {
+                    a.state = AlertState::Inactive;
+                    a.resolved_at = Some(now);
+                    q.push((a, Transition::Resolved));
+                }
+                AlertState::Pending => q.push((a, Transition::Resolved)),
+                AlertState::Inactive => {}
             }
         }
         drop(q);
         self.poke();
-        Ok(())
     }
 
     /// Deletes a threshold rule; its alerts resolve. `false` if unknown.
@@ -1312,20 +1307,7 @@ impl Alerting {
             )
             .map_err(|e| e.to_string())?;
         self.thresholds.load(all)?;
-        let now = self.clock.now_ms();
-        let mut q = self.queue.lock();
-        for mut a in gone.alerts() {
-            let was_firing = a.state == AlertState::Firing;
-            a.state = if was_firing {
-                AlertState::Inactive
-            } else {
-                AlertState::Pending
-            };
-            a.resolved_at = Some(now);
-            q.push((a, Transition::Resolved));
-        }
-        drop(q);
-        self.poke();
+        self.resolve_orphans(gone.alerts());
         Ok(true)
     }
 

@@ -3,8 +3,16 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde_json::{Value, json};
+
+pub use crate::client::Conn;
+
+/// JSON calls to the admin API.
+trait ConnCall {
+    /// `method path` with an optional JSON body; the JSON answer, or the API's error message.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value>;
+}
 
 /// Rule files.
 #[derive(Subcommand, Debug)]
@@ -17,47 +25,7 @@ pub enum RulesCmd {
     },
 }
 
-/// Where and as whom to call a running server.
-#[derive(Args, Debug, Clone)]
-pub struct Conn {
-    /// Server base URL.
-    #[arg(long, env = "VIGIL_URL", default_value = "http://127.0.0.1:9700")]
-    pub url: String,
-    /// Bearer token (else --token-file, else DATA_DIR/admin.token).
-    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// File holding the token.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    /// Data directory whose admin.token is used when no token is given.
-    #[arg(long, env = "VIGIL_DATA_DIR", default_value = "./vigil-data")]
-    pub data_dir: PathBuf,
-    /// Environment (sent as X-Scope-OrgID).
-    #[arg(long)]
-    pub env: Option<String>,
-}
-
-impl Conn {
-    fn headers(&self) -> Result<Vec<(&'static str, String)>> {
-        let mut h = Vec::new();
-        let tok = match &self.token {
-            Some(t) => Some(t.trim().to_string()),
-            None => match crate::client::read_token(self.token_file.as_deref())? {
-                Some(t) => Some(t),
-                None => std::fs::read_to_string(self.data_dir.join("admin.token"))
-                    .ok()
-                    .map(|t| t.trim().to_string()),
-            },
-        };
-        if let Some(t) = tok {
-            h.push(("Authorization", format!("Bearer {t}")));
-        }
-        if let Some(e) = &self.env {
-            h.push(("X-Scope-OrgID", e.clone()));
-        }
-        Ok(h)
-    }
-
+impl ConnCall for Conn {
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let b = body.map(|v| v.to_string()).unwrap_or_default();
         let r = crate::client::request(

@@ -1,7 +1,5 @@
 //! `vigil query '<expr>'`: runs PromQL against a running server and prints a table or JSON.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::Value;
@@ -13,21 +11,8 @@ use crate::client;
 pub struct QueryArgs {
     /// The PromQL expression.
     pub expr: String,
-    /// Server base URL.
-    #[arg(long, env = "VIGIL_URL", default_value = "http://127.0.0.1:9700")]
-    pub url: String,
-    /// Bearer token (else --token-file, else DATA_DIR/admin.token).
-    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// File holding the token.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    /// Data directory whose admin.token is used when no token is given.
-    #[arg(long, env = "VIGIL_DATA_DIR", default_value = "./vigil-data")]
-    pub data_dir: PathBuf,
-    /// Environment (sent as X-Scope-OrgID).
-    #[arg(long)]
-    pub env: Option<String>,
+    #[command(flatten)]
+    pub conn: crate::client::Conn,
     /// Evaluation time (Unix seconds or RFC 3339) [default: now].
     #[arg(long)]
     pub time: Option<String>,
@@ -84,19 +69,6 @@ fn rfc3339(ms: i64) -> String {
     } else {
         format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{frac:03}Z")
     }
-}
-
-fn token(a: &QueryArgs) -> Result<Option<String>> {
-    if let Some(t) = &a.token {
-        return Ok(Some(t.trim().to_string()));
-    }
-    if let Some(t) = crate::client::read_token(a.token_file.as_deref())? {
-        return Ok(Some(t));
-    }
-    let f = a.data_dir.join("admin.token");
-    Ok(std::fs::read_to_string(&f)
-        .ok()
-        .map(|t| t.trim().to_string()))
 }
 
 fn labels_str(m: &Value) -> String {
@@ -166,13 +138,7 @@ fn print_table(data: &Value) -> Result<()> {
 
 /// Runs `vigil query`.
 pub fn run(a: QueryArgs) -> Result<()> {
-    let mut headers: Vec<(&str, String)> = Vec::new();
-    if let Some(t) = token(&a)? {
-        headers.push(("Authorization", format!("Bearer {t}")));
-    }
-    if let Some(e) = &a.env {
-        headers.push(("X-Scope-OrgID", e.clone()));
-    }
+    let headers = a.conn.headers()?;
     let ranged = a.range.is_some() || a.start.is_some();
     let (path, form) = if ranged {
         let end = match &a.end {
@@ -212,7 +178,7 @@ pub fn run(a: QueryArgs) -> Result<()> {
         }
         ("/api/v1/query", f)
     };
-    let resp = client::post_form(&a.url, path, &form, &headers)?;
+    let resp = client::post_form(&a.conn.url, path, &form, &headers)?;
     let body: Value = serde_json::from_slice(&resp.body).with_context(|| {
         format!(
             "HTTP {}: not JSON: {}",

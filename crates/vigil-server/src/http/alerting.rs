@@ -33,6 +33,15 @@ fn not_found(what: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
 }
 
+/// 204 when something was deleted, else 404 naming it.
+fn deleted(found: bool, what: impl FnOnce() -> String) -> Result<Response, ApiError> {
+    if found {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found(what()))
+    }
+}
+
 async fn body_bytes(body: Body) -> Result<axum::body::Bytes, ApiError> {
     axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
@@ -456,18 +465,14 @@ pub async fn delete_threshold(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (_, env) = authorize(&state, &headers, Need::Operate)?;
-    if state
+    let found = state
         .0
         .alerting
         .delete_threshold(env.as_str(), &id)
-        .map_err(internal)?
-    {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(not_found(format!(
-            "no threshold rule {id:?} in environment {env}"
-        )))
-    }
+        .map_err(internal)?;
+    deleted(found, || {
+        format!("no threshold rule {id:?} in environment {env}")
+    })
 }
 
 // ---------------------------------------------------------------------- rule namespaces
@@ -532,18 +537,14 @@ pub async fn delete_namespace(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let (_, env) = authorize(&state, &headers, Need::Admin)?;
-    if state
+    let found = state
         .0
         .alerting
         .delete_namespace(env.as_str(), &name)
-        .map_err(internal)?
-    {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(not_found(format!(
-            "no rule namespace {name:?} in environment {env}"
-        )))
-    }
+        .map_err(internal)?;
+    deleted(found, || {
+        format!("no rule namespace {name:?} in environment {env}")
+    })
 }
 
 // ---------------------------------------------------------------------- silences
@@ -686,16 +687,12 @@ pub async fn expire_silence(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (_, env) = authorize(&state, &headers, Need::Operate)?;
-    if state
+    let found = state
         .0
         .alerting
         .expire_silence(env.as_str(), &id)
-        .map_err(internal)?
-    {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(not_found(format!("no silence {id:?} in environment {env}")))
-    }
+        .map_err(internal)?;
+    deleted(found, || format!("no silence {id:?} in environment {env}"))
 }
 
 // ---------------------------------------------------------------------- alerts
