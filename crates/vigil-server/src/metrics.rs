@@ -21,11 +21,17 @@ struct Hist {
     count: u64,
 }
 
+/// Everything recorded per route: requests by status and the latency histogram.
+#[derive(Default)]
+struct RouteStats {
+    by_status: BTreeMap<u16, u64>,
+    latency: Hist,
+}
+
 /// Self-metrics registry.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Hist>>,
+    routes: Mutex<BTreeMap<String, RouteStats>>,
     ingested: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Ingest requests being processed now.
@@ -40,15 +46,18 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// Records one finished request.
+    /// One lock and, once a route is known, no allocation.
     pub fn request(&self, route: &str, status: u16, took: Duration) {
-        *self
-            .requests
-            .lock()
-            .entry((route.to_string(), status))
-            .or_default() += 1;
         let s = took.as_secs_f64();
-        let mut l = self.latency.lock();
-        let h = l.entry(route.to_string()).or_default();
+        let mut routes = self.routes.lock();
+        if !routes.contains_key(route) {
+            routes.insert(route.to_string(), RouteStats::default());
+        }
+        let Some(r) = routes.get_mut(route) else {
+            return;
+        };
+        *r.by_status.entry(status).or_default() += 1;
+        let h = &mut r.latency;
         for (i, b) in BUCKETS.iter().enumerate() {
             if s <= *b {
                 h.counts[i] += 1;
@@ -74,14 +83,17 @@ impl Metrics {
     pub fn render(&self, store: Option<&vigil_tsdb::Stats>) -> String {
         let mut o = String::with_capacity(4096);
         o.push_str("# HELP vigil_http_requests_total HTTP requests by route and status.\n# TYPE vigil_http_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().iter() {
-            let _ = writeln!(
-                o,
-                "vigil_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+        let routes = self.routes.lock();
+        for (route, r) in routes.iter() {
+            for (status, n) in &r.by_status {
+                let _ = writeln!(
+                    o,
+                    "vigil_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         o.push_str("# HELP vigil_http_request_duration_seconds HTTP request latency by route.\n# TYPE vigil_http_request_duration_seconds histogram\n");
-        for (route, h) in self.latency.lock().iter() {
+        for (route, h) in routes.iter().map(|(k, r)| (k, &r.latency)) {
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
                     o,

@@ -122,17 +122,15 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_string();
+    // MatchedPath is a shared string: cloning it does not allocate.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let t = Instant::now();
     let resp = next.run(req).await;
-    state
-        .0
-        .metrics
-        .request(&route, resp.status().as_u16(), t.elapsed());
+    state.0.metrics.request(
+        route.as_ref().map_or("unmatched", |m| m.as_str()),
+        resp.status().as_u16(),
+        t.elapsed(),
+    );
     resp
 }
 
