@@ -179,6 +179,11 @@ fn call(
     request(&s.addr, method, path, &h, body.as_bytes()).unwrap()
 }
 
+/// `GET path` as the admin, JSON answer.
+fn admin_get(s: &Server, path: &str) -> Value {
+    call(s, "GET", path, &s.admin, None, "").json()
+}
+
 fn threshold(s: &Server, body: &str) -> Value {
     let r = call(
         s,
@@ -276,15 +281,7 @@ receivers:
     assert_eq!(attempts, vec![503, 503, 200]);
     eprintln!("threshold crossing → webhook delivered after 2 retries in {took:?}");
     // The delivery log shows the attempts.
-    let log = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/notifications",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let log = admin_get(&s, "/api/telemetry/admin/notifications");
     let row = &log["notifications"][0];
     assert_eq!(row["state"], "delivered");
     assert_eq!(row["attempts"], 3);
@@ -324,15 +321,7 @@ receivers:
         "{m}"
     );
     // Analytics: fired once, time to resolve known, receiver success rate 1.
-    let an = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/analytics?window=1h",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let an = admin_get(&s, "/api/telemetry/admin/analytics?window=1h");
     let rule = an["rules"]
         .as_array()
         .unwrap()
@@ -375,26 +364,10 @@ receivers:
     threshold(&s, r#"{"name":"Up","metric":"x","op":">=","value":1}"#);
     send(&s, &s.admin, None, "x 1\n");
     wait_for("two dead letters", 20, || {
-        let l = call(
-            &s,
-            "GET",
-            "/api/telemetry/admin/notifications?state=dead",
-            &s.admin,
-            None,
-            "",
-        )
-        .json();
+        let l = admin_get(&s, "/api/telemetry/admin/notifications?state=dead");
         l["notifications"].as_array().is_some_and(|a| a.len() == 2)
     });
-    let l = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/notifications?state=dead",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let l = admin_get(&s, "/api/telemetry/admin/notifications?state=dead");
     let rows = l["notifications"].as_array().unwrap();
     let bad = rows
         .iter()
@@ -514,15 +487,7 @@ escalation_policies:
         hook.on("/cto").is_empty(),
         "escalated past an acknowledgement"
     );
-    let a = call(
-        &s,
-        "GET",
-        &format!("/api/telemetry/admin/alerts/{fp}"),
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let a = admin_get(&s, &format!("/api/telemetry/admin/alerts/{fp}"));
     assert_eq!(a["acknowledgedBy"], "test");
     // A viewer may not acknowledge; an unknown alert is 404, a malformed id 400.
     let viewer = s.token("viewer", &["default"]);
@@ -563,15 +528,7 @@ escalation_policies:
         400
     );
     // The history has the acknowledgement: analytics computes the time to acknowledge.
-    let an = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/analytics",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let an = admin_get(&s, "/api/telemetry/admin/analytics");
     assert!(
         an["rules"][0]["meanTimeToAcknowledgeSeconds"]
             .as_f64()
@@ -808,15 +765,7 @@ fn silences_tenancy_and_bad_input() {
         n[0]["alerts"][0]["labels"]["agent"], "a2",
         "the silenced agent is not notified"
     );
-    let alerts = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/alerts?state=firing",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let alerts = admin_get(&s, "/api/telemetry/admin/alerts?state=firing");
     let a1 = alerts["alerts"]
         .as_array()
         .unwrap()
@@ -974,15 +923,7 @@ fn silences_tenancy_and_bad_input() {
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(hook.on("/ops").len(), before);
     // Deleting the rule resolves its alerts.
-    let r = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/thresholds",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let r = admin_get(&s, "/api/telemetry/admin/thresholds");
     let id = r["thresholds"]
         .as_array()
         .unwrap()
@@ -1163,15 +1104,7 @@ receivers:
         "{m}"
     );
     assert!(m.contains("load 12"), "{m}");
-    let log = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/notifications",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let log = admin_get(&s, "/api/telemetry/admin/notifications");
     assert_eq!(log["notifications"][0]["channel"], "email");
     assert_eq!(log["notifications"][0]["state"], "delivered");
 }
@@ -1309,15 +1242,7 @@ fn thresholds_can_be_replaced_in_bulk_all_or_nothing() {
     );
     assert_eq!(r.status, 400);
     assert!(r.error().1.contains("twice"), "{}", r.body_str());
-    let l = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/thresholds",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let l = admin_get(&s, "/api/telemetry/admin/thresholds");
     assert_eq!(l["thresholds"].as_array().unwrap().len(), 500);
     // Only the matching agent's rule fires.
     send(
@@ -1355,15 +1280,7 @@ fn a_crash_loses_no_notification() {
     threshold(&s, r#"{"name":"Lost","metric":"m","op":">","value":1}"#);
     send(&s, &s.admin, None, "m{agent=\"a\"} 5\n");
     wait_for("a failed attempt", 10, || {
-        let l = call(
-            &s,
-            "GET",
-            "/api/telemetry/admin/notifications?state=pending",
-            &s.admin,
-            None,
-            "",
-        )
-        .json();
+        let l = admin_get(&s, "/api/telemetry/admin/notifications?state=pending");
         l["notifications"][0]["attempts"]
             .as_i64()
             .is_some_and(|a| a >= 1)
@@ -1380,15 +1297,7 @@ fn a_crash_loses_no_notification() {
         1,
         "delivered once, not re-notified after the restart"
     );
-    let l = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/notifications",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let l = admin_get(&s, "/api/telemetry/admin/notifications");
     assert_eq!(l["notifications"][0]["state"], "delivered");
 }
 
@@ -1540,26 +1449,10 @@ receivers:
     // notification is dead-lettered with the reason.
     assert!(!read("starttls").contains("untrusted@"));
     wait_for("the untrusted delivery to fail", 15, || {
-        let l = call(
-            &s,
-            "GET",
-            "/api/telemetry/admin/notifications?state=dead",
-            &s.admin,
-            None,
-            "",
-        )
-        .json();
+        let l = admin_get(&s, "/api/telemetry/admin/notifications?state=dead");
         l["notifications"].as_array().is_some_and(|v| v.len() == 1)
     });
-    let l = call(
-        &s,
-        "GET",
-        "/api/telemetry/admin/notifications?state=dead",
-        &s.admin,
-        None,
-        "",
-    )
-    .json();
+    let l = admin_get(&s, "/api/telemetry/admin/notifications?state=dead");
     assert_eq!(l["notifications"][0]["target"], "untrusted@example.org");
     let err = l["notifications"][0]["lastError"]
         .as_str()
