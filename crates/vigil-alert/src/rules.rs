@@ -541,3 +541,173 @@ pub fn alerts_series<'a>(alerts: impl Iterator<Item = &'a Alert>) -> Vec<(LabelM
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rulefile::RuleFile;
+    use std::cell::RefCell;
+    use vigil_model::{Labels, Matcher};
+    use vigil_promql::{EngineOptions, StoredSeries};
+
+    /// Series whose value is whatever the test sets, at every timestamp.
+    struct Fixed(RefCell<Vec<(Labels, f64)>>);
+
+    impl Storage for Fixed {
+        fn select(
+            &self,
+            ms: &[Matcher],
+            mint: i64,
+            maxt: i64,
+            _budget: usize,
+        ) -> vigil_promql::Result<Vec<StoredSeries>> {
+            Ok(self
+                .0
+                .borrow()
+                .iter()
+                .filter(|(l, _)| ms.iter().all(|m| m.matches(l.get(&m.name).unwrap_or(""))))
+                .map(|(l, v)| StoredSeries {
+                    labels: l.clone(),
+                    samples: (mint.div_euclid(1000)..=maxt.div_euclid(1000))
+                        .map(|s| (s * 1000, *v))
+                        .filter(|(t, _)| *t >= mint && *t <= maxt)
+                        .collect(),
+                })
+                .collect())
+        }
+    }
+
+    #[derive(Default)]
+    struct Sink(Vec<(String, i64, Vec<(LabelMap, f64)>)>);
+
+    impl RecordSink for Sink {
+        fn write(&mut self, env: &str, ts: i64, samples: &[(LabelMap, f64)]) -> Result<(), String> {
+            self.0.push((env.into(), ts, samples.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn series(pairs: &[(&str, &str)], v: f64) -> (Labels, f64) {
+        (Labels::from_pairs(pairs.iter().map(|(a, b)| (*a, *b))), v)
+    }
+
+    fn group(yaml: &str) -> RuleGroup {
+        let f = RuleFile::parse(yaml).unwrap();
+        RuleGroup::new("prod", "f.yml", f.groups[0].clone(), 15_000).unwrap()
+    }
+
+    const RULES: &str = r#"
+groups:
+  - name: g
+    rules:
+      - record: job:temp:max
+        expr: max by (job) (temp)
+      - alert: Hot
+        expr: temp > 80
+        for: 30s
+        keep_firing_for: 20s
+        labels: {severity: "{{ if gt $value 90.0 }}critical{{ else }}warning{{ end }}"}
+        annotations: {summary: "{{ $labels.host }} at {{ $value }}"}
+"#;
+
+    #[test]
+    fn recording_then_alert_pending_firing_keep_firing_resolved() {
+        let engine = Engine::new(EngineOptions::default());
+        let st = Fixed(RefCell::new(vec![series(
+            &[("__name__", "temp"), ("host", "h1"), ("job", "db")],
+            95.0,
+        )]));
+        let mut sink = Sink::default();
+        let mut g = group(RULES);
+        let out = g.eval(&engine, &st, &mut sink, 100_000);
+        assert_eq!(sink.0.len(), 1);
+        assert_eq!(sink.0[0].2[0].0["__name__"], "job:temp:max");
+        assert_eq!(out.changed.len(), 1);
+        assert_eq!(out.changed[0].1, Transition::Pending);
+        let a = &out.changed[0].0;
+        assert_eq!(a.labels["severity"], "critical");
+        assert_eq!(a.annotations["summary"], "h1 at 95");
+        assert_eq!(a.source, "rule:f.yml/g/Hot");
+        // for: 30 s.
+        assert!(g.eval(&engine, &st, &mut sink, 115_000).changed.is_empty());
+        let out = g.eval(&engine, &st, &mut sink, 130_000);
+        assert_eq!(out.changed[0].1, Transition::Fired);
+        // Condition gone: kept firing for 20 s, then resolved.
+        st.0.borrow_mut()[0].1 = 50.0;
+        assert!(g.eval(&engine, &st, &mut sink, 145_000).changed.is_empty());
+        let out = g.eval(&engine, &st, &mut sink, 165_000);
+        assert_eq!(out.changed[0].1, Transition::Resolved);
+        assert_eq!(out.changed[0].0.resolved_at, Some(165_000));
+        // ALERTS series only for pending/firing alerts.
+        if let Rule::Alerting(r) = &g.rules[1] {
+            assert!(alerts_series(r.active.values()).is_empty());
+        }
+    }
+
+    #[test]
+    fn restored_alerts_keep_their_active_time() {
+        let engine = Engine::new(EngineOptions::default());
+        let st = Fixed(RefCell::new(vec![series(
+            &[("__name__", "temp"), ("host", "h1"), ("job", "db")],
+            85.0,
+        )]));
+        let mut sink = Sink::default();
+        let mut g = group(RULES);
+        let first = g.eval(&engine, &st, &mut sink, 100_000).changed[0]
+            .0
+            .clone();
+        // "Restart": a new group with the saved alert; 30 s after the original start it fires.
+        let mut g2 = group(RULES);
+        g2.restore(std::slice::from_ref(&first));
+        let out = g2.eval(&engine, &st, &mut sink, 130_000);
+        assert_eq!(out.changed[0].1, Transition::Fired);
+        assert_eq!(out.changed[0].0.active_at, 100_000);
+    }
+
+    #[test]
+    fn limits_and_duplicate_label_sets_are_rule_errors() {
+        let engine = Engine::new(EngineOptions::default());
+        let st = Fixed(RefCell::new(vec![
+            series(&[("__name__", "temp"), ("host", "h1")], 95.0),
+            series(&[("__name__", "temp"), ("host", "h2")], 95.0),
+        ]));
+        let mut sink = Sink::default();
+        let mut g = group(
+            "groups:\n- name: g\n  limit: 1\n  rules:\n  - alert: Hot\n    expr: temp > 80\n",
+        );
+        g.eval(&engine, &st, &mut sink, 1_000);
+        let Rule::Alerting(r) = &g.rules[0] else {
+            panic!()
+        };
+        assert_eq!(r.status.health, RuleHealth::Err);
+        assert!(
+            r.status
+                .last_error
+                .as_ref()
+                .unwrap()
+                .contains("exceeded limit of 1")
+        );
+        let mut g = group(
+            "groups:\n- name: g\n  rules:\n  - alert: Hot\n    expr: temp > 80\n    labels: {host: same}\n",
+        );
+        g.eval(&engine, &st, &mut sink, 1_000);
+        let Rule::Alerting(r) = &g.rules[0] else {
+            panic!()
+        };
+        assert!(
+            r.status
+                .last_error
+                .as_ref()
+                .unwrap()
+                .contains("same labelset")
+        );
+        let mut g = group(
+            "groups:\n- name: g\n  rules:\n  - record: x\n    expr: temp\n    labels: {host: same}\n",
+        );
+        g.eval(&engine, &st, &mut sink, 1_000);
+        let Rule::Recording(r) = &g.rules[0] else {
+            panic!()
+        };
+        assert_eq!(r.status.health, RuleHealth::Err);
+    }
+}
