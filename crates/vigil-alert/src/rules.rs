@@ -577,8 +577,11 @@ mod tests {
         }
     }
 
+    /// One recorded write: environment, timestamp, samples.
+    type Written = (String, i64, Vec<(LabelMap, f64)>);
+
     #[derive(Default)]
-    struct Sink(Vec<(String, i64, Vec<(LabelMap, f64)>)>);
+    struct Sink(Vec<Written>);
 
     impl RecordSink for Sink {
         fn write(&mut self, env: &str, ts: i64, samples: &[(LabelMap, f64)]) -> Result<(), String> {
