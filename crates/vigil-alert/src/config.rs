@@ -111,6 +111,10 @@ pub struct RouteSpec {
     /// Vigil: escalation policy applied to this route's alerts.
     #[serde(default)]
     pub escalation_policy: Option<String>,
+    /// Vigil: a new firing alert joining an already-notified group is notified after this
+    /// wait instead of at the group's next `group_interval` (unset: Alertmanager's behaviour).
+    #[serde(default)]
+    pub new_alert_wait: Option<PromDuration>,
     /// Child routes.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,

@@ -37,6 +37,7 @@ struct Route {
     mute: Vec<String>,
     active: Vec<String>,
     escalation: Option<usize>,
+    new_alert_wait: Option<i64>,
     children: Vec<usize>,
 }
 
@@ -272,6 +273,10 @@ impl Dispatcher {
             } else {
                 spec.active_time_intervals.clone()
             },
+            new_alert_wait: spec
+                .new_alert_wait
+                .map(|d| d.ms())
+                .or_else(|| parent.and_then(|p| p.new_alert_wait)),
             escalation: match &spec.escalation_policy {
                 Some(p) => Some(
                     self.policies
@@ -362,6 +367,7 @@ impl Dispatcher {
         for r in routes {
             let (key, gl) = self.group_key(r, &a.labels);
             let wait = self.routes[r].group_wait;
+            let new_wait = self.routes[r].new_alert_wait;
             let rid = self.routes[r].id.clone();
             let g = self.groups.entry(key.clone()).or_insert_with(|| Group {
                 key: key.clone(),
@@ -374,6 +380,14 @@ impl Dispatcher {
                 escalation: BTreeMap::new(),
             });
             if g.alerts.insert(a.fingerprint) {
+                // Vigil: a new alert in a group already notified need not wait a whole
+                // group_interval.
+                if let Some(w) = new_wait
+                    && !g.sent.is_empty()
+                    && g.sent.values().all(|l| !l.firing.contains(&a.fingerprint))
+                {
+                    g.next_flush = g.next_flush.min(now + w);
+                }
                 self.dirty_groups.insert(key);
             }
         }
@@ -874,6 +888,26 @@ inhibit_rules:
             1,
             "resolved alert left the group"
         );
+    }
+
+    #[test]
+    fn new_alert_wait_shortcuts_group_interval() {
+        let y = BASE.replace(
+            "  repeat_interval: 1h\n",
+            "  repeat_interval: 1h\n  new_alert_wait: 2s\n",
+        );
+        let mut d = cfg(&y);
+        d.upsert(&alert("HighCPU", "eu", "warning", 0), 0);
+        assert_eq!(d.flush_due(30_000).len(), 1);
+        // Alertmanager would wait until 330 s; with new_alert_wait the newcomer goes at 42 s.
+        d.upsert(&alert("HighCPU", "us", "warning", 40_000), 40_000);
+        assert!(d.flush_due(41_999).is_empty());
+        let n = d.flush_due(42_000);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].alerts.len(), 2);
+        // A re-sent existing alert (e.g. an annotation change) does not shortcut anything.
+        d.upsert(&alert("HighCPU", "us", "warning", 40_000), 50_000);
+        assert!(d.flush_due(60_000).is_empty());
     }
 
     #[test]
