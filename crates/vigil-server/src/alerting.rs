@@ -97,6 +97,8 @@ pub struct Alerting {
     silences: Mutex<Vec<Silence>>,
     reload: AtomicBool,
     last_series: Mutex<HashMap<u64, (String, LabelMap)>>,
+    /// A step's write that failed, retried (first) with the next step.
+    unsaved: Mutex<Option<AlertTx>>,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -162,6 +164,7 @@ impl Alerting {
             silences: Mutex::new(Vec::new()),
             reload: AtomicBool::new(false),
             last_series: Mutex::new(HashMap::new()),
+            unsaved: Mutex::new(None),
             opts,
         };
         let err = |e: vigil_meta::Error| e.to_string();
@@ -752,7 +755,8 @@ impl Alerting {
     /// Applies queued transitions, flushes due groups, persists everything in one transaction.
     fn step(&self, now: i64, removed: Vec<Alert>) {
         let events = std::mem::take(&mut *self.queue.lock());
-        let mut tx = AlertTx::default();
+        // A write that failed last time (disk full, locked) goes first, so nothing is lost.
+        let mut tx = self.unsaved.lock().take().unwrap_or_default();
         let cfg = self.notify_cfg.read().clone();
         let notes;
         {
@@ -869,7 +873,8 @@ impl Alerting {
         }
         let queued = tx.outbox.len();
         if let Err(e) = self.meta.apply_alert_tx(&tx, now) {
-            tracing::error!(error = %e, "Could not save alerting state and notifications.");
+            tracing::error!(error = %e, "Could not save alerting state and notifications; retrying with the next step.");
+            *self.unsaved.lock() = Some(tx);
             return;
         }
         if queued > 0 {
