@@ -206,7 +206,14 @@ pub struct AgentInfo {
     pub last_seen_ms: i64,
     /// Deregistered: kept only so indices stay stable.
     pub retired: bool,
+    /// `last_seen_ms` as last written to the registry (it is refreshed there at most every
+    /// [`SEEN_PERSIST_MS`], not on every heartbeat).
+    pub saved_seen_ms: i64,
 }
+
+/// How often an agent's `last_seen` is written to the registry when nothing else about it
+/// changes: a flush every 2 s then writes only new and changed agents, not the whole fleet.
+pub const SEEN_PERSIST_MS: i64 = 60_000;
 
 /// One environment's fleet.
 pub struct EnvFleet {
@@ -384,19 +391,26 @@ impl EnvFleet {
                     first_seen_ms: now,
                     last_seen_ms: now,
                     retired: false,
+                    saved_seen_ms: i64::MIN,
                 },
                 hb.interval_ms,
                 now,
             ),
         };
+        let interval_before = self.det.agent(idx).interval_ms;
+        let mut changed = false;
         {
             let info = &mut self.info[idx as usize];
             info.last_seen_ms = now;
-            if !hb.labels.is_empty() {
+            if !hb.labels.is_empty() && info.labels != hb.labels {
                 info.labels = hb.labels.clone();
+                changed = true;
             }
-            if let Some(v) = &hb.version {
+            if let Some(v) = &hb.version
+                && info.version != *v
+            {
                 info.version = v.clone();
+                changed = true;
             }
             if info.message != hb.message {
                 info.message = hb.message.clone();
@@ -415,7 +429,11 @@ impl EnvFleet {
             },
             now,
         );
-        self.mark_dirty(idx);
+        changed |= self.det.agent(idx).interval_ms != interval_before;
+        let info = &self.info[idx as usize];
+        if changed || now.saturating_sub(info.saved_seen_ms) >= SEEN_PERSIST_MS {
+            self.mark_dirty(idx);
+        }
     }
 
     /// Puts every agent matching all given selectors in maintenance until `until`; returns how
@@ -594,6 +612,7 @@ impl Fleet {
                     first_seen_ms: r.first_seen_ms,
                     last_seen_ms: r.last_seen_ms,
                     retired: false,
+                    saved_seen_ms: r.last_seen_ms,
                 },
                 interval,
                 now,
@@ -644,7 +663,23 @@ impl Fleet {
         }
     }
 
-    /// Writes changed agents and new events to the metadata store.
+    /// [`Fleet::flush`] at shutdown: every agent's latest `last_seen` is written too.
+    pub fn flush_final(&self) -> Result<(usize, usize), vigil_meta::Error> {
+        let envs: Vec<Arc<Mutex<EnvFleet>>> = self.envs.read().values().cloned().collect();
+        for e in envs {
+            let mut e = e.lock();
+            for idx in 0..e.info.len() as u32 {
+                let i = &e.info[idx as usize];
+                if !i.retired && i.last_seen_ms != i.saved_seen_ms {
+                    e.mark_dirty(idx);
+                }
+            }
+        }
+        self.flush()
+    }
+
+    /// Writes new and changed agents (and `last_seen` at most every [`SEEN_PERSIST_MS`]) and
+    /// new events to the metadata store.
     pub fn flush(&self) -> Result<(usize, usize), vigil_meta::Error> {
         let mut agents = Vec::new();
         let mut events = Vec::new();
@@ -663,6 +698,8 @@ impl Fleet {
                 if e.info[idx as usize].retired {
                     continue;
                 }
+                let seen = e.info[idx as usize].last_seen_ms;
+                e.info[idx as usize].saved_seen_ms = seen;
                 let a = e.det.agent(idx);
                 let i = &e.info[idx as usize];
                 agents.push(AgentRecord {

@@ -337,7 +337,7 @@ impl Server {
         if let Some(r) = recovery {
             r.abort();
         }
-        match tokio::task::spawn_blocking(move || fleet.flush()).await {
+        match tokio::task::spawn_blocking(move || fleet.flush_final()).await {
             Ok(Err(e)) => tracing::error!(error = %e, "Could not save the agent registry."),
             Err(e) => tracing::error!(error = %e, "Registry flush task failed."),
             Ok(Ok((agents, events))) => tracing::info!(agents, events, "Agent registry saved."),
