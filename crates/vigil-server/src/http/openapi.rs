@@ -268,15 +268,15 @@ const OPS: &[Op] = &[
     (
         "get",
         "/api/v1/rules",
-        "Alerting and recording rules (none until alerting lands)",
+        "Rule groups in Prometheus' shape: rule files, then vigil-thresholds and vigil-health",
         "viewer, operator, admin",
-        &[],
+        &["type", "exclude_alerts"],
         None,
     ),
     (
         "get",
         "/api/v1/alerts",
-        "Active alerts (none until alerting lands)",
+        "Pending and firing alerts of the environment, in Prometheus' shape",
         "viewer, operator, admin",
         &[],
         None,
