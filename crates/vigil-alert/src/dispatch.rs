@@ -461,21 +461,48 @@ impl Dispatcher {
 
     /// Why `labels` are muted at `now` (silences, inhibitions).
     pub fn mute_of(&self, a: &Alert, now: i64) -> Mute {
+        self.mute_with(&self.inhibitors(), a, now)
+    }
+
+    /// Why each of `alerts` is muted, finding the inhibiting alerts once for all of them.
+    pub fn mutes(&self, alerts: &[&Alert], now: i64) -> Vec<Mute> {
+        let srcs = self.inhibitors();
+        alerts
+            .iter()
+            .map(|a| self.mute_with(&srcs, a, now))
+            .collect()
+    }
+
+    /// Per inhibition rule, the firing alerts that match its source side.
+    fn inhibitors(&self) -> Vec<Vec<&Alert>> {
+        self.inhibits
+            .iter()
+            .map(|ih| {
+                self.alerts
+                    .values()
+                    .map(|t| &t.alert)
+                    .filter(|s| s.state == AlertState::Firing && matches(&ih.source, &s.labels))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn mute_with(&self, srcs: &[Vec<&Alert>], a: &Alert, now: i64) -> Mute {
         let silenced_by = self.silences.muting(&a.labels, now);
         let mut inhibited_by = Vec::new();
-        for ih in &self.inhibits {
+        for (ih, sources) in self.inhibits.iter().zip(srcs) {
             if !matches(&ih.target, &a.labels) {
                 continue;
             }
-            for s in self.alerts.values() {
-                let sl = &s.alert.labels;
-                if s.alert.state == AlertState::Firing
-                    && s.alert.fingerprint != a.fingerprint
-                    && matches(&ih.source, sl)
-                    && !(matches(&ih.target, sl) && matches(&ih.source, &a.labels))
+            // An alert matching both sides of a rule does not inhibit others that do too.
+            let a_is_source = matches(&ih.source, &a.labels);
+            for s in sources {
+                let sl = &s.labels;
+                if s.fingerprint != a.fingerprint
+                    && !(a_is_source && matches(&ih.target, sl))
                     && ih.equal.iter().all(|l| sl.get(l) == a.labels.get(l))
                 {
-                    inhibited_by.push(format!("{:016x}", s.alert.fingerprint));
+                    inhibited_by.push(format!("{:016x}", s.fingerprint));
                 }
             }
         }
@@ -562,13 +589,14 @@ impl Dispatcher {
         let muted_by_time = self.time_muted(&route, now);
         let mut firing: Vec<&Tracked> = Vec::new();
         let mut resolved: Vec<&Tracked> = Vec::new();
+        let inhibitors = self.inhibitors();
         for fp in &g.alerts {
             let Some(t) = self.alerts.get(fp) else {
                 continue;
             };
             match t.alert.state {
                 AlertState::Firing => {
-                    let m = self.mute_of(&t.alert, now);
+                    let m = self.mute_with(&inhibitors, &t.alert, now);
                     if m.silenced_by.is_empty() && m.inhibited_by.is_empty() {
                         firing.push(t);
                     }

@@ -757,7 +757,6 @@ impl Alerting {
         let events = std::mem::take(&mut *self.queue.lock());
         // A write that failed last time (disk full, locked) goes first, so nothing is lost.
         let mut tx = self.unsaved.lock().take().unwrap_or_default();
-        let cfg = self.notify_cfg.read().clone();
         let notes;
         {
             let mut d = self.dispatcher.lock();
@@ -868,8 +867,12 @@ impl Alerting {
                 });
             }
         }
-        for n in &notes {
-            self.outbox_rows(n, &cfg, &mut tx.outbox);
+        if !notes.is_empty() {
+            // Receivers' settings, read only when there is something to send.
+            let cfg = self.notify_cfg.read();
+            for n in &notes {
+                self.outbox_rows(n, &cfg, &mut tx.outbox);
+            }
         }
         let queued = tx.outbox.len();
         if let Err(e) = self.meta.apply_alert_tx(&tx, now) {
@@ -1052,6 +1055,24 @@ impl Alerting {
         let d = self.dispatcher.lock();
         let ack = d.get(a.fingerprint).and_then(|t| t.ack.clone());
         (ack, d.mute_of(a, self.clock.now_ms()))
+    }
+
+    /// [`Alerting::dispatch_view`] for many alerts, finding inhibitors once.
+    pub fn dispatch_views(
+        &self,
+        alerts: &[Alert],
+    ) -> Vec<(
+        Option<vigil_alert::dispatch::Ack>,
+        vigil_alert::dispatch::Mute,
+    )> {
+        let d = self.dispatcher.lock();
+        let refs: Vec<&Alert> = alerts.iter().collect();
+        let mutes = d.mutes(&refs, self.clock.now_ms());
+        alerts
+            .iter()
+            .zip(mutes)
+            .map(|(a, m)| (d.get(a.fingerprint).and_then(|t| t.ack.clone()), m))
+            .collect()
     }
 
     /// Acknowledges a firing alert of `env`.

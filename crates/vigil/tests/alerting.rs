@@ -691,31 +691,19 @@ fn rule_namespaces_through_the_api_are_validated() {
             .iter()
             .all(|g| g["file"] != "team-a")
     );
-    let auth = format!("Bearer {}", s.admin);
-    assert_eq!(
-        request(
-            &s.addr,
+    let delete = || {
+        call(
+            &s,
             "DELETE",
             "/api/telemetry/admin/rules/team-a",
-            &[("Authorization", &auth)],
-            b""
+            &s.admin,
+            None,
+            "",
         )
-        .unwrap()
-        .status,
-        204
-    );
-    assert_eq!(
-        request(
-            &s.addr,
-            "DELETE",
-            "/api/telemetry/admin/rules/team-a",
-            &[("Authorization", &auth)],
-            b""
-        )
-        .unwrap()
-        .status,
-        404
-    );
+        .status
+    };
+    assert_eq!(delete(), 204);
+    assert_eq!(delete(), 404);
 }
 
 #[test]

@@ -706,6 +706,14 @@ pub struct AlertFilter {
 
 fn alert_json(state: &AppState, a: &Alert) -> Value {
     let (ack, mute) = state.0.alerting.dispatch_view(a);
+    alert_view(a, ack, mute)
+}
+
+fn alert_view(
+    a: &Alert,
+    ack: Option<vigil_alert::dispatch::Ack>,
+    mute: vigil_alert::dispatch::Mute,
+) -> Value {
     json!({
         "fingerprint": format!("{:016x}", a.fingerprint),
         "labels": a.labels,
@@ -738,18 +746,24 @@ pub async fn list_alerts(
             format!("state {s:?} is not one of pending, firing, inactive"),
         ));
     }
-    let alerts: Vec<Value> = state
+    let selected: Vec<Alert> = state
         .0
         .alerting
         .alerts(Some(env.as_str()))
-        .iter()
+        .into_iter()
         .filter(|a| f.state.as_deref().is_none_or(|s| a.state.as_str() == s))
         .filter(|a| {
             f.alertname
                 .as_deref()
                 .is_none_or(|n| a.labels.get("alertname").is_some_and(|x| x == n))
         })
-        .map(|a| alert_json(&state, a))
+        .collect();
+    // Silences and inhibitions for the whole list at once (not one scan per alert).
+    let views = state.0.alerting.dispatch_views(&selected);
+    let alerts: Vec<Value> = selected
+        .iter()
+        .zip(views)
+        .map(|(a, (ack, mute))| alert_view(a, ack, mute))
         .collect();
     Ok(axum::Json(json!({"alerts": alerts})).into_response())
 }
