@@ -6,6 +6,7 @@
 //! heartbeat), `envs` (a list of environment names, or `"*"`), `exp`, `iat`, `jti`. The first
 //! listed environment is the token's default.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -194,7 +195,7 @@ pub struct Authn {
     /// Tokens whose signature was checked: token → (principal, expiry in s). Saves the
     /// signature check and claim parsing on every request of a keep-alive agent; expiry and
     /// revocation are still checked each time.
-    verified: parking_lot::RwLock<hashbrown::HashMap<Box<str>, (Principal, u64)>>,
+    verified: parking_lot::RwLock<hashbrown::HashMap<Box<str>, (Arc<Principal>, u64)>>,
 }
 
 /// Most verified tokens remembered; the cache starts over when full.
@@ -354,7 +355,7 @@ impl Authn {
     }
 
     /// Verifies a token and returns its principal.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -365,7 +366,7 @@ impl Authn {
                 return Err(AuthError::Invalid("ExpiredSignature".into()));
             }
             if self.is_revoked(&p.jti) {
-                return Err(AuthError::Revoked(p.jti));
+                return Err(AuthError::Revoked(p.jti.clone()));
             }
             return Ok(p);
         }
@@ -388,12 +389,12 @@ impl Authn {
         if self.is_revoked(&c.jti) {
             return Err(AuthError::Revoked(c.jti));
         }
-        let p = Principal {
+        let p = Arc::new(Principal {
             sub: c.sub,
             role: c.role,
             envs: c.envs,
             jti: c.jti,
-        };
+        });
         let mut cache = self.verified.write();
         if cache.len() >= VERIFIED_CACHE {
             cache.clear();
@@ -429,13 +430,13 @@ impl Authn {
 
     /// Extracts the token from an `Authorization` header value: `Bearer <t>`, or `Basic`
     /// with any user name and the token as password.
-    pub fn token_from_header(value: &str) -> Result<String, AuthError> {
+    pub fn token_from_header(value: &str) -> Result<Cow<'_, str>, AuthError> {
         let value = value.trim();
         if let Some(t) = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
         {
-            return Ok(t.trim().to_string());
+            return Ok(Cow::Borrowed(t.trim()));
         }
         if let Some(b) = value
             .strip_prefix("Basic ")
@@ -444,7 +445,7 @@ impl Authn {
             let raw = base64_decode(b.trim()).ok_or(AuthError::Malformed)?;
             let s = String::from_utf8(raw).map_err(|_| AuthError::Malformed)?;
             let (_, pass) = s.split_once(':').ok_or(AuthError::Malformed)?;
-            return Ok(pass.to_string());
+            return Ok(Cow::Owned(pass.to_string()));
         }
         Err(AuthError::Malformed)
     }

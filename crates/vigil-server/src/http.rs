@@ -8,4 +8,5 @@ pub mod ingest;
 pub mod openapi;
 pub mod prom;
 pub mod router;
+pub mod serve;
 pub mod state;

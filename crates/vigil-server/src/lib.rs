@@ -310,19 +310,8 @@ impl Server {
         } else {
             let listener =
                 tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = tx.send(());
-            });
-            let mut serve = std::pin::pin!(serve.into_future());
-            tokio::select! {
-                r = &mut serve => r.map_err(ServeError::Serve),
-                _ = async { let _ = rx.await; tokio::time::sleep(timeout).await } => {
-                    tracing::warn!(timeout_s = timeout.as_secs(), "In-flight requests did not finish in time; closing anyway.");
-                    Ok(())
-                }
-            }
+            http::serve::serve_plain(listener, app, shutdown, timeout).await;
+            Ok(())
         };
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = ticker.await;

@@ -1,5 +1,7 @@
 //! Authentication and tenancy for a request: who calls, and which environment it touches.
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 use vigil_model::EnvId;
 
@@ -17,9 +19,9 @@ pub fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     need: Need,
-) -> Result<(Principal, EnvId), ApiError> {
+) -> Result<(Arc<Principal>, EnvId), ApiError> {
     let principal = match &state.0.authn {
-        None => Principal::anonymous_admin(),
+        None => Arc::new(Principal::anonymous_admin()),
         Some(authn) => {
             let h = headers
                 .get(axum::http::header::AUTHORIZATION)
