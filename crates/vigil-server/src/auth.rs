@@ -195,8 +195,11 @@ pub struct Authn {
     /// Tokens whose signature was checked: token → (principal, expiry in s). Saves the
     /// signature check and claim parsing on every request of a keep-alive agent; expiry and
     /// revocation are still checked each time.
-    verified: parking_lot::RwLock<hashbrown::HashMap<Box<str>, (Arc<Principal>, u64)>>,
+    verified: parking_lot::RwLock<VerifiedCache>,
 }
+
+/// Verified tokens: the principal and the token's expiry (Unix seconds).
+type VerifiedCache = hashbrown::HashMap<Box<str>, (Arc<Principal>, u64)>;
 
 /// Most verified tokens remembered; the cache starts over when full.
 const VERIFIED_CACHE: usize = 65_536;
