@@ -30,6 +30,13 @@ impl<'a> Fields<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, WireError> {
+        // One byte covers field keys and most lengths: no loop for them.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(b as u64);
+        }
         let mut v = 0u64;
         for i in 0..10 {
             let b = *self

@@ -132,6 +132,59 @@ fn remote_write_malformed_corpus_is_refused_with_a_reason() {
     }
 }
 
+/// Hand-encodes a `WriteRequest` with one series whose labels are raw bytes (prost only takes
+/// valid strings).
+fn raw_request(labels: &[(&[u8], &[u8])]) -> Vec<u8> {
+    fn field(tag: u8, b: &[u8], out: &mut Vec<u8>) {
+        out.push(tag);
+        out.push(b.len() as u8);
+        out.extend_from_slice(b);
+    }
+    let mut series = Vec::new();
+    for (n, v) in labels {
+        let mut l = Vec::new();
+        field(0x0a, n, &mut l);
+        field(0x12, v, &mut l);
+        field(0x0a, &l, &mut series);
+    }
+    let mut req = Vec::new();
+    field(0x0a, &series, &mut req);
+    req
+}
+
+#[test]
+fn remote_write_label_text_must_be_utf8_piece_by_piece() {
+    let lim = Limits::default();
+    // Each string is checked on its own: a name ending in a lead byte and a value starting
+    // with its continuation byte are both invalid, though together they spell "aé".
+    for (labels, needle) in [
+        (
+            vec![(&b"__name__"[..], &b"up"[..]), (b"a\xc3", b"\xa9")],
+            "label name",
+        ),
+        (
+            vec![(&b"__name__"[..], &b"up"[..]), (b"job", b"\xff")],
+            "label value",
+        ),
+    ] {
+        let e = remote_write::decode_uncompressed(&raw_request(&labels), &lim, &mut batch())
+            .unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    // Multi-byte text that is valid decodes intact.
+    let mut b = batch();
+    remote_write::decode_uncompressed(
+        &raw_request(&[
+            (b"__name__", b"up"),
+            ("zone".as_bytes(), "zürich-é".as_bytes()),
+        ]),
+        &lim,
+        &mut b,
+    )
+    .unwrap();
+    assert_eq!(b.labels_of(0).to_string(), r#"up{zone="zürich-é"}"#);
+}
+
 #[test]
 fn snappy_bomb_is_refused_before_allocating() {
     // A 6-byte body whose header claims ~3 GB.

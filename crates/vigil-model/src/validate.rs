@@ -93,21 +93,41 @@ pub enum LabelError {
 pub fn is_valid_label_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        && NAME_CLASS[b[0] as usize] & FIRST != 0
+        && b[1..].iter().all(|&c| NAME_CLASS[c as usize] & REST != 0)
 }
 
 /// Whether `s` is a valid Prometheus metric name.
 pub fn is_valid_metric_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_' || b[0] == b':')
+        && NAME_CLASS[b[0] as usize] & (FIRST | COLON) != 0
         && b[1..]
             .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
+            .all(|&c| NAME_CLASS[c as usize] & (REST | COLON) != 0)
 }
+
+const FIRST: u8 = 1;
+const REST: u8 = 2;
+const COLON: u8 = 4;
+
+/// Byte classes for names: one table lookup per byte on the ingest path.
+static NAME_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        if c.is_ascii_alphabetic() || c == b'_' {
+            t[i] = FIRST | REST;
+        } else if c.is_ascii_digit() {
+            t[i] = REST;
+        } else if c == b':' {
+            t[i] = COLON;
+        }
+        i += 1;
+    }
+    t
+};
 
 fn prefix(s: &str, n: usize) -> String {
     let mut end = n.min(s.len());

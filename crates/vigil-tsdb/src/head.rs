@@ -159,24 +159,29 @@ impl std::fmt::Debug for Head {
 /// the rate of undetected memory errors, so lookups compare hashes instead of chasing every
 /// label string through the symbol table (measured: a quarter of append time).
 fn series_hash<'a>(env: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> (u64, u64) {
-    use std::hash::{BuildHasher, Hasher};
-    let mut a = foldhash::quality::FixedState::with_seed(0x5eed_0001).build_hasher();
-    let mut b = foldhash::quality::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).build_hasher();
-    a.write(env.as_bytes());
-    a.write_u8(0xff);
-    b.write(env.as_bytes());
-    b.write_u8(0xff);
-    for (n, v) in pairs {
-        a.write(n.as_bytes());
-        a.write_u8(0xff);
-        a.write(v.as_bytes());
-        a.write_u8(0xfe);
-        b.write(n.as_bytes());
-        b.write_u8(0xff);
-        b.write(v.as_bytes());
-        b.write_u8(0xfe);
+    use std::hash::BuildHasher;
+    thread_local! {
+        static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    (a.finish(), b.finish())
+    // The identity is hashed from one contiguous key (env, then name 0xff value 0xfe per
+    // label; 0xfe/0xff never occur in UTF-8): two bulk passes instead of four small hasher
+    // calls per label and hasher.
+    KEY.with(|k| {
+        let mut k = k.borrow_mut();
+        k.clear();
+        k.extend_from_slice(env.as_bytes());
+        k.push(0xff);
+        for (n, v) in pairs {
+            k.extend_from_slice(n.as_bytes());
+            k.push(0xff);
+            k.extend_from_slice(v.as_bytes());
+            k.push(0xfe);
+        }
+        (
+            foldhash::quality::FixedState::with_seed(0x5eed_0001).hash_one(&k[..]),
+            foldhash::quality::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).hash_one(&k[..]),
+        )
+    })
 }
 
 impl SeriesData {
