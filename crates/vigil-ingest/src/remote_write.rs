@@ -57,6 +57,43 @@ fn utf8<'a>(b: &'a [u8], what: &'static str, series: usize) -> Result<&'a str, D
     })
 }
 
+/// The common encoding of a `Label`: field 1 then field 2, each shorter than 128 bytes and
+/// nothing else. Anything else (`None`) takes the general field reader.
+fn short_label(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    match b {
+        [0x0a, n, rest @ ..] if *n < 0x80 && rest.len() >= *n as usize + 2 => {
+            let (name, rest) = rest.split_at(*n as usize);
+            match rest {
+                [0x12, m, value @ ..] if *m < 0x80 && value.len() == *m as usize => {
+                    Some((name, value))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The common encoding of a `Sample`: the double (field 1) then the timestamp varint (field
+/// 2), nothing else. Returns (value bits, timestamp).
+fn plain_sample(b: &[u8]) -> Option<(u64, i64)> {
+    let [0x09, v0, v1, v2, v3, v4, v5, v6, v7, 0x10, ts @ ..] = b else {
+        return None;
+    };
+    let v = u64::from_le_bytes([*v0, *v1, *v2, *v3, *v4, *v5, *v6, *v7]);
+    let mut t = 0u64;
+    for (i, &x) in ts.iter().enumerate() {
+        if i == 9 && x > 1 || i > 9 {
+            return None;
+        }
+        t |= ((x & 0x7f) as u64) << (7 * i);
+        if x < 0x80 {
+            return (i + 1 == ts.len()).then_some((v, t as i64));
+        }
+    }
+    None
+}
+
 /// Adds one series' labels to `batch`: `raw` holds name and value bytes back to back,
 /// `cuts` each label's (name end, value end). One UTF-8 check covers them all; the cut points
 /// must then be character boundaries for every piece to be valid on its own.
@@ -126,32 +163,44 @@ pub fn decode_uncompressed(
                     let (num, w, _, b) = f.map_err(|e| wire(idx, e))?;
                     match (num, w) {
                         (1, Wire::Len) => {
-                            let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
-                            let mut l = Fields::new(b);
-                            while let Some(f) = l.next_field() {
-                                let (num, w, _, b) = f.map_err(|e| wire(idx, e))?;
-                                match (num, w) {
-                                    (1, Wire::Len) => name = b,
-                                    (2, Wire::Len) => value = b,
-                                    _ => {}
+                            let (name, value) = match short_label(b) {
+                                Some(nv) => nv,
+                                None => {
+                                    let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+                                    let mut l = Fields::new(b);
+                                    while let Some(f) = l.next_field() {
+                                        let (num, w, _, b) = f.map_err(|e| wire(idx, e))?;
+                                        match (num, w) {
+                                            (1, Wire::Len) => name = b,
+                                            (2, Wire::Len) => value = b,
+                                            _ => {}
+                                        }
+                                    }
+                                    (name, value)
                                 }
-                            }
+                            };
                             raw.extend_from_slice(name);
                             let mid = raw.len();
                             raw.extend_from_slice(value);
                             cuts.push((mid, raw.len()));
                         }
                         (2, Wire::Len) => {
-                            let (mut v, mut t) = (0u64, 0i64);
-                            let mut s = Fields::new(b);
-                            while let Some(f) = s.next_field() {
-                                let (num, w, x, _) = f.map_err(|e| wire(idx, e))?;
-                                match (num, w) {
-                                    (1, Wire::I64) => v = x,
-                                    (2, Wire::Varint) => t = x as i64,
-                                    _ => {}
+                            let (v, t) = match plain_sample(b) {
+                                Some(vt) => vt,
+                                None => {
+                                    let (mut v, mut t) = (0u64, 0i64);
+                                    let mut s = Fields::new(b);
+                                    while let Some(f) = s.next_field() {
+                                        let (num, w, x, _) = f.map_err(|e| wire(idx, e))?;
+                                        match (num, w) {
+                                            (1, Wire::I64) => v = x,
+                                            (2, Wire::Varint) => t = x as i64,
+                                            _ => {}
+                                        }
+                                    }
+                                    (v, t)
                                 }
-                            }
+                            };
                             batch.push_sample(t, f64::from_bits(v));
                             samples += 1;
                         }
