@@ -6,8 +6,22 @@
 //! restart either all its accepted samples are present or none.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use vigil_model::{EnvId, Label, LabelError, LabelLimits, Labels};
+
+use crate::head::{Head, MemSeries, series_hash};
+
+/// A store's head, attached to a batch ([`crate::Db::attach`]) so that finishing a series can
+/// recognise one the store already has.
+#[derive(Clone)]
+pub(crate) struct Lookup(pub(crate) Arc<Head>);
+
+impl std::fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lookup")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct SeriesSpan {
@@ -26,6 +40,11 @@ pub struct WriteBatch {
     pub(crate) samples: Vec<(i64, f64)>,
     open_labels: u32,
     open_samples: u32,
+    /// Identity hash of each series (env and sorted labels), computed once at finish.
+    pub(crate) hashes: Vec<(u64, u64)>,
+    /// Each series as the attached store had it when the series was finished, if it did.
+    pub(crate) resolved: Vec<Option<Arc<MemSeries>>>,
+    lookup: Option<Lookup>,
 }
 
 impl WriteBatch {
@@ -39,7 +58,23 @@ impl WriteBatch {
             samples: Vec::new(),
             open_labels: 0,
             open_samples: 0,
+            hashes: Vec::new(),
+            resolved: Vec::new(),
+            lookup: None,
         }
+    }
+
+    /// Detaches the store attached with [`crate::Db::attach`] and lets go of the series it
+    /// resolved (a batch kept for reuse should not pin them).
+    pub fn detach(&mut self) {
+        self.set_lookup(None);
+        self.resolved.clear();
+    }
+
+    pub(crate) fn set_lookup(&mut self, lookup: Option<Lookup>) {
+        self.lookup = lookup;
+        self.resolved.clear();
+        self.resolved.resize(self.series.len(), None);
     }
 
     /// Empties the batch (keeping its memory) and sets its environment.
@@ -51,6 +86,8 @@ impl WriteBatch {
         self.samples.clear();
         self.open_labels = 0;
         self.open_samples = 0;
+        self.hashes.clear();
+        self.resolved.clear();
     }
 
     /// The environment.
@@ -95,7 +132,9 @@ impl WriteBatch {
 
     /// Ends the series being built: drops labels with empty values, sorts the labels by name and
     /// checks them against `limits` (a duplicate name is an error). On error the series is
-    /// removed from the batch and the batch is as before.
+    /// removed from the batch and the batch is as before. With a store attached
+    /// ([`crate::Db::attach`]), a series the store already holds was checked when it was
+    /// created and is not checked again (nor looked up again when the batch is written).
     pub fn finish_series(&mut self, limits: &LabelLimits) -> Result<(), LabelError> {
         let start = self.open_labels as usize;
         // Drop empty values and sort by name in place (senders usually send sorted labels
@@ -118,11 +157,17 @@ impl WriteBatch {
             labels: self.open_labels..self.labels.len() as u32,
             samples: self.open_samples..self.samples.len() as u32,
         };
-        if let Err(e) = self.check(&span, limits) {
+        let hash = series_hash(self.env.as_str(), self.label_pairs_span(&span));
+        let known = self.lookup.as_ref().and_then(|l| l.0.find(hash));
+        if known.is_none()
+            && let Err(e) = self.check(&span, limits)
+        {
             self.labels.truncate(span.labels.start as usize);
             self.samples.truncate(span.samples.start as usize);
             return Err(e);
         }
+        self.hashes.push(hash);
+        self.resolved.push(known);
         self.series.push(span);
         self.open_labels = self.labels.len() as u32;
         self.open_samples = self.samples.len() as u32;

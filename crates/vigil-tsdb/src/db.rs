@@ -308,6 +308,13 @@ impl Db {
         &self.inner.opts
     }
 
+    /// Attaches this store to `batch` (until it is attached to another store): series the
+    /// store already holds are then recognised as the batch is built, which skips their label
+    /// checks and their lookup at [`Db::write`]. Batches written without it behave the same.
+    pub fn attach(&self, batch: &mut WriteBatch) {
+        batch.set_lookup(Some(crate::batch::Lookup(self.inner.head.clone())));
+    }
+
     /// Writes a batch. Returns once the accepted samples are in the WAL under the sync policy.
     /// Samples the store refuses (too old, conflicting duplicate, series limit) are reported
     /// in the outcome; they are not errors. An `Err` means nothing of the batch was acknowledged.
@@ -517,17 +524,29 @@ impl Inner {
                 if samples.is_empty() {
                     continue;
                 }
+                let mut known = batch.resolved.get(i).cloned().flatten();
                 loop {
-                    let r = self
-                        .head
-                        .get_or_create(env, batch.label_pairs(i), None, |sref| {
-                            buf.clear();
-                            record::encode_series(
-                                buf,
-                                std::iter::once((sref, env, batch.label_pairs(i).collect())),
-                            );
-                            self.wal.append(buf).map(|_| ())
-                        })?;
+                    let r = if let Some(series) = known.take() {
+                        Ok(crate::head::Resolved {
+                            series,
+                            created: false,
+                        })
+                    } else {
+                        self.head.get_or_create_hashed(
+                            env,
+                            batch.hashes[i],
+                            batch.label_pairs(i),
+                            None,
+                            |sref| {
+                                buf.clear();
+                                record::encode_series(
+                                    buf,
+                                    std::iter::once((sref, env, batch.label_pairs(i).collect())),
+                                );
+                                self.wal.append(buf).map(|_| ())
+                            },
+                        )?
+                    };
                     let res = match r {
                         Ok(res) => res,
                         Err(reason) => {

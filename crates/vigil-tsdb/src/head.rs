@@ -158,7 +158,10 @@ impl std::fmt::Debug for Head {
 /// on both with probability 2^-128 per pair (about 10^-27 across a million series), far below
 /// the rate of undetected memory errors, so lookups compare hashes instead of chasing every
 /// label string through the symbol table (measured: a quarter of append time).
-fn series_hash<'a>(env: &str, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> (u64, u64) {
+pub(crate) fn series_hash<'a>(
+    env: &str,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> (u64, u64) {
     use std::hash::BuildHasher;
     thread_local! {
         static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -425,6 +428,23 @@ impl Head {
         log: impl FnOnce(u32) -> Result<(), E>,
     ) -> Result<Result<Resolved, RejectReason>, E> {
         let hash = series_hash(env, pairs.clone());
+        self.get_or_create_hashed(env, hash, pairs, forced_ref, log)
+    }
+
+    /// The series with identity `hash` ([`series_hash`]), if the head has it.
+    pub(crate) fn find(&self, hash: (u64, u64)) -> Option<Arc<MemSeries>> {
+        self.find_in(&self.shards[hash.0 as usize % SHARDS].read(), hash)
+    }
+
+    /// [`Head::get_or_create`] with the identity hash already computed from the same labels.
+    pub(crate) fn get_or_create_hashed<'a, E>(
+        &self,
+        env: &str,
+        hash: (u64, u64),
+        pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        forced_ref: Option<u32>,
+        log: impl FnOnce(u32) -> Result<(), E>,
+    ) -> Result<Result<Resolved, RejectReason>, E> {
         let (h1, _) = hash;
         let shard = &self.shards[h1 as usize % SHARDS];
         if let Some(s) = self.find_in(&shard.read(), hash) {

@@ -197,6 +197,7 @@ async fn ingest(
             let (batch_slot, scratch) = &mut *guard;
             let batch = batch_slot.get_or_insert_with(|| WriteBatch::new(env2.clone()));
             batch.clear(env2.clone());
+            db.attach(batch);
             let unzipped;
             let body: &[u8] = if gzip && !matches!(proto, Protocol::RemoteWrite) {
                 unzipped = gunzip(&raw, limits.max_decompressed_bytes)?;
@@ -223,7 +224,9 @@ async fn ingest(
                 Protocol::PromText => prom_text::decode(body, now, &ex, &limits, batch)?,
                 Protocol::Native => native::decode(body, now, &limits, batch)?,
             };
-            let outcome = db.write(batch)?;
+            let outcome = db.write(batch);
+            batch.detach();
+            let outcome = outcome?;
             // Threshold rules see the samples as they arrive.
             state.0.alerting.on_batch(batch);
             let msg = if outcome.rejected_total() > 0 {
