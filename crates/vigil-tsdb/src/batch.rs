@@ -6,22 +6,10 @@
 //! restart either all its accepted samples are present or none.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use vigil_model::{EnvId, Label, LabelError, LabelLimits, Labels};
 
-use crate::head::{Head, MemSeries, series_hash};
-
-/// A store's head, attached to a batch ([`crate::Db::attach`]) so that finishing a series can
-/// recognise one the store already has.
-#[derive(Clone)]
-pub(crate) struct Lookup(pub(crate) Arc<Head>);
-
-impl std::fmt::Debug for Lookup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Lookup")
-    }
-}
+use crate::head::series_hash;
 
 #[derive(Debug, Clone)]
 pub(crate) struct SeriesSpan {
@@ -42,9 +30,8 @@ pub struct WriteBatch {
     open_samples: u32,
     /// Identity hash of each series (env and sorted labels), computed once at finish.
     pub(crate) hashes: Vec<(u64, u64)>,
-    /// Each series as the attached store had it when the series was finished, if it did.
-    pub(crate) resolved: Vec<Option<Arc<MemSeries>>>,
-    lookup: Option<Lookup>,
+    /// Limits whose check is left to [`crate::Db::write`], for the series it does not hold.
+    deferred: Option<LabelLimits>,
 }
 
 impl WriteBatch {
@@ -59,22 +46,25 @@ impl WriteBatch {
             open_labels: 0,
             open_samples: 0,
             hashes: Vec::new(),
-            resolved: Vec::new(),
-            lookup: None,
+            deferred: None,
         }
     }
 
-    /// Detaches the store attached with [`crate::Db::attach`] and lets go of the series it
-    /// resolved (a batch kept for reuse should not pin them).
-    pub fn detach(&mut self) {
-        self.set_lookup(None);
-        self.resolved.clear();
+    /// Leaves the label checks of [`WriteBatch::finish_series`] to [`crate::Db::write`], which
+    /// runs them (with `limits`) only for series the store does not hold yet: a series was
+    /// checked when it was created. The write then fails with
+    /// [`crate::Error::InvalidLabels`] before storing anything if one is bad. Labels are still
+    /// sorted and empty values dropped at finish. `None` checks at finish again.
+    pub fn defer_label_checks(&mut self, limits: Option<LabelLimits>) {
+        self.deferred = limits;
     }
 
-    pub(crate) fn set_lookup(&mut self, lookup: Option<Lookup>) {
-        self.lookup = lookup;
-        self.resolved.clear();
-        self.resolved.resize(self.series.len(), None);
+    /// Runs the deferred checks on series `i`.
+    pub(crate) fn check_deferred(&self, i: usize) -> Result<(), LabelError> {
+        match &self.deferred {
+            Some(l) => self.check(&self.series[i], l),
+            None => Ok(()),
+        }
     }
 
     /// Empties the batch (keeping its memory) and sets its environment.
@@ -87,7 +77,6 @@ impl WriteBatch {
         self.open_labels = 0;
         self.open_samples = 0;
         self.hashes.clear();
-        self.resolved.clear();
     }
 
     /// The environment.
@@ -132,9 +121,8 @@ impl WriteBatch {
 
     /// Ends the series being built: drops labels with empty values, sorts the labels by name and
     /// checks them against `limits` (a duplicate name is an error). On error the series is
-    /// removed from the batch and the batch is as before. With a store attached
-    /// ([`crate::Db::attach`]), a series the store already holds was checked when it was
-    /// created and is not checked again (nor looked up again when the batch is written).
+    /// removed from the batch and the batch is as before. With checks deferred
+    /// ([`WriteBatch::defer_label_checks`]) only the sorting happens here.
     pub fn finish_series(&mut self, limits: &LabelLimits) -> Result<(), LabelError> {
         let start = self.open_labels as usize;
         // Drop empty values and sort by name in place (senders usually send sorted labels
@@ -157,17 +145,15 @@ impl WriteBatch {
             labels: self.open_labels..self.labels.len() as u32,
             samples: self.open_samples..self.samples.len() as u32,
         };
-        let hash = series_hash(self.env.as_str(), self.label_pairs_span(&span));
-        let known = self.lookup.as_ref().and_then(|l| l.0.find(hash));
-        if known.is_none()
+        if self.deferred.is_none()
             && let Err(e) = self.check(&span, limits)
         {
             self.labels.truncate(span.labels.start as usize);
             self.samples.truncate(span.samples.start as usize);
             return Err(e);
         }
-        self.hashes.push(hash);
-        self.resolved.push(known);
+        self.hashes
+            .push(series_hash(self.env.as_str(), self.label_pairs_span(&span)));
         self.series.push(span);
         self.open_labels = self.labels.len() as u32;
         self.open_samples = self.samples.len() as u32;

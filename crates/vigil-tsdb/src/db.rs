@@ -308,13 +308,6 @@ impl Db {
         &self.inner.opts
     }
 
-    /// Attaches this store to `batch` (until it is attached to another store): series the
-    /// store already holds are then recognised as the batch is built, which skips their label
-    /// checks and their lookup at [`Db::write`]. Batches written without it behave the same.
-    pub fn attach(&self, batch: &mut WriteBatch) {
-        batch.set_lookup(Some(crate::batch::Lookup(self.inner.head.clone())));
-    }
-
     /// Writes a batch. Returns once the accepted samples are in the WAL under the sync policy.
     /// Samples the store refuses (too old, conflicting duplicate, series limit) are reported
     /// in the outcome; they are not errors. An `Err` means nothing of the batch was acknowledged.
@@ -519,12 +512,26 @@ impl Inner {
             // The head's time range is noted once per batch: two shared atomics per sample
             // would bounce a cache line between writer threads.
             let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            // Every series is looked up first, one shard lock at a time, so the lookups' cache
+            // misses overlap; deferred label checks run for the series not found, before
+            // anything is stored.
+            let mut found = self.head.find_many(&batch.hashes);
+            for (i, f) in found.iter().enumerate() {
+                if f.is_none() && !batch.samples_of(i).is_empty() {
+                    batch
+                        .check_deferred(i)
+                        .map_err(|source| Error::InvalidLabels {
+                            series_index: i,
+                            source,
+                        })?;
+                }
+            }
             for i in 0..batch.series_len() {
                 let samples = batch.samples_of(i);
                 if samples.is_empty() {
                     continue;
                 }
-                let mut known = batch.resolved.get(i).cloned().flatten();
+                let mut known = found[i].take();
                 loop {
                     let r = if let Some(series) = known.take() {
                         Ok(crate::head::Resolved {

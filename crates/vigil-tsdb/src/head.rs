@@ -431,9 +431,53 @@ impl Head {
         self.get_or_create_hashed(env, hash, pairs, forced_ref, log)
     }
 
-    /// The series with identity `hash` ([`series_hash`]), if the head has it.
-    pub(crate) fn find(&self, hash: (u64, u64)) -> Option<Arc<MemSeries>> {
-        self.find_in(&self.shards[hash.0 as usize % SHARDS].read(), hash)
+    /// The series with each identity hash ([`series_hash`]) the head has, in input order.
+    /// Hashes are grouped by shard (counting sort), each shard is read-locked once, and within
+    /// it all lookups run before any reference count is touched, so their cache misses overlap
+    /// instead of queueing behind locked instructions.
+    pub(crate) fn find_many(&self, hashes: &[(u64, u64)]) -> Vec<Option<Arc<MemSeries>>> {
+        let mut out = vec![None; hashes.len()];
+        let mut start = [0usize; SHARDS + 1];
+        for h in hashes {
+            start[h.0 as usize % SHARDS + 1] += 1;
+        }
+        for k in 0..SHARDS {
+            start[k + 1] += start[k];
+        }
+        let mut next = start;
+        let mut order = vec![0u32; hashes.len()];
+        for (i, h) in hashes.iter().enumerate() {
+            let k = h.0 as usize % SHARDS;
+            order[next[k]] = i as u32;
+            next[k] += 1;
+        }
+        for k in 0..SHARDS {
+            let group = &order[start[k]..start[k + 1]];
+            if group.is_empty() {
+                continue;
+            }
+            let shard = self.shards[k].read();
+            let refs: Vec<Option<&Arc<MemSeries>>> = group
+                .iter()
+                .map(|&i| Self::lookup(&shard, hashes[i as usize]))
+                .collect();
+            for (&i, r) in group.iter().zip(refs) {
+                out[i as usize] = r.cloned();
+            }
+        }
+        out
+    }
+
+    fn lookup(shard: &Shard, hash: (u64, u64)) -> Option<&Arc<MemSeries>> {
+        let s = shard.map.get(&hash.0)?;
+        if s.hash2 == hash.1 {
+            return Some(s);
+        }
+        shard
+            .collisions
+            .get(&hash.0)?
+            .iter()
+            .find(|s| s.hash2 == hash.1)
     }
 
     /// [`Head::get_or_create`] with the identity hash already computed from the same labels.

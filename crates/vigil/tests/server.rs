@@ -314,6 +314,40 @@ fn malformed_payloads_get_4xx_and_store_nothing() {
         before,
         "a refused payload left series behind"
     );
+    // A known series (its label checks are skipped) and a new bad one in one request: the
+    // request is refused as a whole, naming the bad series, and the known one gets nothing.
+    let known = rw("known_gauge", &[("job", "x")], &[(t, 1.0)]);
+    assert_eq!(s.post("/api/v1/write", Some(&a), &[], &known).status, 204);
+    let mixed = WriteRequest {
+        timeseries: vec![
+            TimeSeries::new(
+                &[("__name__", "known_gauge"), ("job", "x")],
+                &[(t + 1000, 2.0)],
+            ),
+            TimeSeries::new(
+                &[("__name__", "known_gauge"), ("bad label", "y")],
+                &[(t + 1000, 3.0)],
+            ),
+        ],
+    }
+    .encode_snappy();
+    let r = s.post("/api/v1/write", Some(&a), &[], &mixed);
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    let (_, msg) = r.error();
+    assert!(
+        msg.contains("series 1") && msg.contains("label name"),
+        "{msg}"
+    );
+    let q = s
+        .get(
+            &format!(
+                "/api/v1/query?query=count_over_time(known_gauge[1h])&time={}",
+                (t + 2000) / 1000
+            ),
+            Some(&a),
+        )
+        .body_str();
+    assert!(q.contains(r#""value":["#) && q.contains(r#","1"]"#), "{q}");
     let m = s.get("/metrics", Some(&a)).body_str();
     assert!(
         m.contains(

@@ -197,7 +197,10 @@ async fn ingest(
             let (batch_slot, scratch) = &mut *guard;
             let batch = batch_slot.get_or_insert_with(|| WriteBatch::new(env2.clone()));
             batch.clear(env2.clone());
-            db.attach(batch);
+            // remote_write: label checks only for series the store does not hold yet.
+            batch.defer_label_checks(
+                matches!(proto, Protocol::RemoteWrite).then(|| limits.labels.clone()),
+            );
             let unzipped;
             let body: &[u8] = if gzip && !matches!(proto, Protocol::RemoteWrite) {
                 unzipped = gunzip(&raw, limits.max_decompressed_bytes)?;
@@ -224,9 +227,20 @@ async fn ingest(
                 Protocol::PromText => prom_text::decode(body, now, &ex, &limits, batch)?,
                 Protocol::Native => native::decode(body, now, &limits, batch)?,
             };
-            let outcome = db.write(batch);
-            batch.detach();
-            let outcome = outcome?;
+            let outcome = match db.write(batch) {
+                Ok(o) => o,
+                Err(vigil_tsdb::Error::InvalidLabels {
+                    series_index,
+                    source,
+                }) => {
+                    return Err(vigil_ingest::DecodeError::Labels {
+                        series: series_index,
+                        source,
+                    }
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
             // Threshold rules see the samples as they arrive.
             state.0.alerting.on_batch(batch);
             let msg = if outcome.rejected_total() > 0 {
