@@ -526,12 +526,12 @@ impl Inner {
                         })?;
                 }
             }
-            for i in 0..batch.series_len() {
+            for (i, slot) in found.iter_mut().enumerate() {
                 let samples = batch.samples_of(i);
                 if samples.is_empty() {
                     continue;
                 }
-                let mut known = found[i].take();
+                let mut known = slot.take();
                 loop {
                     let r = if let Some(series) = known.take() {
                         Ok(crate::head::Resolved {
