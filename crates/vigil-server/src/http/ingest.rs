@@ -199,7 +199,7 @@ async fn ingest(
             batch.clear(env2.clone());
             // remote_write: label checks only for series the store does not hold yet.
             batch.defer_label_checks(
-                matches!(proto, Protocol::RemoteWrite).then(|| limits.labels.clone()),
+                matches!(proto, Protocol::RemoteWrite).then_some(limits.labels),
             );
             let unzipped;
             let body: &[u8] = if gzip && !matches!(proto, Protocol::RemoteWrite) {
