@@ -83,7 +83,8 @@ fn plain_sample(b: &[u8]) -> Option<(u64, i64)> {
     let v = u64::from_le_bytes([*v0, *v1, *v2, *v3, *v4, *v5, *v6, *v7]);
     let mut t = 0u64;
     for (i, &x) in ts.iter().enumerate() {
-        if i == 9 && x > 1 || i > 9 {
+        // The tenth byte may only carry the 64th bit (and always ends the varint).
+        if i == 9 && x > 1 {
             return None;
         }
         t |= ((x & 0x7f) as u64) << (7 * i);
