@@ -27,28 +27,17 @@ impl crate::Storage for TsdbStorage<'_> {
         budget: usize,
     ) -> Result<Vec<StoredSeries>> {
         let q = self.db.querier(self.env, mint, maxt);
-        let set: Vec<vigil_tsdb::Series> = q
-            .select(matchers)
-            .map_err(|e| Error::Storage(e.to_string()))?
-            .collect();
-        // Decode in parallel when there is enough work: each series is independent.
-        let workers = std::thread::available_parallelism()
+        // Resolve and decode on up to 4 threads when there is enough work: each series is
+        // independent, and head series are resolved by the reader that decodes them.
+        let max_workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(4)
-            .min(set.len() / 256)
-            .max(1);
-        let per = set.len().div_ceil(workers).max(1);
-        let mut parts: Vec<Vec<vigil_tsdb::Series>> = Vec::with_capacity(workers);
-        let mut it = set.into_iter();
-        loop {
-            let part: Vec<vigil_tsdb::Series> = it.by_ref().take(per).collect();
-            if part.is_empty() {
-                break;
-            }
-            parts.push(part);
-        }
-        let decode = |part: Vec<vigil_tsdb::Series>| -> Result<Vec<StoredSeries>> {
-            let mut out = Vec::with_capacity(part.len());
+            .min(4);
+        let parts = q
+            .select_parts(matchers, max_workers)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
+        let decode = |part: vigil_tsdb::SeriesPart| -> Result<Vec<StoredSeries>> {
+            let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
             let mut total = 0usize;
             for mut s in part {
                 let mut samples = Vec::new();
@@ -66,7 +55,8 @@ impl crate::Storage for TsdbStorage<'_> {
             }
             Ok(out)
         };
-        let results: Vec<Result<Vec<StoredSeries>>> = if parts.len() <= 1 {
+        // A thread is not worth it for a few hundred series.
+        let results: Vec<Result<Vec<StoredSeries>>> = if parts.len() <= 1 || series < 512 {
             parts.into_iter().map(decode).collect()
         } else {
             std::thread::scope(|sc| {

@@ -654,8 +654,12 @@ impl Head {
     ) -> Vec<(Labels, Vec<HeadChunk>)> {
         let refs = self.select_refs(env, matchers);
         let mut out = Vec::with_capacity(refs.len());
+        // One read of the refs table for the whole selection (appends of new series wait).
+        let table = self.refs.read();
         for r in refs {
-            let Some(s) = self.by_ref(r) else { continue };
+            let Some(Some(s)) = table.get(r as usize) else {
+                continue;
+            };
             let mut chunks = Vec::new();
             {
                 let d = s.data.lock();
@@ -665,10 +669,36 @@ impl Head {
                 d.snapshot(mint, maxt, &mut chunks);
             }
             if !chunks.is_empty() {
-                out.push((self.labels_of(&s), chunks));
+                out.push((self.labels_of(s), chunks));
             }
         }
         out
+    }
+
+    /// The labels of each of `refs` that still exists (one read of the refs table).
+    pub(crate) fn labels_for(&self, refs: Vec<u32>) -> Vec<(u32, Labels)> {
+        let table = self.refs.read();
+        refs.into_iter()
+            .filter_map(|r| match table.get(r as usize) {
+                Some(Some(s)) => Some((r, self.labels_of(s))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One series' chunks overlapping [mint, maxt]; `None` when it is gone, deleted or has
+    /// nothing in the range.
+    pub(crate) fn chunks_of(&self, r: u32, mint: i64, maxt: i64) -> Option<Vec<HeadChunk>> {
+        let s = self.by_ref(r)?;
+        let mut chunks = Vec::new();
+        {
+            let d = s.data.lock();
+            if d.deleted {
+                return None;
+            }
+            d.snapshot(mint, maxt, &mut chunks);
+        }
+        (!chunks.is_empty()).then_some(chunks)
     }
 
     /// The newest in-order sample of each matching series, if at or after `since`.

@@ -72,6 +72,24 @@ pub(crate) fn subtract(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
+/// The refs of sorted `r` that appear in any of `lists` (each sorted): one bitmap over the
+/// refs up to `r`'s largest, so the cost is the lists' length plus `r`'s, with no sorting.
+fn keep_listed(r: &[u32], lists: &[&[u32]]) -> Vec<u32> {
+    let Some(&max) = r.last() else {
+        return Vec::new();
+    };
+    let mut bits = vec![0u64; max as usize / 64 + 1];
+    for l in lists {
+        for &x in l.iter().take_while(|&&x| x <= max) {
+            bits[x as usize / 64] |= 1 << (x % 64);
+        }
+    }
+    r.iter()
+        .copied()
+        .filter(|&x| bits[x as usize / 64] >> (x % 64) & 1 == 1)
+        .collect()
+}
+
 fn union(lists: Vec<&[u32]>) -> Vec<u32> {
     match lists.len() {
         0 => Vec::new(),
@@ -124,12 +142,10 @@ impl EnvPostings {
         id_of: &dyn Fn(&str) -> Option<u32>,
         str_of: &dyn Fn(u32) -> &'s str,
     ) -> Vec<u32> {
-        let mut result: Option<Vec<u32>> = None;
         let mut minus: Vec<Vec<u32>> = Vec::new();
-        // Positive matchers first, smallest expected result first (equality before regex).
-        let mut order: Vec<&Matcher> = matchers.iter().collect();
-        order.sort_by_key(|m| (m.matches_empty(), m.op != MatchOp::Eq));
-        for m in order {
+        // Each positive matcher's posting lists, resolved first so the smallest goes first.
+        let mut positive: Vec<(usize, Vec<&[u32]>)> = Vec::new();
+        for m in matchers {
             let name = id_of(&m.name);
             if m.matches_empty() {
                 // Series lacking the label match; those with a non-matching value do not.
@@ -161,10 +177,19 @@ impl EnvPostings {
                     .map(|(_, l)| l.as_slice())
                     .collect()
             };
-            let u = union(lists);
+            if lists.is_empty() {
+                return Vec::new();
+            }
+            positive.push((lists.iter().map(|l| l.len()).sum(), lists));
+        }
+        positive.sort_by_key(|p| p.0);
+        let mut result: Option<Vec<u32>> = None;
+        for (_, lists) in positive {
             result = Some(match result {
-                None => u,
-                Some(r) => intersect(&r, &u),
+                None => union(lists),
+                // Narrow without copying the (possibly huge) other side.
+                Some(r) if lists.len() == 1 => intersect(&r, lists[0]),
+                Some(r) => keep_listed(&r, &lists),
             });
             if result.as_ref().is_some_and(|r| r.is_empty()) {
                 return Vec::new();
@@ -273,5 +298,52 @@ mod tests {
         assert_eq!(subtract(&[1, 3, 5, 7], &[3, 4, 5]), vec![1, 7]);
         let big: Vec<u32> = (0..1000).collect();
         assert_eq!(intersect(&[5, 999, 2000], &big), vec![5, 999]);
+    }
+
+    proptest::proptest! {
+        /// Selection agrees with matching every series' labels one by one, whatever the
+        /// matchers' order, kinds and sizes (single lists, alternatives, regexes, negations).
+        #[test]
+        fn select_agrees_with_brute_force(
+            series in proptest::collection::vec(
+                proptest::collection::vec((0usize..3, 0usize..6), 0..4), 1..60),
+            ms in proptest::collection::vec((0usize..4, 0usize..3, 0usize..6), 1..4),
+        ) {
+            let names = ["a", "b", "c"];
+            let values = ["v0", "v1", "v2", "v3", "w0", "w1"];
+            let mut f = Fx { p: EnvPostings::default(), ids: HashMap::new(), strs: Vec::new() };
+            let mut all: Vec<Vec<(&str, &str)>> = Vec::new();
+            for (r, ls) in series.iter().enumerate() {
+                let mut l: Vec<(&str, &str)> = ls.iter().map(|&(n, v)| (names[n], values[v])).collect();
+                l.sort();
+                l.dedup_by_key(|x| x.0);
+                f.add(r as u32, &l);
+                all.push(l);
+            }
+            let matchers: Vec<Matcher> = ms
+                .iter()
+                .map(|&(op, n, v)| {
+                    let (op, val) = match op {
+                        0 => (MatchOp::Eq, values[v].to_string()),
+                        1 => (MatchOp::Ne, values[v].to_string()),
+                        2 => (MatchOp::Re, if v % 2 == 0 { format!("{}|v1", values[v]) } else { "v.*".into() }),
+                        _ => (MatchOp::Nre, format!("{}.*", &values[v][..1])),
+                    };
+                    m(op, names[n], &val)
+                })
+                .collect();
+            let want: Vec<u32> = all
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    matchers.iter().all(|mt| {
+                        let v = l.iter().find(|x| x.0 == mt.name.as_str()).map_or("", |x| x.1);
+                        mt.matches(v)
+                    })
+                })
+                .map(|(r, _)| r as u32)
+                .collect();
+            proptest::prop_assert_eq!(f.sel(&matchers), want);
+        }
     }
 }

@@ -116,6 +116,55 @@ impl Iterator for SeriesSet {
 
 impl ExactSizeIterator for SeriesSet {}
 
+enum Item {
+    Ready(SelectedSeries),
+    /// A head series whose chunks are not yet copied.
+    Head(u32, Labels),
+}
+
+/// Part of a selection (see [`Querier::select_parts`]); yields series in no particular order.
+pub struct SeriesPart {
+    items: std::vec::IntoIter<Item>,
+    head: Arc<Head>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl std::fmt::Debug for SeriesPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeriesPart")
+            .field("left", &self.items.len())
+            .finish()
+    }
+}
+
+impl Iterator for SeriesPart {
+    type Item = Series;
+    fn next(&mut self) -> Option<Series> {
+        loop {
+            let (labels, sources, deleted) = match self.items.next()? {
+                Item::Ready(x) => x,
+                Item::Head(r, l) => match self.head.chunks_of(r, self.mint, self.maxt) {
+                    Some(chunks) => (
+                        l,
+                        chunks.into_iter().map(Source::Head).collect(),
+                        Vec::new(),
+                    ),
+                    None => continue,
+                },
+            };
+            return Some(Series {
+                labels,
+                samples: SampleIter::new(sources, deleted, self.mint, self.maxt),
+            });
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.items.len()))
+    }
+}
+
 /// Streams one series' samples, decoding a chunk (or a group of overlapping chunks) at a time.
 #[derive(Debug)]
 pub struct SampleIter {
@@ -203,23 +252,67 @@ impl SampleIter {
         Ok(true)
     }
 
-    /// Collects the remaining samples into `out`, a decoded chunk at a time.
+    /// Collects the remaining samples into `out`. Chunks that overlap nothing are decoded
+    /// straight into `out` (no intermediate buffer); overlapping groups are merged first.
+    /// On error, `out` holds the samples of the chunks before the damaged one.
     pub fn read_all(&mut self, out: &mut Vec<(i64, f64)>) -> Result<()> {
-        loop {
-            if self.failed {
-                return Ok(());
-            }
-            out.extend_from_slice(&self.buf[self.pos..]);
-            self.pos = self.buf.len();
-            match self.refill() {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e);
+        if self.failed {
+            return Ok(());
+        }
+        out.extend_from_slice(&self.buf[self.pos..]);
+        self.pos = self.buf.len();
+        while let Some(first) = self.pending.pop() {
+            if self
+                .pending
+                .last()
+                .is_some_and(|n| n.min_time() <= first.max_time())
+            {
+                self.pending.push(first);
+                match self.refill() {
+                    Ok(true) => {
+                        out.extend_from_slice(&self.buf);
+                        self.pos = self.buf.len();
+                        continue;
+                    }
+                    Ok(false) => return Ok(()),
+                    Err(e) => {
+                        self.failed = true;
+                        return Err(e);
+                    }
                 }
             }
+            let from = out.len();
+            if let Err(e) = first.decode(&mut self.bytes, out) {
+                out.truncate(from);
+                self.failed = true;
+                return Err(e);
+            }
+            // A chunk's samples are in time order: trim the range by position.
+            let part = &out[from..];
+            let a = part.partition_point(|p| p.0 < self.mint);
+            let b = part.partition_point(|p| p.0 <= self.maxt);
+            if b < part.len() {
+                out.truncate(from + b);
+            }
+            if a > 0 {
+                out.drain(from..from + a.min(b));
+            }
+            if !self.deleted.is_empty() {
+                let deleted = &self.deleted;
+                let mut k = from;
+                for r in from..out.len() {
+                    let t = out[r].0;
+                    if !deleted.iter().any(|&(x, y)| t >= x && t <= y) {
+                        out[k] = out[r];
+                        k += 1;
+                    }
+                }
+                out.truncate(k);
+            }
         }
+        self.buf.clear();
+        self.pos = 0;
+        Ok(())
     }
 }
 
@@ -270,11 +363,23 @@ impl Querier {
             .collect()
     }
 
-    /// Series matching `matchers` with samples in the range.
+    /// Series matching `matchers` with samples in the range, in label order.
     pub fn select(&self, matchers: &[Matcher]) -> Result<SeriesSet> {
-        // Gather (labels, sources) from blocks and head, then sort once and merge equal label
-        // sets (a series present in several blocks and the head).
+        self.select_inner(matchers, true)
+    }
+
+    /// Like [`select`](Self::select) but in no particular order, which saves sorting the
+    /// selection by labels (the query engine orders its results itself).
+    pub fn select_unordered(&self, matchers: &[Matcher]) -> Result<SeriesSet> {
+        self.select_inner(matchers, false)
+    }
+
+    fn select_inner(&self, matchers: &[Matcher], sorted: bool) -> Result<SeriesSet> {
+        // Gather (labels, sources) from blocks and head, then merge equal label sets (a series
+        // present in several blocks and the head): by sorting when asked for label order or
+        // when several sources answered, else not at all.
         let mut found: Vec<(Labels, Vec<Source>)> = Vec::new();
+        let mut sources = 0;
         if self.mint <= self.maxt {
             for b in self.blocks.iter() {
                 if b.meta.resolution_ms != 0
@@ -283,6 +388,7 @@ impl Querier {
                 {
                     continue;
                 }
+                let before = found.len();
                 for i in b.select_ids(&self.env, matchers) {
                     let s = &b.series[i as usize];
                     let chunks: Vec<Source> = s
@@ -298,19 +404,46 @@ impl Querier {
                         found.push((b.labels(s), chunks));
                     }
                 }
+                sources += usize::from(found.len() > before);
             }
+            let before = found.len();
             for (labels, chunks) in self.head.select(&self.env, matchers, self.mint, self.maxt) {
                 found.push((labels, chunks.into_iter().map(Source::Head).collect()));
             }
+            sources += usize::from(found.len() > before);
         }
-        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut items: Vec<SelectedSeries> = Vec::with_capacity(found.len());
-        for (l, src) in found {
-            match items.last_mut() {
-                Some(last) if last.0 == l => last.1.extend(src),
-                _ => items.push((l, src, Vec::new())),
+        let mut items: Vec<SelectedSeries> = if sorted {
+            found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut items: Vec<SelectedSeries> = Vec::with_capacity(found.len());
+            for (l, src) in found {
+                match items.last_mut() {
+                    Some(last) if last.0 == l => last.1.extend(src),
+                    _ => items.push((l, src, Vec::new())),
+                }
             }
-        }
+            items
+        } else if sources > 1 {
+            // Merge by hashing: cheaper than ordering by label text.
+            let mut index: hashbrown::HashMap<Labels, usize> =
+                hashbrown::HashMap::with_capacity(found.len());
+            let mut items: Vec<SelectedSeries> = Vec::with_capacity(found.len());
+            for (l, src) in found {
+                match index.get(&l) {
+                    Some(&i) => items[i].1.extend(src),
+                    None => {
+                        index.insert(l.clone(), items.len());
+                        items.push((l, src, Vec::new()));
+                    }
+                }
+            }
+            items
+        } else {
+            // One source holds each series once.
+            found
+                .into_iter()
+                .map(|(l, src)| (l, src, Vec::new()))
+                .collect()
+        };
         if self.tombstones.iter().any(|t| t.env == self.env) {
             for it in &mut items {
                 it.2 = self.deleted_for(&it.0);
@@ -321,6 +454,47 @@ impl Querier {
             mint: self.mint,
             maxt: self.maxt,
         })
+    }
+
+    /// The selection of [`select_unordered`](Self::select_unordered) cut into at most `n`
+    /// parts of about equal size, to be read on `n` threads. When only the head holds matching
+    /// series, a part copies each series' chunks as it is read, so that work is spread over
+    /// the readers too.
+    pub fn select_parts(&self, matchers: &[Matcher], n: usize) -> Result<Vec<SeriesPart>> {
+        let n = n.max(1);
+        let head_only = self.mint <= self.maxt
+            && !self.tombstones.iter().any(|t| t.env == self.env)
+            && self.blocks_in_range().next().is_none();
+        let items: Vec<Item> = if head_only {
+            // Labels are made here, on one thread: building them from the shared symbols on
+            // several threads at once makes the symbols' reference counts bounce between cores.
+            self.head
+                .labels_for(self.head.select_refs(&self.env, matchers))
+                .into_iter()
+                .map(|(r, l)| Item::Head(r, l))
+                .collect()
+        } else {
+            self.select_unordered(matchers)?
+                .items
+                .map(Item::Ready)
+                .collect()
+        };
+        let per = items.len().div_ceil(n).max(1);
+        let mut parts = Vec::with_capacity(n);
+        let mut it = items.into_iter();
+        loop {
+            let part: Vec<Item> = it.by_ref().take(per).collect();
+            if part.is_empty() {
+                break;
+            }
+            parts.push(SeriesPart {
+                items: part.into_iter(),
+                head: self.head.clone(),
+                mint: self.mint,
+                maxt: self.maxt,
+            });
+        }
+        Ok(parts)
     }
 
     /// The newest sample in the range of each matching series, in no particular order. Answered

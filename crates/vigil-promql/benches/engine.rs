@@ -1,0 +1,218 @@
+//! In-process engine benchmark: the query benchmark's instant queries evaluated straight on a
+//! [`Db`] (no HTTP, no JSON), so the engine and store costs can be profiled and compared
+//! between commits quickly.
+//!
+//! ```text
+//! cargo bench -p vigil-promql --bench engine            # 1,000 agents × 36 scrapes
+//! VIGIL_BENCH_AGENTS=10000 VIGIL_BENCH_RUNS=20 cargo bench -p vigil-promql --bench engine
+//! VIGIL_BENCH_ONLY=rate …                               # only queries whose name contains it
+//! ```
+//!
+//! Prints p50/p99 per query and, as a baseline measured in the same run, the time to decode
+//! every chunk of the selected series alone (`Querier::select` + reading all samples).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vigil_fleet::{Fleet, FleetSpec};
+use vigil_model::{EnvId, LabelLimits, Labels, ManualClock, Matcher};
+use vigil_promql::storage::TsdbStorage;
+use vigil_promql::{Engine, EngineOptions, Value};
+use vigil_tsdb::{Db, Options, WriteBatch};
+
+/// The server's allocator, so costs match what `vigil serve` pays.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BUCKETS: [&str; 8] = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1", "+Inf"];
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let agents = env_num("VIGIL_BENCH_AGENTS", 1_000);
+    let runs = env_num("VIGIL_BENCH_RUNS", 20).max(1);
+    let steps = 36i64;
+    let start = 1_750_000_000_000i64;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start);
+    let db = Db::open(
+        dir.path(),
+        Options {
+            clock: Arc::new(clock.clone()),
+            maintenance_interval: None,
+            downsample_after: None,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let env = EnvId::new("live").unwrap();
+    let lim = LabelLimits::default();
+    let mut fleet = Fleet::new(FleetSpec {
+        agents,
+        seed: 7,
+        start_ms: start,
+        env: "live".into(),
+        zones: 8,
+        ..FleetSpec::default()
+    });
+    let hist: Vec<Labels> = (0..agents)
+        .flat_map(|a| {
+            BUCKETS.iter().map(move |le| {
+                Labels::from_pairs([
+                    (
+                        "__name__",
+                        "http_request_duration_seconds_bucket".to_string(),
+                    ),
+                    ("agent", format!("agent-{a:05}")),
+                    ("env", "live".to_string()),
+                    ("job", "api".to_string()),
+                    ("le", le.to_string()),
+                    ("zone", format!("zone-{}", (b'a' + (a % 8) as u8) as char)),
+                ])
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let mut last = start;
+    let mut loaded = 0usize;
+    for s in 0..steps {
+        buf.clear();
+        fleet.next_step(&mut buf);
+        for part in buf.chunks(25_000) {
+            let mut b = WriteBatch::new(env.clone());
+            for x in part {
+                b.add_series(
+                    &fleet.series()[x.series as usize],
+                    &[(x.ts_ms, x.value)],
+                    &lim,
+                )
+                .unwrap();
+                last = last.max(x.ts_ms);
+            }
+            loaded += db.write(&b).unwrap().accepted;
+        }
+        let ts = start + s * 10_000 + 7;
+        let mut b = WriteBatch::new(env.clone());
+        for (i, l) in hist.iter().enumerate() {
+            let a = i / BUCKETS.len();
+            let share = [0.1, 0.3, 0.55, 0.7, 0.85, 0.95, 0.99, 1.0][i % BUCKETS.len()];
+            let v = ((s + 1) as f64 * (20.0 + (a % 13) as f64) * share).floor();
+            b.add_series(l, &[(ts, v)], &lim).unwrap();
+        }
+        loaded += db.write(&b).unwrap().accepted;
+        clock.set(last);
+    }
+    eprintln!(
+        "loaded {agents} agents × {steps} scrapes: {loaded} samples in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let at = last + 1_500;
+    let engine = Engine::new(EngineOptions::default());
+    let st = TsdbStorage::new(&db, "live");
+    let queries = [
+        ("latest gauge, all agents", "node_load1{env=\"live\"}"),
+        (
+            "sum by zone of rate",
+            "sum by (zone) (rate(node_cpu_seconds_total{env=\"live\"}[5m]))",
+        ),
+        (
+            "topk of rate",
+            "topk(10, rate(node_network_receive_bytes_total{env=\"live\",device=\"eth0\"}[5m]))",
+        ),
+        (
+            "regex matcher",
+            "node_filesystem_avail_bytes{env=\"live\",agent=~\"agent-00[0-4].*\",mountpoint=~\"/|/var\"}",
+        ),
+        (
+            "ratio of two gauges",
+            "avg by (zone) (node_memory_MemAvailable_bytes{env=\"live\"} / node_memory_MemTotal_bytes{env=\"live\"})",
+        ),
+        (
+            "histogram_quantile",
+            "histogram_quantile(0.99, sum by (le, zone) (rate(http_request_duration_seconds_bucket{env=\"live\"}[5m])))",
+        ),
+    ];
+    let only = std::env::var("VIGIL_BENCH_ONLY").ok();
+    println!("\nengine benchmark: {agents} agents, {runs} runs each; ms (p50 / p99)");
+    println!(
+        "{:<28} {:>9} {:>9} {:>8}   {:>22}",
+        "query", "p50", "p99", "result", "baseline: select+decode"
+    );
+    for (name, q) in queries {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let n = match engine.instant(&st, q, at).unwrap() {
+            Value::Vector(v) => v.len(),
+            _ => 1,
+        };
+        let mut lat: Vec<Duration> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(engine.instant(&st, q, at).unwrap());
+                t.elapsed()
+            })
+            .collect();
+        // Baseline: what reading every selected sample costs, with nothing evaluated.
+        let expr = vigil_promql::parse(q).unwrap();
+        let mut sels = Vec::new();
+        collect_selectors(&expr, &mut sels);
+        let mut base: Vec<Duration> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let mut out = Vec::new();
+                for m in &sels {
+                    let qr = db.querier("live", at - 300_000, at);
+                    for mut s in qr.select_unordered(m).unwrap() {
+                        out.clear();
+                        s.samples.read_all(&mut out).unwrap();
+                    }
+                }
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "{name:<28} {:>9.1} {:>9.1} {n:>8}   {:>10.1} / {:>9.1}",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            pct(&mut base, 0.5),
+            pct(&mut base, 0.99)
+        );
+    }
+}
+
+fn collect_selectors(e: &vigil_promql::Expr, out: &mut Vec<Vec<Matcher>>) {
+    use vigil_promql::Expr;
+    match e {
+        Expr::VectorSelector(vs) => out.push(vigil_promql::selector_matchers(vs).unwrap()),
+        Expr::MatrixSelector(m) => out.push(vigil_promql::selector_matchers(&m.vs).unwrap()),
+        Expr::Aggregate(a) => {
+            if let Some(p) = &a.param {
+                collect_selectors(p, out);
+            }
+            collect_selectors(&a.expr, out);
+        }
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Call(c) => c.args.args.iter().for_each(|a| collect_selectors(a, out)),
+        _ => {}
+    }
+}
