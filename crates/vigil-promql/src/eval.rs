@@ -125,6 +125,8 @@ struct Plan<'e> {
     mint: i64,
     maxt: i64,
     matrix: bool,
+    /// An instant selector read at one time only (`maxt`): its newest sample is enough.
+    latest: bool,
 }
 
 impl<'a> Evaluator<'a> {
@@ -181,6 +183,7 @@ impl<'a> Evaluator<'a> {
                     mint: lo.saturating_sub(self.lookback).saturating_add(1),
                     maxt: hi,
                     matrix: false,
+                    latest: lo == hi,
                 });
             }
             Expr::MatrixSelector(m) => {
@@ -190,6 +193,7 @@ impl<'a> Evaluator<'a> {
                     mint: lo.saturating_sub(ms(m.range)).saturating_add(1),
                     maxt: hi,
                     matrix: true,
+                    latest: false,
                 });
             }
             Expr::Subquery(sq) => {
@@ -241,13 +245,15 @@ impl<'a> Evaluator<'a> {
             }
             let budget = self.opts.max_samples.saturating_sub(loaded_samples);
             let max = self.opts.max_samples;
-            let series =
-                self.st
-                    .select(&matchers, p.mint, p.maxt, budget)
-                    .map_err(|e| match e {
-                        Error::TooManySamples(_) => Error::TooManySamples(max),
-                        e => e,
-                    })?;
+            let series = if p.latest {
+                self.st.select_latest(&matchers, p.mint, p.maxt, budget)
+            } else {
+                self.st.select(&matchers, p.mint, p.maxt, budget)
+            };
+            let series = series.map_err(|e| match e {
+                Error::TooManySamples(_) => Error::TooManySamples(max),
+                e => e,
+            })?;
             let mut out = Vec::with_capacity(series.len());
             for mut s in series {
                 if p.matrix {

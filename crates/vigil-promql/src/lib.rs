@@ -90,6 +90,24 @@ pub trait Storage {
         maxt: i64,
         budget: usize,
     ) -> Result<Vec<StoredSeries>>;
+
+    /// The newest sample in `[mint, maxt]` of each series matching `matchers` (a stale
+    /// marker included): all an instant selector evaluated at `maxt` looks at. Storage that
+    /// keeps each series' newest sample at hand answers without decoding.
+    fn select_latest(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> Result<Vec<StoredSeries>> {
+        let mut v = self.select(matchers, mint, maxt, budget)?;
+        for s in &mut v {
+            let n = s.samples.len();
+            s.samples.drain(..n.saturating_sub(1));
+        }
+        Ok(v)
+    }
 }
 
 /// Engine limits and defaults.

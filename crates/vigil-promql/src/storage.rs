@@ -19,6 +19,30 @@ impl<'a> TsdbStorage<'a> {
 }
 
 impl crate::Storage for TsdbStorage<'_> {
+    fn select_latest(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> Result<Vec<StoredSeries>> {
+        let found = self
+            .db
+            .querier(self.env, mint, maxt)
+            .latest(matchers)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        if found.len() > budget {
+            return Err(Error::TooManySamples(found.len()));
+        }
+        Ok(found
+            .into_iter()
+            .map(|(labels, t, v)| StoredSeries {
+                labels,
+                samples: vec![(t, v)],
+            })
+            .collect())
+    }
+
     fn select(
         &self,
         matchers: &[Matcher],

@@ -714,6 +714,9 @@ impl Head {
             let Some(s) = self.by_ref(r) else { continue };
             let (t, bits) = {
                 let d = s.data.lock();
+                if d.deleted {
+                    continue;
+                }
                 let ooo_last = d.ooo.last().copied();
                 match ooo_last {
                     Some((ot, ov)) if ot > d.last.0 => (ot, ov.to_bits()),
