@@ -276,6 +276,20 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
+    /// Frees the loaded series. A large load (hundreds of thousands of allocations) is freed
+    /// on a short-lived thread so the caller gets its answer without waiting for it.
+    pub(crate) fn release(self) {
+        let series: usize = self.data.values().map(|v| v.len()).sum();
+        if series < 50_000 {
+            return;
+        }
+        let data = self.data;
+        // Should the thread not start, the closure and the data are dropped right here.
+        let _ = std::thread::Builder::new()
+            .name("vigil-query-free".into())
+            .spawn(move || drop(data));
+    }
+
     pub(crate) fn loaded(&self, vs: &VectorSelector) -> &[Loaded] {
         self.data
             .get(&(vs as *const _ as usize))

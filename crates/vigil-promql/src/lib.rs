@@ -386,7 +386,9 @@ impl Engine {
         let _g = self.admit()?;
         let mut ev = eval::Evaluator::new(storage, &self.opts, time_ms, time_ms, 0)?;
         ev.prepare(expr)?;
-        ev.instant(expr, time_ms)
+        let out = ev.instant(expr, time_ms);
+        ev.release();
+        out
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms`; the result is a matrix.
@@ -441,7 +443,9 @@ impl Engine {
         let _g = self.admit()?;
         let mut ev = eval::Evaluator::new(storage, &self.opts, start_ms, end_ms, step_ms)?;
         ev.prepare(expr)?;
-        ev.range(expr)
+        let out = ev.range(expr);
+        ev.release();
+        out
     }
 }
 

@@ -1,6 +1,6 @@
-//! Instant selectors read each series' newest sample straight from the head when the query
-//! time is at or after the head's newest data. These cases pin that path to the decoding one:
-//! stale markers, the lookback limit, deleted series and earlier query times.
+//! The engine's fast paths give the answers of the plain ones: instant selectors reading each
+//! series' newest sample straight from the head (stale markers, the lookback limit, deleted
+//! series, earlier query times), and range functions split over threads.
 
 use std::sync::Arc;
 
@@ -89,4 +89,57 @@ fn newest_sample_path_agrees_with_decoding() {
         names(engine.instant(&st, "timestamp(m)", at).unwrap()),
         vec![("live".into(), (T0 + 590_000) as f64 / 1000.0)]
     );
+}
+
+/// Range functions over many series split the series over threads; the answer must be the
+/// same series and values as one thread gives.
+#[test]
+fn range_functions_over_many_series_split_over_threads_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = Db::open(
+        dir.path(),
+        Options {
+            clock: Arc::new(clock.clone()),
+            maintenance_interval: None,
+            downsample_after: None,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let env = EnvId::new("e").unwrap();
+    let lim = LabelLimits::default();
+    let n = 45_000usize;
+    let mut b = WriteBatch::new(env.clone());
+    for i in 0..n {
+        let pts: Vec<(i64, f64)> = (0..=30)
+            .map(|k| (T0 + k * 10_000, (k * (i as i64 % 7)) as f64))
+            .collect();
+        b.add_series(&series(&format!("{i:05}")), &pts, &lim)
+            .unwrap();
+    }
+    db.write(&b).unwrap();
+    let engine = Engine::new(EngineOptions::default());
+    let st = TsdbStorage::new(&db, "e");
+    let at = T0 + 300_000;
+    let got = names(engine.instant(&st, "last_over_time(m[5m])", at).unwrap());
+    assert_eq!(got.len(), n);
+    for (i, (name, v)) in got.iter().enumerate() {
+        assert_eq!(name, &format!("{i:05}"));
+        assert_eq!(*v, (30 * (i as i64 % 7)) as f64, "series {name}");
+    }
+    let Value::Vector(sum) = engine
+        .instant(&st, "sum(count_over_time(m[5m]))", at)
+        .unwrap()
+    else {
+        panic!("expected a vector")
+    };
+    assert_eq!(sum[0].v, (n * 30) as f64);
+    // The selection and the per-series values match a small selection evaluated serially.
+    let one = names(
+        engine
+            .instant(&st, "last_over_time(m{s=\"01234\"}[5m])", at)
+            .unwrap(),
+    );
+    assert_eq!(one, vec![("01234".into(), (30 * (1234 % 7)) as f64)]);
 }
