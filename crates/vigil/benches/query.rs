@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p vigil --bench query` runs the quick scale (1,000 agents for instant
 //! queries, 100 agents × 6 h for range queries). `VIGIL_BENCH_FULL=1` runs the scale
-//! (10,000 agents; 1,000 agents × 24 h). `VIGIL_BENCH_PEERS=0` skips the peers;
+//! (10,000 agents; 1,000 agents × 24 h). `VIGIL_BENCH_PEERS=0` skips the peers (`vm` or `prometheus`: only that one);
 //! `VIGIL_BENCH_RUNS` sets repetitions per query (default 30); `VIGIL_BENCH_AGENTS` and
 //! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries.
 
@@ -439,7 +439,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let peers = std::env::var("VIGIL_BENCH_PEERS").map_or(true, |v| v != "0");
+    // VIGIL_BENCH_PEERS: unset/1 both peers, 0 none, `vm` or `prometheus` only that one.
+    let peers_var = std::env::var("VIGIL_BENCH_PEERS").unwrap_or_default();
+    let peers = peers_var != "0";
     let (mut live_agents, mut range_agents, mut range_hours) = if full {
         (10_000, 1_000, 24)
     } else {
@@ -469,6 +471,14 @@ fn main() {
                 start_prometheus as fn(&str) -> Target,
             ),
         ] {
+            let wanted = match peers_var.as_str() {
+                "vm" => bin.contains("victoria"),
+                "prometheus" => bin.contains("prometheus"),
+                _ => true,
+            };
+            if !wanted {
+                continue;
+            }
             if std::path::Path::new(bin).exists() {
                 targets.push(f(bin));
             } else {
