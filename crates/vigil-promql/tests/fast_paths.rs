@@ -27,22 +27,25 @@ fn names(v: Value) -> Vec<(String, f64)> {
     out
 }
 
-#[test]
-fn newest_sample_path_agrees_with_decoding() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let db = Db::open(
-        dir.path(),
+/// A store with background maintenance off, its clock at `T0`.
+fn open(dir: &std::path::Path) -> Db {
+    Db::open(
+        dir,
         Options {
-            clock: Arc::new(clock.clone()),
+            clock: Arc::new(ManualClock::new(T0)),
             maintenance_interval: None,
             downsample_after: None,
             ..Options::default()
         },
     )
-    .unwrap();
-    let env = EnvId::new("e").unwrap();
-    let lim = LabelLimits::default();
+    .unwrap()
+}
+
+#[test]
+fn newest_sample_path_agrees_with_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
     let mut b = WriteBatch::new(env.clone());
     // "stale": a value, then a stale marker as its newest sample.
     b.add_series(
@@ -96,19 +99,8 @@ fn newest_sample_path_agrees_with_decoding() {
 #[test]
 fn range_functions_over_many_series_split_over_threads_agree() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let db = Db::open(
-        dir.path(),
-        Options {
-            clock: Arc::new(clock.clone()),
-            maintenance_interval: None,
-            downsample_after: None,
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    let env = EnvId::new("e").unwrap();
-    let lim = LabelLimits::default();
+    let db = open(dir.path());
+    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
     let n = 45_000usize;
     let mut b = WriteBatch::new(env.clone());
     for i in 0..n {
