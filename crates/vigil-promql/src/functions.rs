@@ -395,54 +395,55 @@ impl Evaluator<'_> {
         keep_name: bool,
         f: impl Fn(&[(i64, f64)], i64, i64) -> Option<f64> + Sync,
     ) -> Result<Value> {
-        // Many series straight from a selector: split them over the cores.
+        // Straight from a selector: no window copies; many series are split over the cores.
         if let Expr::MatrixSelector(m) = unwrap_parens(arg) {
             let data = self.loaded(&m.vs);
+            let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
+            let lo = r.saturating_sub(ms(m.range));
+            let run = |part: &[crate::eval::Loaded]| -> Vec<Sample> {
+                let mut out = Vec::with_capacity(part.len());
+                for s in part {
+                    let w = crate::eval::window(&s.points, lo, r);
+                    if w.is_empty() {
+                        continue;
+                    }
+                    if let Some(v) = f(w, lo, r) {
+                        out.push(Sample {
+                            metric: s.metric.clone(),
+                            t,
+                            v,
+                            drop_name: !keep_name,
+                        });
+                    }
+                }
+                out
+            };
             let workers = std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(4)
                 .min(data.len() / PARALLEL_SERIES);
-            if workers > 1 {
-                let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
-                let lo = r.saturating_sub(ms(m.range));
-                let run = |part: &[crate::eval::Loaded]| -> Vec<Sample> {
-                    let mut out = Vec::with_capacity(part.len());
-                    for s in part {
-                        let w = crate::eval::window(&s.points, lo, r);
-                        if w.is_empty() {
-                            continue;
-                        }
-                        if let Some(v) = f(w, lo, r) {
-                            out.push(Sample {
-                                metric: s.metric.clone(),
-                                t,
-                                v,
-                                drop_name: !keep_name,
-                            });
-                        }
-                    }
-                    out
-                };
-                let per = data.len().div_ceil(workers);
-                let parts: Vec<std::thread::Result<Vec<Sample>>> = std::thread::scope(|sc| {
-                    let handles: Vec<_> = data
-                        .chunks(per)
-                        .skip(1)
-                        .map(|p| sc.spawn(move || run(p)))
-                        .collect();
-                    let first = run(&data[..per.min(data.len())]);
-                    std::iter::once(Ok(first))
-                        .chain(handles.into_iter().map(|h| h.join()))
-                        .collect()
-                });
-                let mut out = Vec::with_capacity(data.len());
-                for p in parts {
-                    out.extend(p.map_err(|_| {
-                        Error::Execution("a range-function worker thread panicked".into())
-                    })?);
-                }
-                return Ok(Value::Vector(out));
+            if workers <= 1 {
+                return Ok(Value::Vector(run(data)));
             }
+            let per = data.len().div_ceil(workers);
+            let parts: Vec<std::thread::Result<Vec<Sample>>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = data
+                    .chunks(per)
+                    .skip(1)
+                    .map(|p| sc.spawn(move || run(p)))
+                    .collect();
+                let first = run(&data[..per]);
+                std::iter::once(Ok(first))
+                    .chain(handles.into_iter().map(|h| h.join()))
+                    .collect()
+            });
+            let mut out = Vec::with_capacity(data.len());
+            for p in parts {
+                out.extend(p.map_err(|_| {
+                    Error::Execution("a range-function worker thread panicked".into())
+                })?);
+            }
+            return Ok(Value::Vector(out));
         }
         let mut out = Vec::new();
         self.windows(arg, t, |m, drop, w, lo, hi| {

@@ -93,6 +93,22 @@ pub(crate) struct MemSeries {
     pub(crate) data: Mutex<SeriesData>,
 }
 
+impl MemSeries {
+    /// Copies of the chunks overlapping [mint, maxt] (the lock is held only for the copy);
+    /// `None` when the series is deleted or has nothing in the range.
+    pub(crate) fn chunks_in(&self, mint: i64, maxt: i64) -> Option<Vec<HeadChunk>> {
+        let mut chunks = Vec::new();
+        {
+            let d = self.data.lock();
+            if d.deleted {
+                return None;
+            }
+            d.snapshot(mint, maxt, &mut chunks);
+        }
+        (!chunks.is_empty()).then_some(chunks)
+    }
+}
+
 /// A copy of part of a series' head data, for readers.
 #[derive(Debug, Clone)]
 pub(crate) enum HeadChunk {
@@ -660,15 +676,7 @@ impl Head {
             let Some(Some(s)) = table.get(r as usize) else {
                 continue;
             };
-            let mut chunks = Vec::new();
-            {
-                let d = s.data.lock();
-                if d.deleted {
-                    continue;
-                }
-                d.snapshot(mint, maxt, &mut chunks);
-            }
-            if !chunks.is_empty() {
+            if let Some(chunks) = s.chunks_in(mint, maxt) {
                 out.push((self.labels_of(s), chunks));
             }
         }
@@ -689,16 +697,7 @@ impl Head {
     /// One series' chunks overlapping [mint, maxt]; `None` when it is gone, deleted or has
     /// nothing in the range.
     pub(crate) fn chunks_of(&self, r: u32, mint: i64, maxt: i64) -> Option<Vec<HeadChunk>> {
-        let s = self.by_ref(r)?;
-        let mut chunks = Vec::new();
-        {
-            let d = s.data.lock();
-            if d.deleted {
-                return None;
-            }
-            d.snapshot(mint, maxt, &mut chunks);
-        }
-        (!chunks.is_empty()).then_some(chunks)
+        self.by_ref(r)?.chunks_in(mint, maxt)
     }
 
     /// The newest in-order sample of each matching series, if at or after `since`.

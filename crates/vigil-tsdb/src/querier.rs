@@ -198,13 +198,30 @@ impl SampleIter {
         }
     }
 
-    /// Drops decoded samples outside the range or deleted.
+    /// Drops the samples of `v[from..]` (in time order) outside the range or deleted.
+    fn trim_from(&self, v: &mut Vec<(i64, f64)>, from: usize) {
+        let part = &v[from..];
+        let a = part.partition_point(|p| p.0 < self.mint);
+        let b = part.partition_point(|p| p.0 <= self.maxt);
+        v.truncate(from + b);
+        v.drain(from..from + a.min(b));
+        if !self.deleted.is_empty() {
+            let mut k = from;
+            for r in from..v.len() {
+                let t = v[r].0;
+                if !self.deleted.iter().any(|&(x, y)| t >= x && t <= y) {
+                    v[k] = v[r];
+                    k += 1;
+                }
+            }
+            v.truncate(k);
+        }
+    }
+
     fn trim(&mut self) {
-        let (mint, maxt) = (self.mint, self.maxt);
-        let deleted = &self.deleted;
-        self.buf.retain(|&(t, _)| {
-            t >= mint && t <= maxt && !deleted.iter().any(|&(a, b)| t >= a && t <= b)
-        });
+        let mut buf = std::mem::take(&mut self.buf);
+        self.trim_from(&mut buf, 0);
+        self.buf = buf;
     }
 
     fn refill(&mut self) -> Result<bool> {
@@ -287,28 +304,7 @@ impl SampleIter {
                 self.failed = true;
                 return Err(e);
             }
-            // A chunk's samples are in time order: trim the range by position.
-            let part = &out[from..];
-            let a = part.partition_point(|p| p.0 < self.mint);
-            let b = part.partition_point(|p| p.0 <= self.maxt);
-            if b < part.len() {
-                out.truncate(from + b);
-            }
-            if a > 0 {
-                out.drain(from..from + a.min(b));
-            }
-            if !self.deleted.is_empty() {
-                let deleted = &self.deleted;
-                let mut k = from;
-                for r in from..out.len() {
-                    let t = out[r].0;
-                    if !deleted.iter().any(|&(x, y)| t >= x && t <= y) {
-                        out[k] = out[r];
-                        k += 1;
-                    }
-                }
-                out.truncate(k);
-            }
+            self.trim_from(out, from);
         }
         self.buf.clear();
         self.pos = 0;
