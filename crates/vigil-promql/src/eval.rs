@@ -6,7 +6,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hashbrown::HashMap;
 use promql_parser::label::MatchOp as PMatchOp;
-use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
+use promql_parser::parser::{
+    AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
+};
 use vigil_model::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_marker};
 
 use crate::{EngineOptions, Error, Metric, Result, Storage};
@@ -116,6 +118,8 @@ pub(crate) struct Evaluator<'a> {
     pub(crate) step: i64,
     pub(crate) lookback: i64,
     data: HashMap<usize, Vec<Loaded>>,
+    /// Rollup points of selectors read partly from rollups (see `rollup.rs`), by selector.
+    rollups: HashMap<usize, crate::rollup::RollupLoad>,
     deadline: Instant,
     ticks: Cell<u32>,
 }
@@ -127,6 +131,9 @@ struct Plan<'e> {
     matrix: bool,
     /// An instant selector read at one time only (`maxt`): its newest sample is enough.
     latest: bool,
+    /// A range selector only ever read by a function rollups can answer, at the query's own
+    /// steps (not inside a subquery).
+    rollup: Option<&'e MatrixSelector>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -145,6 +152,7 @@ impl<'a> Evaluator<'a> {
             step,
             lookback: ms(opts.lookback_delta).max(1),
             data: HashMap::new(),
+            rollups: HashMap::new(),
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
         })
@@ -174,7 +182,9 @@ impl<'a> Evaluator<'a> {
         self.at_ms(at).unwrap_or(t).saturating_sub(offset_ms(off))
     }
 
-    fn plan<'e>(&self, e: &'e Expr, s: i64, en: i64, out: &mut Vec<Plan<'e>>) {
+    /// Collects every selector with the time range it is read over; `top` is false inside
+    /// subqueries (evaluated at their own steps).
+    fn plan<'e>(&self, e: &'e Expr, s: i64, en: i64, top: bool, out: &mut Vec<Plan<'e>>) {
         match e {
             Expr::VectorSelector(vs) => {
                 let (lo, hi) = self.window(&vs.at, &vs.offset, s, en);
@@ -184,6 +194,7 @@ impl<'a> Evaluator<'a> {
                     maxt: hi,
                     matrix: false,
                     latest: lo == hi,
+                    rollup: None,
                 });
             }
             Expr::MatrixSelector(m) => {
@@ -194,27 +205,40 @@ impl<'a> Evaluator<'a> {
                     maxt: hi,
                     matrix: true,
                     latest: false,
+                    rollup: None,
                 });
             }
             Expr::Subquery(sq) => {
                 let (lo, hi) = self.window(&sq.at, &sq.offset, s, en);
-                self.plan(&sq.expr, lo.saturating_sub(ms(sq.range)), hi, out);
+                self.plan(&sq.expr, lo.saturating_sub(ms(sq.range)), hi, false, out);
             }
             Expr::Aggregate(a) => {
                 if let Some(p) = &a.param {
-                    self.plan(p, s, en, out);
+                    self.plan(p, s, en, top, out);
                 }
-                self.plan(&a.expr, s, en, out);
+                self.plan(&a.expr, s, en, top, out);
             }
-            Expr::Unary(u) => self.plan(&u.expr, s, en, out),
+            Expr::Unary(u) => self.plan(&u.expr, s, en, top, out),
             Expr::Binary(b) => {
-                self.plan(&b.lhs, s, en, out);
-                self.plan(&b.rhs, s, en, out);
+                self.plan(&b.lhs, s, en, top, out);
+                self.plan(&b.rhs, s, en, top, out);
             }
-            Expr::Paren(p) => self.plan(&p.expr, s, en, out),
+            Expr::Paren(p) => self.plan(&p.expr, s, en, top, out),
             Expr::Call(c) => {
+                if let ([arg], true) = (
+                    c.args.args.as_slice(),
+                    top && crate::rollup::FUNCS.contains(&c.func.name),
+                ) && let Expr::MatrixSelector(m) = unwrap_parens(arg)
+                {
+                    let before = out.len();
+                    self.plan(arg, s, en, top, out);
+                    if let Some(p) = out.get_mut(before) {
+                        p.rollup = Some(m);
+                    }
+                    return;
+                }
                 for a in &c.args.args {
-                    self.plan(a, s, en, out);
+                    self.plan(a, s, en, top, out);
                 }
             }
             Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
@@ -232,7 +256,7 @@ impl<'a> Evaluator<'a> {
     /// Loads every selector's samples for the whole evaluation.
     pub(crate) fn prepare(&mut self, e: &Expr) -> Result<()> {
         let mut plans = Vec::new();
-        self.plan(e, self.start, self.end, &mut plans);
+        self.plan(e, self.start, self.end, true, &mut plans);
         let mut loaded_samples = 0usize;
         for p in plans {
             if Instant::now() > self.deadline {
@@ -245,6 +269,18 @@ impl<'a> Evaluator<'a> {
             }
             let budget = self.opts.max_samples.saturating_sub(loaded_samples);
             let max = self.opts.max_samples;
+            if let Some(m) = p.rollup {
+                let split = self.load_split(m, &matchers, budget).map_err(|e| match e {
+                    Error::TooManySamples(_) => Error::TooManySamples(max),
+                    e => e,
+                })?;
+                if let Some((series, rl, n)) = split {
+                    loaded_samples += n;
+                    self.data.insert(p.vs as *const _ as usize, series);
+                    self.rollups.insert(p.vs as *const _ as usize, rl);
+                    continue;
+                }
+            }
             let series = if p.latest {
                 self.st.select_latest(&matchers, p.mint, p.maxt, budget)
             } else {
@@ -288,6 +324,15 @@ impl<'a> Evaluator<'a> {
         let _ = std::thread::Builder::new()
             .name("vigil-query-free".into())
             .spawn(move || drop(data));
+    }
+
+    pub(crate) fn storage(&self) -> &'a dyn Storage {
+        self.st
+    }
+
+    /// The rollup points of a selector read partly from rollups.
+    pub(crate) fn rollups_of(&self, vs: &VectorSelector) -> Option<&crate::rollup::RollupLoad> {
+        self.rollups.get(&(vs as *const _ as usize))
     }
 
     pub(crate) fn loaded(&self, vs: &VectorSelector) -> &[Loaded] {

@@ -467,6 +467,11 @@ impl Evaluator<'_> {
                 .map(|b| b.as_ref())
                 .ok_or_else(|| Error::BadData(format!("missing argument {i} of {name}()")))
         };
+        if crate::rollup::FUNCS.contains(&name)
+            && let Some(v) = self.over_rollups(name, arg(0)?, t)?
+        {
+            return Ok(v);
+        }
         match name {
             "rate" => self.over_time(arg(0)?, t, false, |w, lo, hi| {
                 extrapolated_rate(w, lo, hi, true, true)

@@ -13,6 +13,7 @@ mod binary;
 mod eval;
 mod functions;
 mod parse_time;
+mod rollup;
 pub mod storage;
 
 use std::fmt;
@@ -24,6 +25,7 @@ pub use eval::{Matrix, MatrixSeries, Sample, Value, selector_matchers};
 pub use parse_time::{parse_duration, parse_time};
 pub use promql_parser::parser::Expr;
 use vigil_model::{Labels, Matcher};
+pub use vigil_tsdb::RollupPoint;
 
 /// Why a query failed. The variants map onto Prometheus' API error types.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,26 @@ pub trait Storage {
             s.samples.drain(..n.saturating_sub(1));
         }
         Ok(v)
+    }
+
+    /// How far rollups at `resolution_ms` can stand in for raw samples: every sample before
+    /// the returned time is counted in exactly one rollup point whose bucket `(end − res, end]`
+    /// lies before it. `None` (the default) when the storage keeps no usable rollups.
+    fn rollup_cover(&self, _resolution_ms: i64) -> Option<i64> {
+        None
+    }
+
+    /// Rollup points at `resolution_ms` of the series matching `matchers`, with bucket ends
+    /// in `[mint, maxt]`, sorted by time. Only called after [`Storage::rollup_cover`] said
+    /// rollups are usable.
+    fn select_rollups(
+        &self,
+        _matchers: &[Matcher],
+        _mint: i64,
+        _maxt: i64,
+        _resolution_ms: i64,
+    ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
+        Ok(Vec::new())
     }
 }
 

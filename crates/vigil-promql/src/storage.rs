@@ -1,7 +1,7 @@
 //! [`Storage`](crate::Storage) over Vigil's store, scoped to one environment.
 
-use vigil_model::Matcher;
-use vigil_tsdb::Db;
+use vigil_model::{Labels, Matcher};
+use vigil_tsdb::{Db, RollupPoint};
 
 use crate::{Error, Result, StoredSeries};
 
@@ -19,6 +19,25 @@ impl<'a> TsdbStorage<'a> {
 }
 
 impl crate::Storage for TsdbStorage<'_> {
+    fn rollup_cover(&self, resolution_ms: i64) -> Option<i64> {
+        self.db
+            .querier(self.env, i64::MIN, i64::MAX)
+            .rollup_cover(resolution_ms)
+    }
+
+    fn select_rollups(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        resolution_ms: i64,
+    ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
+        self.db
+            .querier(self.env, mint, maxt)
+            .select_rollups(matchers, resolution_ms)
+            .map_err(|e| Error::Storage(e.to_string()))
+    }
+
     fn select_latest(
         &self,
         matchers: &[Matcher],

@@ -73,6 +73,12 @@ pub struct BlockMeta {
     /// Whether rollups were made from this raw block.
     #[serde(default)]
     pub downsampled: bool,
+    /// Rollup blocks: each point at `ts` holds the samples in `(ts − resolution, ts]`, the
+    /// left-open window PromQL uses, so whole buckets answer `*_over_time` exactly. Rollups
+    /// written before this field (false) hold `[ts, ts + resolution)` and are never used to
+    /// answer queries.
+    #[serde(default)]
+    pub bucket_end: bool,
     /// Ids of the blocks this one was compacted from.
     #[serde(default)]
     pub sources: Vec<String>,
@@ -155,6 +161,7 @@ fn empty_meta() -> BlockMeta {
         ts_columns: 0,
         ts_column_bytes: 0,
         downsampled: false,
+        bucket_end: false,
         sources: Vec::new(),
     }
 }
@@ -177,6 +184,8 @@ pub(crate) struct BlockWriter {
     meta: BlockMeta,
     /// Timestamp columns already written: hash of the compressed stream → (offset, bytes).
     ts_columns: HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    /// Rollup points copied from blocks written before `bucket_end` (kept unmarked).
+    pub(crate) legacy_buckets: bool,
 }
 
 impl BlockWriter {
@@ -215,6 +224,7 @@ impl BlockWriter {
             buf: Vec::new(),
             max_chunk_samples: max_chunk_samples.max(1),
             ts_columns: HashMap::new(),
+            legacy_buckets: false,
             meta: BlockMeta {
                 id,
                 range_start,
@@ -443,6 +453,7 @@ impl BlockWriter {
         self.meta.index_bytes = idx.len() as u64;
         self.meta.sources = sources;
         self.meta.downsampled = downsampled;
+        self.meta.bucket_end = self.meta.resolution_ms > 0 && !self.legacy_buckets;
         write_meta(&self.tmp, &self.meta)?;
         sync_dir(&self.tmp)?;
         fs::rename(&self.tmp, &self.dir)

@@ -50,7 +50,8 @@ pub struct DecodeError(pub String);
 /// One downsampled bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RollupPoint {
-    /// Start of the bucket, ms (aligned to the resolution).
+    /// End of the bucket, ms (aligned to the resolution): the point holds the samples in
+    /// `(ts_ms − resolution, ts_ms]`, the left-open window PromQL ranges use.
     pub ts_ms: i64,
     /// Smallest value in the bucket (NaNs ignored unless all are NaN).
     pub min: f64,
@@ -62,6 +63,21 @@ pub struct RollupPoint {
     pub count: u32,
     /// Last value in the bucket.
     pub last: f64,
+}
+
+impl RollupPoint {
+    /// The bucket holding the samples of `self` followed by those of `later` (same bucket,
+    /// disjoint samples, `later`'s all newer).
+    pub fn combine(&self, later: &RollupPoint) -> RollupPoint {
+        RollupPoint {
+            ts_ms: self.ts_ms,
+            min: self.min.min(later.min),
+            max: self.max.max(later.max),
+            sum: self.sum + later.sum,
+            count: self.count.saturating_add(later.count),
+            last: later.last,
+        }
+    }
 }
 
 /// Reusable buffers for encoding and decoding, so the hot loops allocate once.

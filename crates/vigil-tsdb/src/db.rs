@@ -460,10 +460,15 @@ fn merge_samples(parts: &mut Vec<(i64, u8, f64)>, out: &mut Vec<(i64, f64)>) {
     out.extend(parts.drain(..).map(|(t, _, v)| (t, v)));
 }
 
+/// Rolls sorted samples up into buckets of `res` ms, each point keyed by its bucket's end.
 fn rollup(samples: &[(i64, f64)], res: i64, out: &mut Vec<RollupPoint>) {
     out.clear();
     for &(t, v) in samples {
-        let b = t.div_euclid(res) * res;
+        // The bucket ending at `b` holds (b − res, b]: PromQL's left-open windows.
+        let b = match t.rem_euclid(res) {
+            0 => t,
+            r => t - r + res,
+        };
         if vigil_model::is_stale_marker(v) {
             continue;
         }
@@ -859,6 +864,7 @@ impl Inner {
             level,
             self.opts.block_chunk_samples,
         )?;
+        w.legacy_buckets = res > 0 && group.iter().any(|b| !b.meta.bucket_end);
         let (mut bytes, mut raw, mut parts, mut pts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((env, labels), srcs) in &all {

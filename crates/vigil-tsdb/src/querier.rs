@@ -590,7 +590,48 @@ impl Querier {
         })
     }
 
-    /// Rollups at `resolution_ms` (300000 or 3600000) of matching series in the range.
+    /// How far rollups at `resolution_ms` can stand in for raw samples: every sample of this
+    /// environment with a timestamp before the returned time (and within rollup retention)
+    /// is counted in exactly one rollup point. `None` when there are no usable rollups.
+    ///
+    /// The bound stops at the first raw block not yet rolled up, at the head, at rollups
+    /// written before buckets were keyed by their end, at overlapping rollup blocks (which
+    /// could count a sample twice) and at pending deletions (rollups still hold those samples).
+    pub fn rollup_cover(&self, resolution_ms: i64) -> Option<i64> {
+        let mut until = self.head.time_range().map_or(i64::MAX, |(mint, _)| mint);
+        let mut rollups: Vec<&Arc<Block>> = Vec::new();
+        for b in self.blocks.iter() {
+            if b.meta.resolution_ms == 0 {
+                if !b.meta.downsampled {
+                    until = until.min(b.meta.range_start);
+                }
+            } else if b.meta.resolution_ms == resolution_ms {
+                if !b.meta.bucket_end {
+                    until = until.min(b.meta.range_start);
+                }
+                rollups.push(b);
+            }
+        }
+        if rollups.is_empty() {
+            return None;
+        }
+        rollups.sort_by_key(|b| b.meta.range_start);
+        let mut end = i64::MIN;
+        for b in rollups {
+            if b.meta.range_start < end {
+                until = until.min(b.meta.range_start);
+            }
+            end = end.max(b.meta.range_end);
+        }
+        for t in self.tombstones.iter().filter(|t| t.env == self.env) {
+            until = until.min(t.mint);
+        }
+        Some(until)
+    }
+
+    /// Rollups at `resolution_ms` (300000 or 3600000) of matching series with bucket ends in
+    /// the range, in label order. A bucket split by a block boundary (the sample exactly at a
+    /// block's start belongs to the bucket ending there) is put back together.
     pub fn select_rollups(
         &self,
         matchers: &[Matcher],
@@ -598,13 +639,18 @@ impl Querier {
     ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
         let mut map: BTreeMap<Labels, Vec<RollupPoint>> = BTreeMap::new();
         let mut buf = Vec::new();
-        for b in self.blocks.iter() {
-            if b.meta.resolution_ms != resolution_ms
-                || b.meta.max_time < self.rollup_mint
-                || b.meta.min_time > self.maxt
-            {
-                continue;
-            }
+        let mut blocks: Vec<&Arc<Block>> = self
+            .blocks
+            .iter()
+            .filter(|b| {
+                b.meta.resolution_ms == resolution_ms
+                    && b.meta.max_time >= self.rollup_mint
+                    && b.meta.min_time <= self.maxt
+            })
+            .collect();
+        // Oldest first, so the later part of a split bucket comes second.
+        blocks.sort_by_key(|b| b.meta.range_start);
+        for b in blocks {
             for i in b.select_ids(&self.env, matchers) {
                 let s = &b.series[i as usize];
                 let pts = map.entry(b.labels(s)).or_default();
@@ -620,9 +666,16 @@ impl Querier {
         Ok(map
             .into_iter()
             .map(|(l, mut pts)| {
-                pts.sort_by_key(|p| p.ts_ms);
-                pts.dedup_by_key(|p| p.ts_ms);
                 pts.retain(|p| p.ts_ms >= self.rollup_mint && p.ts_ms <= self.maxt);
+                // Stable: parts of one bucket stay in block order.
+                pts.sort_by_key(|p| p.ts_ms);
+                pts.dedup_by(|later, earlier| {
+                    if later.ts_ms != earlier.ts_ms {
+                        return false;
+                    }
+                    *earlier = earlier.combine(later);
+                    true
+                });
                 (l, pts)
             })
             .filter(|(_, p)| !p.is_empty())

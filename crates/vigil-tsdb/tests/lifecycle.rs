@@ -164,27 +164,54 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
         .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[1])
         .unwrap();
     assert_eq!(five.len(), 2);
-    assert_eq!(five[0].1.len(), 24 * 12);
-    assert_eq!(hour[0].1.len(), 24);
-    // Check one bucket against the raw data: series s=0, minute i has value i % 17.
-    let raw = read(
-        &db,
+    // Buckets are keyed by their end and hold (end − 5m, end]: the first holds only the sample
+    // at T0, the last the final four minutes.
+    assert_eq!(five[0].1.len(), 24 * 12 + 1);
+    assert_eq!(hour[0].1.len(), 25);
+    assert_eq!(five[0].1[0].ts_ms, T0);
+    assert_eq!(five[0].1[0].count, 1);
+    assert_eq!(five[0].1.last().unwrap().count, 4);
+    // Every other bucket has its five samples, also those split by the 2 h block boundaries
+    // (the sample at a block's start ends the previous block's last bucket).
+    assert!(five[0].1[1..24 * 12].iter().all(|p| p.count == 5));
+    // Check buckets against the raw data: series s=0, minute i has value i % 17.
+    for end in [T0 + 5 * 60_000, T0 + 2 * HOUR, T0 + 10 * HOUR + 35 * 60_000] {
+        let raw = read(
+            &db,
+            "prod",
+            &[name("cpu"), Matcher::eq("s", "0")],
+            end - 5 * 60_000 + 1,
+            end,
+        );
+        let vals: Vec<f64> = raw[0].1.iter().map(|(_, b)| f64::from_bits(*b)).collect();
+        let p = five[0].1[five[0].1.iter().position(|p| p.ts_ms == end).unwrap()];
+        assert_eq!(p.count as usize, vals.len());
+        assert_eq!(p.sum, vals.iter().sum::<f64>());
+        assert_eq!(p.min, vals.iter().cloned().fold(f64::INFINITY, f64::min));
+        assert_eq!(
+            p.max,
+            vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+        );
+        assert_eq!(p.last, *vals.last().unwrap());
+    }
+    // Everything is rolled up and the head is empty: rollups hold every sample.
+    assert_eq!(q.rollup_cover(ROLLUP_RESOLUTIONS[0]), Some(i64::MAX));
+    // New samples in the head stop the cover no later than where they start (the head
+    // reports the boundary it was last cut at).
+    fill(&db, "prod", "mem", 1, T0 + 2 * DAY, 1);
+    let q2 = db.querier("prod", T0, T0 + 3 * DAY);
+    let cover = q2.rollup_cover(ROLLUP_RESOLUTIONS[1]).unwrap();
+    assert!((T0 + DAY..=T0 + 2 * DAY).contains(&cover), "{cover}");
+    // A pending deletion stops it where the deletion starts.
+    db.delete(
         "prod",
-        &[name("cpu"), Matcher::eq("s", "0")],
-        T0,
-        T0 + 5 * 60_000 - 1,
-    );
-    let vals: Vec<f64> = raw[0].1.iter().map(|(_, b)| f64::from_bits(*b)).collect();
-    let p = five[0].1[0];
-    assert_eq!(p.ts_ms, T0);
-    assert_eq!(p.count as usize, vals.len());
-    assert_eq!(p.sum, vals.iter().sum::<f64>());
-    assert_eq!(p.min, vals.iter().cloned().fold(f64::INFINITY, f64::min));
-    assert_eq!(
-        p.max,
-        vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
-    );
-    assert_eq!(p.last, *vals.last().unwrap());
+        &[Matcher::eq("s", "1")],
+        T0 + 3 * HOUR,
+        T0 + 4 * HOUR,
+    )
+    .unwrap();
+    let q3 = db.querier("prod", T0, T0 + 3 * DAY);
+    assert_eq!(q3.rollup_cover(ROLLUP_RESOLUTIONS[1]), Some(T0 + 3 * HOUR));
     // Raw data expires on its own retention; rollups stay.
     clock.set(T0 + 5 * DAY);
     db.maintain().unwrap();
@@ -195,18 +222,17 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
             .unwrap()[0]
             .1
             .len(),
-        24
+        25
     );
     drop(db);
     let db = Db::open(dir.path(), o).unwrap();
     let q = db.querier("prod", T0, T0 + DAY);
-    assert_eq!(
-        q.select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
-            .unwrap()[1]
-            .1
-            .len(),
-        24 * 12
-    );
+    let five = q
+        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
+        .unwrap();
+    assert_eq!(five[0].1.len(), 24 * 12 + 1);
+    // The deletion, applied, took every bucket ending in [T0 + 3h, T0 + 4h] with it.
+    assert_eq!(five[1].1.len(), 24 * 12 + 1 - 13);
 }
 
 #[test]

@@ -1,0 +1,389 @@
+//! Answering `*_over_time` from the store's 5 m / 1 h rollups where that gives the raw answer.
+//!
+//! A rollup point holds min, max, sum, count and last of the samples in `(end − res, end]`,
+//! the same left-open shape as a PromQL range window. A window `(lo, r]` is cut into a raw
+//! head `(lo, A]`, whole buckets `(A, B]` and a raw tail `(B, r]`, where `A` is `lo` rounded
+//! up and `B` is `r` rounded down to the resolution (and kept before the point where the
+//! store's rollups stop holding every sample). `min`, `max`, `count`, `last` and `present`
+//! of the pieces are exactly those of the raw window; `sum` and `avg` add bucket sums
+//! instead of samples, so they agree up to floating-point rounding. Only the head and tail
+//! are decoded from raw chunks — for windows aligned to the resolution (as Grafana aligns
+//! range queries) there is no head, and the tail is the part the rollups do not cover yet.
+
+use hashbrown::HashMap;
+use promql_parser::parser::{Expr, MatrixSelector};
+use vigil_model::{Labels, Matcher, is_stale_marker};
+use vigil_tsdb::RollupPoint;
+
+use crate::eval::{Evaluator, Loaded, ms, offset_ms, unwrap_parens, window};
+use crate::functions::kahan_inc;
+use crate::{Error, Result, Sample, Value};
+
+/// The range functions rollups can answer.
+pub(crate) const FUNCS: [&str; 7] = [
+    "avg_over_time",
+    "count_over_time",
+    "last_over_time",
+    "max_over_time",
+    "min_over_time",
+    "present_over_time",
+    "sum_over_time",
+];
+
+/// Rollup resolutions, coarsest first (ms).
+const RESOLUTIONS: [i64; 2] = [3_600_000, 300_000];
+
+/// Scrape interval assumed when weighing raw samples against rollup points (ms).
+const ASSUMED_INTERVAL_MS: i64 = 10_000;
+
+/// How one range selector's windows are read: which raw intervals, which buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Split {
+    /// Rollup resolution, ms.
+    pub res: i64,
+    /// The newest bucket end whose bucket is complete in the rollups.
+    pub last_whole: i64,
+    /// Raw intervals to load, `(after, upto]`, oldest first, disjoint.
+    pub raw: Vec<(i64, i64)>,
+    /// Bucket ends to load, `(after, upto]`.
+    pub buckets: (i64, i64),
+}
+
+fn floor_to(t: i64, res: i64) -> i64 {
+    t.div_euclid(res) * res
+}
+
+fn ceil_to(t: i64, res: i64) -> i64 {
+    match t.rem_euclid(res) {
+        0 => t,
+        r => t.saturating_sub(r).saturating_add(res),
+    }
+}
+
+/// Plans reading windows `(r − range, r]` for `r` = `first`, `first + step`, …, `last`
+/// (`step` 0: one window) from rollups at `res` that hold every sample before `cover`.
+/// `None` when some window would get no whole bucket or raw reading would save nothing.
+pub(crate) fn plan_split(
+    first: i64,
+    last: i64,
+    step: i64,
+    range: i64,
+    res: i64,
+    cover: i64,
+) -> Option<Split> {
+    if range < 2 * res || last < first || cover == i64::MIN {
+        return None;
+    }
+    let last_whole = floor_to(cover - 1, res);
+    let b = |r: i64| floor_to(r, res).min(last_whole);
+    let (lo_first, lo_last) = (first.checked_sub(range)?, last.checked_sub(range)?);
+    // Windows only move forward: if the first has no whole bucket, none has. Later windows
+    // without one (past the cover) are read from the raw tail alone.
+    if ceil_to(lo_first, res) >= b(first) {
+        return None;
+    }
+    let steps_aligned = first == last || step % res == 0;
+    let mut raw = Vec::new();
+    if !(steps_aligned && lo_first % res == 0) {
+        raw.push((lo_first, ceil_to(lo_last, res)));
+    }
+    let tail_from = if steps_aligned && first % res == 0 {
+        last_whole.min(floor_to(last, res))
+    } else {
+        b(first)
+    };
+    if tail_from < last {
+        if let Some(&(_, head_end)) = raw.first()
+            && head_end > tail_from
+        {
+            return None;
+        }
+        raw.push((tail_from, last));
+    }
+    let raw_len: i64 = raw.iter().map(|(a, b)| b - a).sum();
+    if raw_len.saturating_mul(2) > last - lo_first {
+        return None;
+    }
+    Some(Split {
+        res,
+        last_whole,
+        raw,
+        buckets: (ceil_to(lo_first, res), b(last)),
+    })
+}
+
+/// The cheaper split over the resolutions the storage can serve, weighing raw samples at
+/// one per [`ASSUMED_INTERVAL_MS`] against one per rollup point.
+pub(crate) fn choose_split(
+    first: i64,
+    last: i64,
+    step: i64,
+    range: i64,
+    cover: impl Fn(i64) -> Option<i64>,
+) -> Option<Split> {
+    RESOLUTIONS
+        .iter()
+        .filter(|&&res| range >= 2 * res)
+        .filter_map(|&res| plan_split(first, last, step, range, res, cover(res)?))
+        .min_by_key(|s| {
+            let raw: i64 = s.raw.iter().map(|(a, b)| b - a).sum();
+            raw / ASSUMED_INTERVAL_MS + (s.buckets.1 - s.buckets.0) / s.res
+        })
+}
+
+/// A series' raw samples and rollup points while they are gathered.
+type Merged = (Labels, Vec<(i64, f64)>, Vec<RollupPoint>);
+
+/// One selector's rollup points, parallel to its loaded raw series.
+pub(crate) struct RollupLoad {
+    pub res: i64,
+    pub last_whole: i64,
+    pub range: i64,
+    pub points: Vec<Vec<RollupPoint>>,
+}
+
+/// Running combination of raw samples and whole buckets, in time order.
+#[derive(Default)]
+struct Acc {
+    count: u64,
+    sum: f64,
+    comp: f64,
+    min: Option<f64>,
+    max: Option<f64>,
+    last: f64,
+}
+
+impl Acc {
+    fn part(&mut self, count: u64, sum: f64, min: f64, max: f64, last: f64) {
+        self.count += count;
+        (self.sum, self.comp) = kahan_inc(sum, self.sum, self.comp);
+        // `min_over_time`'s rule: NaN only while nothing else was seen.
+        self.min = Some(
+            self.min
+                .map_or(min, |m| if min < m || m.is_nan() { min } else { m }),
+        );
+        self.max = Some(
+            self.max
+                .map_or(max, |m| if max > m || m.is_nan() { max } else { m }),
+        );
+        self.last = last;
+    }
+
+    fn samples(&mut self, w: &[(i64, f64)]) {
+        for &(_, v) in w {
+            self.part(1, v, v, v, v);
+        }
+    }
+
+    fn value(&self, func: &str) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        Some(match func {
+            "avg_over_time" => (self.sum + self.comp) / self.count as f64,
+            "count_over_time" => self.count as f64,
+            "last_over_time" => self.last,
+            "max_over_time" => self.max?,
+            "min_over_time" => self.min?,
+            "present_over_time" => 1.0,
+            _ => self.sum + self.comp,
+        })
+    }
+}
+
+impl Evaluator<'_> {
+    /// Loads a range selector evaluated by one of [`FUNCS`] from rollups plus the raw samples
+    /// they do not cover: the series, their rollups and the samples and points loaded.
+    /// `None` when rollups would not help (nothing is loaded then).
+    pub(crate) fn load_split(
+        &self,
+        m: &MatrixSelector,
+        matchers: &[Matcher],
+        budget: usize,
+    ) -> Result<Option<(Vec<Loaded>, RollupLoad, usize)>> {
+        let range = ms(m.range);
+        let o = offset_ms(&m.vs.offset);
+        let (first, last, step) = match self.at_ms(&m.vs.at) {
+            Some(a) => (a.saturating_sub(o), a.saturating_sub(o), 0),
+            None if self.step <= 0 || self.end <= self.start => (
+                self.start.saturating_sub(o),
+                self.start.saturating_sub(o),
+                0,
+            ),
+            None => {
+                let n = (self.end - self.start) / self.step;
+                let first = self.start.saturating_sub(o);
+                (first, first.saturating_add(n * self.step), self.step)
+            }
+        };
+        let st = self.storage();
+        let Some(split) = choose_split(first, last, step, range, |res| st.rollup_cover(res)) else {
+            return Ok(None);
+        };
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut series: Vec<Merged> = Vec::new();
+        let mut loaded = 0usize;
+        let over = |n: usize| -> Result<()> {
+            if n > budget {
+                return Err(Error::TooManySamples(budget));
+            }
+            Ok(())
+        };
+        for &(after, upto) in &split.raw {
+            for s in st.select(matchers, after + 1, upto, budget.saturating_sub(loaded))? {
+                let pts: Vec<(i64, f64)> = s
+                    .samples
+                    .into_iter()
+                    .filter(|&(_, v)| !is_stale_marker(v))
+                    .collect();
+                loaded += pts.len();
+                over(loaded)?;
+                let i = *index.entry(s.labels.clone()).or_insert_with(|| {
+                    series.push((s.labels, Vec::new(), Vec::new()));
+                    series.len() - 1
+                });
+                series[i].1.extend(pts);
+            }
+        }
+        let (after, upto) = split.buckets;
+        for (labels, pts) in st.select_rollups(matchers, after + 1, upto, split.res)? {
+            loaded += pts.len();
+            over(loaded)?;
+            match index.get(&labels) {
+                Some(&i) => series[i].2 = pts,
+                None => series.push((labels, Vec::new(), pts)),
+            }
+        }
+        let mut data = Vec::with_capacity(series.len());
+        let mut points = Vec::with_capacity(series.len());
+        for (labels, raw, pts) in series {
+            if raw.is_empty() && pts.is_empty() {
+                continue;
+            }
+            data.push(Loaded {
+                metric: std::sync::Arc::new(labels),
+                points: raw,
+            });
+            points.push(pts);
+        }
+        let rl = RollupLoad {
+            res: split.res,
+            last_whole: split.last_whole,
+            range,
+            points,
+        };
+        Ok(Some((data, rl, loaded)))
+    }
+
+    /// Evaluates `func` (one of [`FUNCS`]) at `t` when its argument was loaded with
+    /// rollups; `None` when it was not.
+    pub(crate) fn over_rollups(&self, func: &str, arg: &Expr, t: i64) -> Result<Option<Value>> {
+        let Expr::MatrixSelector(m) = unwrap_parens(arg) else {
+            return Ok(None);
+        };
+        let Some(rl) = self.rollups_of(&m.vs) else {
+            return Ok(None);
+        };
+        let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
+        let lo = r.saturating_sub(rl.range);
+        // Windows past the rollups' cover (a >= b) lie wholly in the loaded raw tail.
+        let (a, b) = match (ceil_to(lo, rl.res), floor_to(r, rl.res).min(rl.last_whole)) {
+            (a, b) if a < b => (a, b),
+            _ => (r, r),
+        };
+        let keep_name = func == "last_over_time";
+        let mut out = Vec::new();
+        for (s, pts) in self.loaded(&m.vs).iter().zip(&rl.points) {
+            let mut acc = Acc::default();
+            acc.samples(window(&s.points, lo, a));
+            let from = pts.partition_point(|p| p.ts_ms <= a);
+            let to = pts.partition_point(|p| p.ts_ms <= b);
+            for p in &pts[from..to.max(from)] {
+                acc.part(u64::from(p.count), p.sum, p.min, p.max, p.last);
+            }
+            acc.samples(window(&s.points, b, r));
+            if let Some(v) = acc.value(func) {
+                out.push(Sample {
+                    metric: s.metric.clone(),
+                    t,
+                    v,
+                    drop_name: !keep_name,
+                });
+            }
+        }
+        Ok(Some(Value::Vector(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M5: i64 = 300_000;
+    const H: i64 = 3_600_000;
+    const DAY: i64 = 24 * H;
+
+    #[test]
+    fn an_aligned_instant_window_reads_only_the_uncovered_tail() {
+        let cover = 10 * DAY + 2 * H;
+        let r = 10 * DAY + 5 * H;
+        let s = plan_split(r, r, 0, DAY, H, cover).unwrap();
+        assert_eq!(s.raw, vec![(10 * DAY + H, r)]);
+        assert_eq!(s.buckets, (9 * DAY + 5 * H, 10 * DAY + H));
+        assert_eq!(s.last_whole, 10 * DAY + H);
+    }
+
+    #[test]
+    fn an_unaligned_window_reads_a_raw_head_and_tail() {
+        let cover = 10 * DAY;
+        let r = 10 * DAY + 5 * H + 123_456;
+        let s = plan_split(r, r, 0, DAY, M5, cover).unwrap();
+        let lo = r - DAY;
+        assert_eq!(s.raw, vec![(lo, ceil_to(lo, M5)), (10 * DAY - M5, r)]);
+        assert_eq!(s.buckets, (ceil_to(lo, M5), 10 * DAY - M5));
+    }
+
+    #[test]
+    fn no_split_when_it_would_not_pay_or_has_no_whole_bucket() {
+        // Range shorter than two buckets.
+        assert_eq!(plan_split(DAY, DAY, 0, H, H, DAY), None);
+        // Rollups end before the newest window's first whole bucket.
+        assert_eq!(plan_split(10 * DAY, 10 * DAY, 0, 6 * H, M5, 9 * DAY), None);
+        // Unaligned steps: heads and tails cover everything.
+        assert_eq!(
+            plan_split(DAY + 7, 2 * DAY + 7, 60_000, H, M5, 3 * DAY),
+            None
+        );
+        // No rollups at all.
+        assert_eq!(plan_split(DAY, DAY, 0, 6 * H, M5, i64::MIN), None);
+    }
+
+    #[test]
+    fn aligned_range_query_steps_read_raw_only_past_the_cover() {
+        let cover = 20 * H + 30 * 60_000;
+        let s = plan_split(2 * H, 24 * H, H, H, M5, cover).unwrap();
+        assert_eq!(s.raw, vec![(20 * H + 25 * 60_000, 24 * H)]);
+        assert_eq!(s.buckets, (H, 20 * H + 25 * 60_000));
+        // Both resolutions cover every window: the coarser one reads fewer points.
+        let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some(30 * H)).unwrap();
+        assert_eq!((c.res, c.raw.len()), (H, 0));
+        // Where the 1 h rollups stop a whole hour earlier, 5 m reads fewer raw samples.
+        let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some(20 * H)).unwrap();
+        assert_eq!(c.res, M5);
+    }
+
+    #[test]
+    fn parts_combine_like_the_raw_functions() {
+        let raw = [(1, 3.0), (2, f64::NAN), (3, -1.0)];
+        let mut acc = Acc::default();
+        acc.samples(&raw[..1]);
+        acc.part(1, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+        acc.samples(&raw[2..]);
+        assert_eq!(acc.value("count_over_time"), Some(3.0));
+        assert_eq!(acc.value("max_over_time"), Some(3.0));
+        assert_eq!(acc.value("min_over_time"), Some(-1.0));
+        assert_eq!(acc.value("last_over_time"), Some(-1.0));
+        assert!(acc.value("sum_over_time").unwrap().is_nan());
+        assert_eq!(Acc::default().value("present_over_time"), None);
+    }
+}

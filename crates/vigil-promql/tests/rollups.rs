@@ -1,0 +1,269 @@
+//! `*_over_time` answered partly from the store's 5 m / 1 h rollups gives the answers of the
+//! raw samples: two stores get the same data, one with downsampling on and one without, and
+//! every query must agree (min, max, count, last, present exactly; sum and avg up to rounding).
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use vigil_model::{EnvId, LabelLimits, Labels, ManualClock, Matcher, stale_marker};
+use vigil_promql::storage::TsdbStorage;
+use vigil_promql::{Engine, EngineOptions, Matrix, RollupPoint, Storage, StoredSeries, Value};
+use vigil_tsdb::{Db, Options, WriteBatch};
+
+const H: i64 = 3_600_000;
+const DAY: i64 = 24 * H;
+/// A day boundary.
+const B: i64 = 20_000 * DAY;
+
+/// Counts how often rollups are read.
+struct Counting<'a> {
+    inner: TsdbStorage<'a>,
+    rollup_reads: Cell<usize>,
+}
+
+impl Storage for Counting<'_> {
+    fn select(
+        &self,
+        m: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> vigil_promql::Result<Vec<StoredSeries>> {
+        self.inner.select(m, mint, maxt, budget)
+    }
+
+    fn rollup_cover(&self, res: i64) -> Option<i64> {
+        self.inner.rollup_cover(res)
+    }
+
+    fn select_rollups(
+        &self,
+        m: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        res: i64,
+    ) -> vigil_promql::Result<Vec<(Labels, Vec<RollupPoint>)>> {
+        self.rollup_reads.set(self.rollup_reads.get() + 1);
+        self.inner.select_rollups(m, mint, maxt, res)
+    }
+}
+
+/// Sample `i` of series `s`: every 30 s with a per-series phase (series 0 sits exactly on
+/// bucket boundaries), millisecond jitter on series 2, NaNs on series 3, a gap ended by a
+/// staleness marker on series 4, a resetting counter on series 5.
+fn sample(s: usize, i: i64) -> Option<(i64, f64)> {
+    let phase = [0, 7_123, 0, 29_999, 15_000, 1][s];
+    let jitter = if s == 2 { (i * 7919) % 997 } else { 0 };
+    let t = B + i * 30_000 + phase + jitter;
+    let v = match s {
+        3 if i % 97 == 0 => f64::NAN,
+        4 if (3000..3400).contains(&i) => return None,
+        4 if i == 3400 => stale_marker(),
+        5 => ((i % 5000) * 3) as f64,
+        _ => ((i * 31 + s as i64 * 17) % 1009) as f64 / 7.0 - 50.0,
+    };
+    Some((t, v))
+}
+
+fn open(dir: &std::path::Path, clock: &ManualClock, rollups: bool) -> Db {
+    Db::open(
+        dir,
+        Options {
+            clock: Arc::new(clock.clone()),
+            maintenance_interval: None,
+            downsample_after: rollups.then_some(std::time::Duration::from_secs(86_400)),
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Three days of the six series into both stores, maintained as they go.
+fn fill(dbs: &[&Db], clock: &ManualClock) {
+    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
+    let per_hour = H / 30_000;
+    for hour in 0..72 {
+        let mut b = WriteBatch::new(env.clone());
+        for s in 0..6 {
+            let pts: Vec<(i64, f64)> = (hour * per_hour..(hour + 1) * per_hour)
+                .filter_map(|i| sample(s, i))
+                .collect();
+            let l = Labels::from_pairs([("__name__", "m"), ("s", &s.to_string())]);
+            b.add_series(&l, &pts, &lim).unwrap();
+        }
+        clock.set(B + (hour + 1) * H);
+        for db in dbs {
+            assert_eq!(db.write(&b).unwrap().rejected_total(), 0);
+            if hour % 6 == 5 {
+                db.maintain().unwrap();
+            }
+        }
+    }
+}
+
+fn close(func: &str, a: f64, b: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    match func {
+        "sum_over_time" | "avg_over_time" => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
+        _ => a == b,
+    }
+}
+
+fn vector(v: Value) -> Vec<(String, f64)> {
+    let Value::Vector(v) = v else {
+        panic!("expected a vector, got {v:?}")
+    };
+    let mut out: Vec<(String, f64)> = v.into_iter().map(|s| (s.metric.to_string(), s.v)).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn points(m: Matrix) -> Vec<(String, Vec<(i64, f64)>)> {
+    m.into_iter()
+        .map(|s| (s.metric.to_string(), s.points))
+        .collect()
+}
+
+#[test]
+fn rollups_answer_over_time_functions_like_raw_samples() {
+    let clock = ManualClock::new(B);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let raw = open(d1.path(), &clock, false);
+    let rolled = open(d2.path(), &clock, true);
+    fill(&[&raw, &rolled], &clock);
+    clock.set(B + 72 * H + 600_000);
+    raw.maintain().unwrap();
+    rolled.maintain().unwrap();
+
+    let engine = Engine::new(EngineOptions::default());
+    let reference = TsdbStorage::new(&raw, "e");
+    let st = Counting {
+        inner: TsdbStorage::new(&rolled, "e"),
+        rollup_reads: Cell::new(0),
+    };
+    assert!(st.rollup_cover(300_000).is_some(), "no rollups were made");
+    assert!(reference.rollup_cover(300_000).is_none());
+
+    let funcs = [
+        "avg_over_time",
+        "count_over_time",
+        "last_over_time",
+        "max_over_time",
+        "min_over_time",
+        "present_over_time",
+        "sum_over_time",
+    ];
+    let mut instant_checked = 0;
+    for func in funcs {
+        for sel in [
+            "m[1h]",
+            "m[90m]",
+            "m[6h]",
+            "m[1d]",
+            "m[36h]",
+            "m[6h] offset 2h",
+            "(m[1d] @ 1728002345.678)",
+        ] {
+            let q = format!("{func}({sel})");
+            for t in [
+                B + DAY + 3 * H,
+                B + DAY + 3 * H + 123_457,
+                B + 2 * DAY,
+                B + 2 * DAY + H + 30_000,
+                B + 2 * DAY + 20 * H,
+                B + 3 * DAY - 1,
+            ] {
+                let want = vector(engine.instant(&reference, &q, t).unwrap());
+                let got = vector(engine.instant(&st, &q, t).unwrap());
+                assert_eq!(want.len(), got.len(), "{q} at {t}: {want:?} vs {got:?}");
+                for (w, g) in want.iter().zip(&got) {
+                    assert!(
+                        w.0 == g.0 && close(func, w.1, g.1),
+                        "{q} at {t}: raw {w:?}, rollups {g:?}"
+                    );
+                }
+                instant_checked += 1;
+            }
+        }
+        // Aggregated, and as range queries: aligned steps, unaligned steps, 5 m steps.
+        for (q, start, end, step) in [
+            (
+                format!("sum by (s) ({func}(m[6h]))"),
+                B + DAY,
+                B + 3 * DAY,
+                H,
+            ),
+            (
+                format!("{func}(m[2h])"),
+                B + DAY + 1,
+                B + 2 * DAY + 6 * H,
+                7 * 60_000,
+            ),
+            (format!("{func}(m[1h])"), B + 36 * H, B + 60 * H, 300_000),
+        ] {
+            let want = points(engine.range(&reference, &q, start, end, step).unwrap());
+            let got = points(engine.range(&st, &q, start, end, step).unwrap());
+            assert_eq!(want.len(), got.len(), "{q}");
+            for (w, g) in want.iter().zip(&got) {
+                assert_eq!(w.0, g.0, "{q}");
+                assert_eq!(w.1.len(), g.1.len(), "{q} {}", w.0);
+                for (a, b) in w.1.iter().zip(&g.1) {
+                    assert!(
+                        a.0 == b.0 && close(func, a.1, b.1),
+                        "{q} {}: raw {a:?}, rollups {b:?}",
+                        w.0
+                    );
+                }
+            }
+        }
+    }
+    assert!(instant_checked > 250);
+    // Most of those read rollups (the rest would not have saved anything).
+    assert!(
+        st.rollup_reads.get() > 150,
+        "rollups were read only {} times",
+        st.rollup_reads.get()
+    );
+}
+
+#[test]
+fn rollups_are_not_used_where_they_are_not_exact() {
+    let clock = ManualClock::new(B);
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), &clock, true);
+    fill(&[&db], &clock);
+    clock.set(B + 72 * H + 600_000);
+    db.maintain().unwrap();
+    let engine = Engine::new(EngineOptions::default());
+    let st = Counting {
+        inner: TsdbStorage::new(&db, "e"),
+        rollup_reads: Cell::new(0),
+    };
+    let t = B + 2 * DAY;
+    for q in [
+        // Functions rollups cannot answer.
+        "stddev_over_time(m[1d])",
+        "quantile_over_time(0.5, m[1d])",
+        "rate(m[1d])",
+        // Too short a range for a whole bucket in every window.
+        "max_over_time(m[5m])",
+        // Inside a subquery (evaluated at the subquery's own steps).
+        "max_over_time(max_over_time(m[1d])[1h:5m])",
+        // Plain selectors.
+        "m",
+    ] {
+        engine.instant(&st, q, t).unwrap();
+        assert_eq!(st.rollup_reads.get(), 0, "{q} read rollups");
+    }
+    // A pending deletion: rollups still hold the deleted samples, so raw answers.
+    let before = vector(engine.instant(&st, "count_over_time(m[1d])", t).unwrap());
+    assert_eq!(st.rollup_reads.get(), 1);
+    db.delete("e", &[Matcher::eq("s", "1")], B + DAY + H, B + DAY + 2 * H)
+        .unwrap();
+    let after = vector(engine.instant(&st, "count_over_time(m[1d])", t).unwrap());
+    assert_eq!(st.rollup_reads.get(), 1);
+    let s1 = |v: &[(String, f64)]| v.iter().find(|x| x.0.contains("\"1\"")).unwrap().1;
+    assert_eq!(s1(&before) - s1(&after), 120.0);
+}
