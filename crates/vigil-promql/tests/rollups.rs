@@ -65,13 +65,14 @@ fn sample(s: usize, i: i64) -> Option<(i64, f64)> {
     Some((t, v))
 }
 
-fn open(dir: &std::path::Path, clock: &ManualClock, rollups: bool) -> Db {
+/// A store rolling up raw blocks `downsample_after_h` hours old (`None`: never).
+fn open(dir: &std::path::Path, clock: &ManualClock, downsample_after_h: Option<u64>) -> Db {
     Db::open(
         dir,
         Options {
             clock: Arc::new(clock.clone()),
             maintenance_interval: None,
-            downsample_after: rollups.then_some(std::time::Duration::from_secs(86_400)),
+            downsample_after: downsample_after_h.map(|h| std::time::Duration::from_secs(h * 3600)),
             ..Options::default()
         },
     )
@@ -129,18 +130,40 @@ fn points(m: Matrix) -> Vec<(String, Vec<(i64, f64)>)> {
 #[test]
 fn rollups_answer_over_time_functions_like_raw_samples() {
     let clock = ManualClock::new(B);
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let raw = open(d1.path(), &clock, false);
-    let rolled = open(d2.path(), &clock, true);
-    fill(&[&raw, &rolled], &clock);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let raw = open(dirs[0].path(), &clock, None);
+    // Rolled up from 24 h blocks, and from 2 h blocks whose rollups are merged afterwards
+    // (buckets split at the 2 h boundaries put back together).
+    let day = open(dirs[1].path(), &clock, Some(24));
+    let early = open(dirs[2].path(), &clock, Some(2));
+    fill(&[&raw, &day, &early], &clock);
     clock.set(B + 72 * H + 600_000);
-    raw.maintain().unwrap();
-    rolled.maintain().unwrap();
+    for db in [&raw, &day, &early] {
+        db.maintain().unwrap();
+    }
+    let rollup_blocks = |db: &Db| {
+        db.stats()
+            .blocks
+            .iter()
+            .filter(|b| b.resolution_ms == 300_000)
+            .map(|b| b.range_end - b.range_start)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        rollup_blocks(&early).contains(&DAY),
+        "{:?}",
+        rollup_blocks(&early)
+    );
+    for rolled in [&day, &early] {
+        agree_with_raw(&raw, rolled);
+    }
+}
 
+fn agree_with_raw(raw: &Db, rolled: &Db) {
     let engine = Engine::new(EngineOptions::default());
-    let reference = TsdbStorage::new(&raw, "e");
+    let reference = TsdbStorage::new(raw, "e");
     let st = Counting {
-        inner: TsdbStorage::new(&rolled, "e"),
+        inner: TsdbStorage::new(rolled, "e"),
         rollup_reads: Cell::new(0),
     };
     assert!(st.rollup_cover(300_000).is_some(), "no rollups were made");
@@ -232,7 +255,7 @@ fn rollups_answer_over_time_functions_like_raw_samples() {
 fn rollups_are_not_used_where_they_are_not_exact() {
     let clock = ManualClock::new(B);
     let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path(), &clock, true);
+    let db = open(dir.path(), &clock, Some(24));
     fill(&[&db], &clock);
     clock.set(B + 72 * H + 600_000);
     db.maintain().unwrap();

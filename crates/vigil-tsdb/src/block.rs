@@ -184,8 +184,9 @@ pub(crate) struct BlockWriter {
     meta: BlockMeta,
     /// Timestamp columns already written: hash of the compressed stream → (offset, bytes).
     ts_columns: HashMap<u64, Vec<(u64, Vec<u8>)>>,
-    /// Rollup points copied from blocks written before `bucket_end` (kept unmarked).
-    pub(crate) legacy_buckets: bool,
+    /// Rollup points not known to be exact end-keyed buckets (copied from rollups written
+    /// before `bucket_end`, or merged from overlapping ones): the block is left unmarked.
+    pub(crate) unsure_buckets: bool,
 }
 
 impl BlockWriter {
@@ -224,7 +225,7 @@ impl BlockWriter {
             buf: Vec::new(),
             max_chunk_samples: max_chunk_samples.max(1),
             ts_columns: HashMap::new(),
-            legacy_buckets: false,
+            unsure_buckets: false,
             meta: BlockMeta {
                 id,
                 range_start,
@@ -453,7 +454,7 @@ impl BlockWriter {
         self.meta.index_bytes = idx.len() as u64;
         self.meta.sources = sources;
         self.meta.downsampled = downsampled;
-        self.meta.bucket_end = self.meta.resolution_ms > 0 && !self.legacy_buckets;
+        self.meta.bucket_end = self.meta.resolution_ms > 0 && !self.unsure_buckets;
         write_meta(&self.tmp, &self.meta)?;
         sync_dir(&self.tmp)?;
         fs::rename(&self.tmp, &self.dir)

@@ -864,7 +864,12 @@ impl Inner {
             level,
             self.opts.block_chunk_samples,
         )?;
-        w.legacy_buckets = res > 0 && group.iter().any(|b| !b.meta.bucket_end);
+        // Side by side, a bucket split by a block boundary is put back together; overlapping
+        // rollups (never expected) keep one point per bucket and are no longer trusted as exact.
+        let side_by_side = group
+            .windows(2)
+            .all(|p| p[0].meta.range_end <= p[1].meta.range_start);
+        w.unsure_buckets = res > 0 && (!side_by_side || group.iter().any(|b| !b.meta.bucket_end));
         let (mut bytes, mut raw, mut parts, mut pts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((env, labels), srcs) in &all {
@@ -898,8 +903,19 @@ impl Inner {
                         b.decode_rollup_chunk(c, &mut bytes, &mut pts)?;
                     }
                 }
+                // Stable: the parts of a split bucket stay in block (time) order.
                 pts.sort_by_key(|p: &RollupPoint| p.ts_ms);
-                pts.dedup_by_key(|p| p.ts_ms);
+                if side_by_side {
+                    pts.dedup_by(|later, earlier| {
+                        let same = later.ts_ms == earlier.ts_ms;
+                        if same {
+                            *earlier = earlier.combine(later);
+                        }
+                        same
+                    });
+                } else {
+                    pts.dedup_by_key(|p| p.ts_ms);
+                }
                 pts.retain(|p| keep(p.ts_ms));
                 w.add_rollup_series(env, labels, &pts)?;
             }
@@ -957,15 +973,23 @@ impl Inner {
                 let level = group.iter().map(|b| b.meta.level).max().unwrap_or(1);
                 return Some((group, level));
             }
-            if res != 0 {
-                continue;
-            }
-            let newest = v
-                .iter()
-                .map(|b| b.meta.range_end)
-                .max()
-                .unwrap_or(i64::MIN)
-                .max(self.head.min_valid.load(Ordering::SeqCst));
+            let min_valid = self.head.min_valid.load(Ordering::SeqCst);
+            let newest = if res == 0 {
+                v.iter()
+                    .map(|b| b.meta.range_end)
+                    .max()
+                    .unwrap_or(i64::MIN)
+                    .max(min_valid)
+            } else {
+                // Rollups of a window are merged once all of its raw data is rolled up.
+                blocks
+                    .iter()
+                    .filter(|b| b.meta.resolution_ms == 0 && !b.meta.downsampled)
+                    .map(|b| b.meta.range_start)
+                    .min()
+                    .unwrap_or(i64::MAX)
+                    .min(self.head.time_range().map_or(i64::MAX, |(mint, _)| mint))
+            };
             for (lvl, range) in self.opts.block_ranges.iter().enumerate().skip(1) {
                 let r = ms(*range);
                 let mut windows: BTreeMap<i64, Vec<Arc<Block>>> = BTreeMap::new();
@@ -977,7 +1001,14 @@ impl Inner {
                     }
                 }
                 for (w, g) in windows {
-                    if g.len() > 1 && (w + 1) * r <= newest {
+                    // Raw blocks rolled up and not yet rolled up are not merged: the merged
+                    // block would be rolled up again and count samples twice. The rest catch
+                    // up as they age.
+                    let mixed = res == 0
+                        && self.opts.downsample_after.is_some()
+                        && g.iter()
+                            .any(|b| b.meta.downsampled != g[0].meta.downsampled);
+                    if g.len() > 1 && (w + 1) * r <= newest && !mixed {
                         return Some((g, lvl as u32 + 1));
                     }
                 }
