@@ -120,6 +120,11 @@ pub(crate) struct Evaluator<'a> {
     data: HashMap<usize, Vec<Loaded>>,
     /// Rollup points of selectors read partly from rollups (see `rollup.rs`), by selector.
     rollups: HashMap<usize, crate::rollup::RollupLoad>,
+    /// Selectors read only when their range function is evaluated (`Storage::select_map`),
+    /// by selector: matchers and time range.
+    deferred: HashMap<usize, (Vec<Matcher>, i64, i64)>,
+    /// Samples loaded so far (prepared selectors and deferred reads), for `max_samples`.
+    loaded_samples: Cell<usize>,
     deadline: Instant,
     ticks: Cell<u32>,
 }
@@ -134,6 +139,9 @@ struct Plan<'e> {
     /// A range selector only ever read by a function rollups can answer, at the query's own
     /// steps (not inside a subquery).
     rollup: Option<&'e MatrixSelector>,
+    /// A range selector only ever read by a range function at one instant: it is streamed
+    /// through the function when that is evaluated, not loaded.
+    stream: bool,
 }
 
 impl<'a> Evaluator<'a> {
@@ -153,6 +161,8 @@ impl<'a> Evaluator<'a> {
             lookback: ms(opts.lookback_delta).max(1),
             data: HashMap::new(),
             rollups: HashMap::new(),
+            deferred: HashMap::new(),
+            loaded_samples: Cell::new(0),
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
         })
@@ -195,6 +205,7 @@ impl<'a> Evaluator<'a> {
                     matrix: false,
                     latest: lo == hi,
                     rollup: None,
+                    stream: false,
                 });
             }
             Expr::MatrixSelector(m) => {
@@ -206,6 +217,7 @@ impl<'a> Evaluator<'a> {
                     matrix: true,
                     latest: false,
                     rollup: None,
+                    stream: false,
                 });
             }
             Expr::Subquery(sq) => {
@@ -234,6 +246,20 @@ impl<'a> Evaluator<'a> {
                     self.plan(arg, s, en, top, out);
                     if let Some(p) = out.get_mut(before) {
                         p.rollup = Some(m);
+                        p.stream = self.start == self.end;
+                    }
+                    return;
+                }
+                if let [arg] = c.args.args.as_slice()
+                    && top
+                    && self.start == self.end
+                    && crate::functions::STREAMABLE.contains(&c.func.name)
+                    && let Expr::MatrixSelector(_) = unwrap_parens(arg)
+                {
+                    let before = out.len();
+                    self.plan(arg, s, en, top, out);
+                    if let Some(p) = out.get_mut(before) {
+                        p.stream = true;
                     }
                     return;
                 }
@@ -281,6 +307,11 @@ impl<'a> Evaluator<'a> {
                     continue;
                 }
             }
+            if p.stream {
+                self.deferred
+                    .insert(p.vs as *const _ as usize, (matchers, p.mint, p.maxt));
+                continue;
+            }
             let series = if p.latest {
                 self.st.select_latest(&matchers, p.mint, p.maxt, budget)
             } else {
@@ -309,6 +340,7 @@ impl<'a> Evaluator<'a> {
             }
             self.data.insert(p.vs as *const _ as usize, out);
         }
+        self.loaded_samples.set(loaded_samples);
         Ok(())
     }
 
@@ -324,6 +356,30 @@ impl<'a> Evaluator<'a> {
         let _ = std::thread::Builder::new()
             .name("vigil-query-free".into())
             .spawn(move || drop(data));
+    }
+
+    /// Streams a deferred range selector through `f` at one instant (see `Plan::stream`):
+    /// `None` when the selector was loaded instead.
+    pub(crate) fn stream_selector(
+        &self,
+        vs: &VectorSelector,
+        f: &crate::MapFn<'_>,
+    ) -> Option<Result<Vec<(Labels, f64)>>> {
+        let (matchers, mint, maxt) = self.deferred.get(&(vs as *const _ as usize))?;
+        let max = self.opts.max_samples;
+        let budget = max.saturating_sub(self.loaded_samples.get());
+        let counted = |buf: &mut Vec<(i64, f64)>| {
+            buf.retain(|&(_, v)| !is_stale_marker(v));
+            f(buf)
+        };
+        Some(
+            self.st
+                .select_map(matchers, *mint, *maxt, budget, &counted)
+                .map_err(|e| match e {
+                    Error::TooManySamples(_) => Error::TooManySamples(max),
+                    e => e,
+                }),
+        )
     }
 
     pub(crate) fn storage(&self) -> &'a dyn Storage {

@@ -11,6 +11,34 @@ use crate::eval::{Evaluator, Sample, Value, ms, selector_matchers, unwrap_parens
 use crate::{Error, Metric, Result};
 
 /// Neumaier-compensated summation step, as Prometheus' `kahanSumInc`.
+/// Range functions of one range-vector argument evaluated by `over_time`: at a single instant
+/// their selector is streamed through them instead of loaded.
+pub(crate) const STREAMABLE: [&str; 23] = [
+    "avg_over_time",
+    "changes",
+    "count_over_time",
+    "delta",
+    "deriv",
+    "first_over_time",
+    "idelta",
+    "increase",
+    "irate",
+    "last_over_time",
+    "mad_over_time",
+    "max_over_time",
+    "min_over_time",
+    "present_over_time",
+    "rate",
+    "resets",
+    "stddev_over_time",
+    "stdvar_over_time",
+    "sum_over_time",
+    "ts_of_first_over_time",
+    "ts_of_last_over_time",
+    "ts_of_max_over_time",
+    "ts_of_min_over_time",
+];
+
 pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     let t = sum + inc;
     let c = if t.is_infinite() {
@@ -395,6 +423,28 @@ impl Evaluator<'_> {
         keep_name: bool,
         f: impl Fn(&[(i64, f64)], i64, i64) -> Option<f64> + Sync,
     ) -> Result<Value> {
+        // Streamed: each series decoded into a reused buffer and reduced right away.
+        if let Expr::MatrixSelector(m) = unwrap_parens(arg) {
+            let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
+            let lo = r.saturating_sub(ms(m.range));
+            let g = |buf: &mut Vec<(i64, f64)>| {
+                let w = crate::eval::window(buf, lo, r);
+                if w.is_empty() { None } else { f(w, lo, r) }
+            };
+            if let Some(found) = self.stream_selector(&m.vs, &g) {
+                return Ok(Value::Vector(
+                    found?
+                        .into_iter()
+                        .map(|(labels, v)| Sample {
+                            metric: Arc::new(labels),
+                            t,
+                            v,
+                            drop_name: !keep_name,
+                        })
+                        .collect(),
+                ));
+            }
+        }
         // Straight from a selector: no window copies; many series are split over the cores.
         if let Expr::MatrixSelector(m) = unwrap_parens(arg) {
             let data = self.loaded(&m.vs);

@@ -111,6 +111,29 @@ pub trait Storage {
         Ok(v)
     }
 
+    /// Calls `f` with each matching series' samples in `[mint, maxt]`, one series at a time
+    /// in a reused buffer, and keeps the labels of each series with the value `f` returns
+    /// (series for which it returns `None` are left out). How an instant query's range
+    /// function reads its selector without holding every series' samples at once. Over
+    /// `budget` samples decoded in all: [`Error::TooManySamples`]. The default selects, then
+    /// maps.
+    fn select_map(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        f: &MapFn<'_>,
+    ) -> Result<Vec<(Labels, f64)>> {
+        let mut out = Vec::new();
+        for mut s in self.select(matchers, mint, maxt, budget)? {
+            if let Some(v) = f(&mut s.samples) {
+                out.push((s.labels, v));
+            }
+        }
+        Ok(out)
+    }
+
     /// How far rollups at `resolution_ms` can stand in for raw samples: every sample before
     /// the returned time is counted in exactly one rollup point whose bucket `(end − res, end]`
     /// lies before it. `None` (the default) when the storage keeps no usable rollups.
@@ -131,6 +154,10 @@ pub trait Storage {
         Ok(Vec::new())
     }
 }
+
+/// A per-series function for [`Storage::select_map`]: given the series' samples (which it may
+/// change), its value, if any.
+pub type MapFn<'a> = dyn Fn(&mut Vec<(i64, f64)>) -> Option<f64> + Sync + 'a;
 
 /// Engine limits and defaults.
 #[derive(Debug, Clone)]

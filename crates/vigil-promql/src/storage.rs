@@ -1,9 +1,11 @@
 //! [`Storage`](crate::Storage) over Vigil's store, scoped to one environment.
 
-use vigil_model::{Labels, Matcher};
-use vigil_tsdb::{Db, RollupPoint};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::{Error, Result, StoredSeries};
+use vigil_model::{Labels, Matcher};
+use vigil_tsdb::{Db, RollupPoint, SeriesPart};
+
+use crate::{Error, MapFn, Result, StoredSeries};
 
 /// Reads one environment of a [`Db`].
 pub struct TsdbStorage<'a> {
@@ -69,9 +71,73 @@ impl crate::Storage for TsdbStorage<'_> {
         maxt: i64,
         budget: usize,
     ) -> Result<Vec<StoredSeries>> {
+        let decoded = AtomicUsize::new(0);
+        self.each_part(matchers, mint, maxt, |part| {
+            let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
+            for mut s in part {
+                let mut samples = Vec::new();
+                read(&mut s.samples, &mut samples, &decoded, budget)?;
+                out.push(StoredSeries {
+                    labels: s.labels,
+                    samples,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn select_map(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        f: &MapFn<'_>,
+    ) -> Result<Vec<(Labels, f64)>> {
+        let decoded = AtomicUsize::new(0);
+        self.each_part(matchers, mint, maxt, |part| {
+            let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
+            let mut buf = Vec::new();
+            for mut s in part {
+                buf.clear();
+                read(&mut s.samples, &mut buf, &decoded, budget)?;
+                if let Some(v) = f(&mut buf) {
+                    out.push((s.labels, v));
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Decodes one series into `buf`, counting against the query's budget.
+fn read(
+    it: &mut vigil_tsdb::SampleIter,
+    buf: &mut Vec<(i64, f64)>,
+    decoded: &AtomicUsize,
+    budget: usize,
+) -> Result<()> {
+    it.read_all(buf)
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    let total = decoded.fetch_add(buf.len(), Ordering::Relaxed) + buf.len();
+    if total > budget {
+        return Err(Error::TooManySamples(total));
+    }
+    Ok(())
+}
+
+impl TsdbStorage<'_> {
+    /// Runs `per_part` over the selection cut for reader threads: resolved and decoded on up
+    /// to 4 threads when there is enough work (each series is independent; head series are
+    /// resolved by the reader that decodes them), and the parts' results concatenated.
+    fn each_part<T: Send>(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        per_part: impl Fn(SeriesPart) -> Result<Vec<T>> + Sync,
+    ) -> Result<Vec<T>> {
         let q = self.db.querier(self.env, mint, maxt);
-        // Resolve and decode on up to 4 threads when there is enough work: each series is
-        // independent, and head series are resolved by the reader that decodes them.
         let max_workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(4);
@@ -79,33 +145,15 @@ impl crate::Storage for TsdbStorage<'_> {
             .select_parts(matchers, max_workers)
             .map_err(|e| Error::Storage(e.to_string()))?;
         let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
-        let decode = |part: vigil_tsdb::SeriesPart| -> Result<Vec<StoredSeries>> {
-            let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
-            let mut total = 0usize;
-            for mut s in part {
-                let mut samples = Vec::new();
-                s.samples
-                    .read_all(&mut samples)
-                    .map_err(|e| Error::Storage(e.to_string()))?;
-                total += samples.len();
-                if total > budget {
-                    return Err(Error::TooManySamples(total));
-                }
-                out.push(StoredSeries {
-                    labels: s.labels,
-                    samples,
-                });
-            }
-            Ok(out)
-        };
         // A thread is not worth it for a few hundred series.
-        let results: Vec<Result<Vec<StoredSeries>>> = if parts.len() <= 1 || series < 512 {
-            parts.into_iter().map(decode).collect()
+        let results: Vec<Result<Vec<T>>> = if parts.len() <= 1 || series < 512 {
+            parts.into_iter().map(&per_part).collect()
         } else {
+            let per_part = &per_part;
             std::thread::scope(|sc| {
                 let handles: Vec<_> = parts
                     .into_iter()
-                    .map(|p| sc.spawn(move || decode(p)))
+                    .map(|p| sc.spawn(move || per_part(p)))
                     .collect();
                 handles
                     .into_iter()
@@ -117,15 +165,9 @@ impl crate::Storage for TsdbStorage<'_> {
                     .collect()
             })
         };
-        let mut out = Vec::new();
-        let mut total = 0usize;
+        let mut out = Vec::with_capacity(series);
         for r in results {
-            let part = r?;
-            total += part.iter().map(|s| s.samples.len()).sum::<usize>();
-            if total > budget {
-                return Err(Error::TooManySamples(total));
-            }
-            out.extend(part);
+            out.extend(r?);
         }
         Ok(out)
     }

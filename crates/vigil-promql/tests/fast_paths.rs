@@ -135,3 +135,75 @@ fn range_functions_over_many_series_split_over_threads_agree() {
     );
     assert_eq!(one, vec![("01234".into(), (30 * (1234 % 7)) as f64)]);
 }
+
+/// An instant query streams a range function's selector through it (each series decoded into
+/// a reused buffer, on several threads); a range query loads the selector. Both must give the
+/// same answer — staleness markers dropped, counter resets seen — and the sample limit holds
+/// for streamed reads too.
+#[test]
+fn streamed_range_functions_agree_with_loaded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
+    let n = 2_000usize;
+    let mut b = WriteBatch::new(env.clone());
+    for i in 0..n {
+        let pts: Vec<(i64, f64)> = (0..=60)
+            .map(|k| {
+                let t = T0 + k * 10_000 + (i as i64 % 13);
+                match (i % 5, k) {
+                    (0, 40) => (t, stale_marker()),
+                    (1, _) if k > 45 => (t, k as f64),
+                    _ => (t, (k * (i as i64 % 11 + 1)) as f64),
+                }
+            })
+            .collect();
+        let l = Labels::from_pairs([
+            ("__name__", "m"),
+            ("s", &format!("{i:05}")),
+            ("g", &(i % 3).to_string()),
+        ]);
+        b.add_series(&l, &pts, &lim).unwrap();
+    }
+    db.write(&b).unwrap();
+    let engine = Engine::new(EngineOptions::default());
+    let st = TsdbStorage::new(&db, "e");
+    let at = T0 + 550_000;
+    for q in [
+        "rate(m[5m])",
+        "increase(m[5m])",
+        "max_over_time(m[5m])",
+        "count_over_time(m[5m])",
+        "changes(m[5m])",
+        "last_over_time(m[5m])",
+        "resets(m[5m])",
+        "sum by (g) (rate(m[5m]))",
+        "rate(m[5m] offset 1m)",
+    ] {
+        let Value::Vector(streamed) = engine.instant(&st, q, at).unwrap() else {
+            panic!("{q}: expected a vector")
+        };
+        let mut streamed: Vec<(String, f64)> = streamed
+            .into_iter()
+            .map(|s| (s.metric.to_string(), s.v))
+            .collect();
+        streamed.sort_by(|a, b| a.0.cmp(&b.0));
+        let loaded: Vec<(String, f64)> = engine
+            .range(&st, q, at, at + 10_000, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|s| {
+                let p = s.points.iter().find(|p| p.0 == at)?;
+                Some((s.metric.to_string(), p.1))
+            })
+            .collect();
+        assert!(!streamed.is_empty(), "{q}");
+        assert_eq!(streamed, loaded, "{q}");
+    }
+    let small = Engine::new(EngineOptions {
+        max_samples: 10_000,
+        ..EngineOptions::default()
+    });
+    let err = small.instant(&st, "rate(m[5m])", at).unwrap_err();
+    assert!(err.to_string().contains("10000"), "{err}");
+}

@@ -7,6 +7,11 @@
 //! (10,000 agents; 1,000 agents × 24 h). `VIGIL_BENCH_PEERS=0` skips the peers (`vm` or `prometheus`: only that one);
 //! `VIGIL_BENCH_RUNS` sets repetitions per query (default 30); `VIGIL_BENCH_AGENTS` and
 //! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries.
+//!
+//! Vigil runs with `[tsdb] downsample_after = "2h"` (`VIGIL_BENCH_DOWNSAMPLE` overrides it;
+//! `off` disables rollups): the range data is only a day old, and this gives it the 5 m / 1 h
+//! rollups a store that has run for a while has for everything older than 3 days (the
+//! default). Range queries are aligned to their step, as Grafana sends them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -129,6 +134,13 @@ fn wait_ok(addr: &str, path: &str, what: &str) {
 
 fn start_vigil() -> Target {
     let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vigil.toml");
+    let downsample = std::env::var("VIGIL_BENCH_DOWNSAMPLE").unwrap_or_else(|_| "2h".into());
+    std::fs::write(
+        &cfg,
+        format!("[tsdb]\ndownsample_after = \"{downsample}\"\n"),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args([
             "serve",
@@ -139,6 +151,8 @@ fn start_vigil() -> Target {
             "--data-dir",
         ])
         .arg(dir.path().join("vigil"))
+        .arg("--config")
+        .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env("VIGIL_LOG", "warn")
@@ -517,7 +531,14 @@ fn main() {
     let at = live_end + 1_500;
     let rat = range_end + 1_500;
     let day = (range_end - range_start) / 1000;
-    let r = |step: i64| Some((range_start + 3_600_000, rat, step));
+    // Aligned to the step, as Grafana aligns them.
+    let r = |step: i64| {
+        Some((
+            (range_start + 3_600_000).div_euclid(step) * step,
+            rat.div_euclid(step) * step,
+            step,
+        ))
+    };
     let queries = vec![
         Q { name: "latest gauge, all agents", expr: "node_load1{env=\"live\"}".into(), range: None, at },
         Q { name: "sum by zone of rate", expr: "sum by (zone) (rate(node_cpu_seconds_total{env=\"live\"}[5m]))".into(), range: None, at },
