@@ -477,11 +477,8 @@ pub fn decode_xor(buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkCorr
         // Timestamp: delta of delta, prefix '0' / '10' / '110' / '1110' / '1111'.
         let w = peek128(body, pos);
         let top = (w >> 64) as u64;
-        let dod = match top.leading_ones() {
-            0 => {
-                pos += 1;
-                0
-            }
+        let (dod, used) = match top.leading_ones() {
+            0 => (0, 1),
             ones @ 1..=3 => {
                 let (prefix, bits) = match ones {
                     1 => (2, 7),
@@ -489,23 +486,26 @@ pub fn decode_xor(buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkCorr
                     _ => (4, 20),
                 };
                 let raw = (top << prefix) >> (64 - bits);
-                pos += (prefix + bits) as usize;
                 // The encoder maps (-2^(b-1), 2^(b-1)], so 2^(b-1) reads back positive.
-                if raw > 1u64 << (bits - 1) {
+                let dod = if raw > 1u64 << (bits - 1) {
                     raw as i64 - (1i64 << bits)
                 } else {
                     raw as i64
-                }
+                };
+                (dod, prefix + bits)
             }
-            _ => {
-                pos += 68;
-                ((w << 4) >> 64) as u64 as i64
-            }
+            _ => (((w << 4) >> 64) as u64 as i64, 68),
         };
         delta = if i == 1 { dod } else { delta.wrapping_add(dod) };
         t = t.wrapping_add(delta);
-        // Value: '0' same, '10' XOR in the previous window, '11' new window.
-        let w = peek128(body, pos);
+        // Value: '0' same, '10' XOR in the previous window, '11' new window. At most 77 bits,
+        // so after a timestamp of up to 51 bits the same window still holds all of it.
+        let w = if used <= 51 {
+            w << used
+        } else {
+            peek128(body, pos + used as usize)
+        };
+        pos += used as usize;
         let top = (w >> 64) as u64;
         if top >> 63 == 0 {
             pos += 1;
