@@ -72,17 +72,15 @@ impl crate::Storage for TsdbStorage<'_> {
         budget: usize,
     ) -> Result<Vec<StoredSeries>> {
         let decoded = AtomicUsize::new(0);
-        self.each_part(matchers, mint, maxt, |part| {
+        self.each_part(matchers, mint, maxt, |mut part| {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
-            for mut s in part {
+            loop {
                 let mut samples = Vec::new();
-                read(&mut s.samples, &mut samples, &decoded, budget)?;
-                out.push(StoredSeries {
-                    labels: s.labels,
-                    samples,
-                });
+                let Some(labels) = read(&mut part, &mut samples, &decoded, budget)? else {
+                    return Ok(out);
+                };
+                out.push(StoredSeries { labels, samples });
             }
-            Ok(out)
         })
     }
 
@@ -95,35 +93,39 @@ impl crate::Storage for TsdbStorage<'_> {
         f: &MapFn<'_>,
     ) -> Result<Vec<(Labels, f64)>> {
         let decoded = AtomicUsize::new(0);
-        self.each_part(matchers, mint, maxt, |part| {
+        self.each_part(matchers, mint, maxt, |mut part| {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
             let mut buf = Vec::new();
-            for mut s in part {
+            loop {
                 buf.clear();
-                read(&mut s.samples, &mut buf, &decoded, budget)?;
+                let Some(labels) = read(&mut part, &mut buf, &decoded, budget)? else {
+                    return Ok(out);
+                };
                 if let Some(v) = f(&mut buf) {
-                    out.push((s.labels, v));
+                    out.push((labels, v));
                 }
             }
-            Ok(out)
         })
     }
 }
 
-/// Decodes one series into `buf`, counting against the query's budget.
+/// Decodes the part's next series into `buf` (empty on entry), counting against the query's
+/// budget: its labels, or `None` when the part is done.
 fn read(
-    it: &mut vigil_tsdb::SampleIter,
+    part: &mut SeriesPart,
     buf: &mut Vec<(i64, f64)>,
     decoded: &AtomicUsize,
     budget: usize,
-) -> Result<()> {
-    it.read_all(buf)
-        .map_err(|e| Error::Storage(e.to_string()))?;
+) -> Result<Option<Labels>> {
+    let Some(labels) = part.read_next(buf) else {
+        return Ok(None);
+    };
+    let labels = labels.map_err(|e| Error::Storage(e.to_string()))?;
     let total = decoded.fetch_add(buf.len(), Ordering::Relaxed) + buf.len();
     if total > budget {
         return Err(Error::TooManySamples(total));
     }
-    Ok(())
+    Ok(Some(labels))
 }
 
 impl TsdbStorage<'_> {

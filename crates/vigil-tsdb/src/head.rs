@@ -93,7 +93,53 @@ pub(crate) struct MemSeries {
     pub(crate) data: Mutex<SeriesData>,
 }
 
+/// Reusable copies of one series' head data for a reader (see [`MemSeries::copy_into`]).
+#[derive(Debug, Default)]
+pub(crate) struct HeadCopy {
+    /// Sealed chunks overlapping the range, oldest first.
+    pub(crate) sealed: Vec<Arc<[u8]>>,
+    /// The open chunk's bytes (empty when it does not overlap the range).
+    pub(crate) open: Vec<u8>,
+    /// Whether out-of-order samples overlap the range (then `copy_into` copied nothing).
+    pub(crate) has_ooo: bool,
+}
+
 impl MemSeries {
+    /// Copies the in-order chunks overlapping [mint, maxt] into `into`'s reused buffers
+    /// (the lock is held only for the copy). `false` when the series is deleted, or has
+    /// out-of-order samples or chunks not in time order in the range (`into.has_ooo`; the
+    /// caller reads it through [`chunks_in`](Self::chunks_in) then).
+    pub(crate) fn copy_into(&self, mint: i64, maxt: i64, into: &mut HeadCopy) -> bool {
+        into.sealed.clear();
+        into.open.clear();
+        into.has_ooo = false;
+        let d = self.data.lock();
+        if d.deleted {
+            return false;
+        }
+        if d.ooo.iter().any(|s| s.0 >= mint && s.0 <= maxt) {
+            into.has_ooo = true;
+            return false;
+        }
+        let mut prev = i64::MIN;
+        for c in d.sealed.iter().filter(|c| c.maxt >= mint && c.mint <= maxt) {
+            if c.mint <= prev {
+                into.has_ooo = true;
+                return false;
+            }
+            prev = c.maxt;
+            into.sealed.push(c.bytes.clone());
+        }
+        if !d.open.is_empty() && d.open.max_time() >= mint && d.open.min_time() <= maxt {
+            if d.open.min_time() <= prev {
+                into.has_ooo = true;
+                return false;
+            }
+            into.open.extend_from_slice(d.open.bytes());
+        }
+        true
+    }
+
     /// Copies of the chunks overlapping [mint, maxt] (the lock is held only for the copy);
     /// `None` when the series is deleted or has nothing in the range.
     pub(crate) fn chunks_in(&self, mint: i64, maxt: i64) -> Option<Vec<HeadChunk>> {
@@ -683,21 +729,15 @@ impl Head {
         out
     }
 
-    /// The labels of each of `refs` that still exists (one read of the refs table).
-    pub(crate) fn labels_for(&self, refs: Vec<u32>) -> Vec<(u32, Labels)> {
+    /// Each of `refs` that still exists with its labels (one read of the refs table).
+    pub(crate) fn labels_for(&self, refs: Vec<u32>) -> Vec<(Arc<MemSeries>, Labels)> {
         let table = self.refs.read();
         refs.into_iter()
             .filter_map(|r| match table.get(r as usize) {
-                Some(Some(s)) => Some((r, self.labels_of(s))),
+                Some(Some(s)) => Some((s.clone(), self.labels_of(s))),
                 _ => None,
             })
             .collect()
-    }
-
-    /// One series' chunks overlapping [mint, maxt]; `None` when it is gone, deleted or has
-    /// nothing in the range.
-    pub(crate) fn chunks_of(&self, r: u32, mint: i64, maxt: i64) -> Option<Vec<HeadChunk>> {
-        self.by_ref(r)?.chunks_in(mint, maxt)
     }
 
     /// The newest in-order sample of each matching series, if at or after `since`.

@@ -16,7 +16,7 @@ use crate::block::{Block, ChunkMeta};
 use crate::chunk::decode_xor;
 use crate::codec::RollupPoint;
 use crate::error::Result;
-use crate::head::{Head, HeadChunk};
+use crate::head::{Head, HeadChunk, HeadCopy, MemSeries};
 use crate::tombstones::Tombstone;
 
 #[derive(Debug, Clone)]
@@ -119,15 +119,16 @@ impl ExactSizeIterator for SeriesSet {}
 enum Item {
     Ready(SelectedSeries),
     /// A head series whose chunks are not yet copied.
-    Head(u32, Labels),
+    Head(Arc<MemSeries>, Labels),
 }
 
 /// Part of a selection (see [`Querier::select_parts`]); yields series in no particular order.
 pub struct SeriesPart {
     items: std::vec::IntoIter<Item>,
-    head: Arc<Head>,
     mint: i64,
     maxt: i64,
+    /// Reused copies of head chunks for [`read_next`](Self::read_next).
+    copy: HeadCopy,
 }
 
 impl std::fmt::Debug for SeriesPart {
@@ -144,7 +145,7 @@ impl Iterator for SeriesPart {
         loop {
             let (labels, sources, deleted) = match self.items.next()? {
                 Item::Ready(x) => x,
-                Item::Head(r, l) => match self.head.chunks_of(r, self.mint, self.maxt) {
+                Item::Head(series, l) => match series.chunks_in(self.mint, self.maxt) {
                     Some(chunks) => (
                         l,
                         chunks.into_iter().map(Source::Head).collect(),
@@ -162,6 +163,58 @@ impl Iterator for SeriesPart {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         (0, Some(self.items.len()))
+    }
+}
+
+impl SeriesPart {
+    /// Decodes the next series' samples in the range into `out` (appending) and returns its
+    /// labels; `None` when the part is done. A head series' in-order chunks are copied into
+    /// buffers the part reuses and decoded straight into `out`, so reading one allocates
+    /// nothing; anything else goes through a [`SampleIter`]. On error `out` may hold part of
+    /// the series.
+    pub fn read_next(&mut self, out: &mut Vec<(i64, f64)>) -> Option<Result<Labels>> {
+        loop {
+            let (labels, sources, deleted) = match self.items.next()? {
+                Item::Ready(x) => x,
+                Item::Head(series, labels) => {
+                    if series.copy_into(self.mint, self.maxt, &mut self.copy) {
+                        let from = out.len();
+                        let c = &self.copy;
+                        let decoded = c
+                            .sealed
+                            .iter()
+                            .map(|b| &b[..])
+                            .chain((!c.open.is_empty()).then_some(&c.open[..]))
+                            .try_for_each(|b| decode_xor(b, out));
+                        if let Err(e) = decoded {
+                            return Some(Err(crate::Error::corrupt("<head>", 0, e.to_string())));
+                        }
+                        let part = &out[from..];
+                        let a = part.partition_point(|p| p.0 < self.mint);
+                        let b = part.partition_point(|p| p.0 <= self.maxt);
+                        out.truncate(from + b);
+                        out.drain(from..from + a.min(b));
+                        if out.len() == from && c.sealed.is_empty() && c.open.is_empty() {
+                            continue;
+                        }
+                        return Some(Ok(labels));
+                    }
+                    if !self.copy.has_ooo {
+                        continue;
+                    }
+                    match series.chunks_in(self.mint, self.maxt) {
+                        Some(chunks) => (
+                            labels,
+                            chunks.into_iter().map(Source::Head).collect(),
+                            Vec::new(),
+                        ),
+                        None => continue,
+                    }
+                }
+            };
+            let mut it = SampleIter::new(sources, deleted, self.mint, self.maxt);
+            return Some(it.read_all(out).map(|()| labels));
+        }
     }
 }
 
@@ -467,7 +520,7 @@ impl Querier {
             self.head
                 .labels_for(self.head.select_refs(&self.env, matchers))
                 .into_iter()
-                .map(|(r, l)| Item::Head(r, l))
+                .map(|(s, l)| Item::Head(s, l))
                 .collect()
         } else {
             self.select_unordered(matchers)?
@@ -485,9 +538,9 @@ impl Querier {
             }
             parts.push(SeriesPart {
                 items: part.into_iter(),
-                head: self.head.clone(),
                 mint: self.mint,
                 maxt: self.maxt,
+                copy: HeadCopy::default(),
             });
         }
         Ok(parts)

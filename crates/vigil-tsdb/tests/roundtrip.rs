@@ -93,6 +93,11 @@ proptest! {
             .map(|(l, m)| (l.clone(), m.iter().map(|(t, b)| (*t, *b)).collect::<Vec<_>>()))
             .collect();
         prop_assert_eq!(&all(&db, "prod"), &expected, "head");
+        // Reader threads' path (head chunks copied into reused buffers), whole and in a range.
+        let any = [vigil_model::Matcher::new(vigil_model::MatchOp::Re, "__name__", ".+").unwrap()];
+        prop_assert_eq!(&read_parts(&db, "prod", &any, i64::MIN, i64::MAX, 2), &expected, "head, parts");
+        let (lo, hi) = (T0 + 200_000, T0 + 2_000_000);
+        prop_assert_eq!(read_parts(&db, "prod", &any, lo, hi, 2), read(&db, "prod", &any, lo, hi), "head range, parts");
         drop(db);
         let db = open(dir.path(), &clock);
         prop_assert_eq!(&all(&db, "prod"), &expected, "after WAL replay");
@@ -101,6 +106,7 @@ proptest! {
         db.maintain().unwrap();
         prop_assert_eq!(db.stats().head_series, 0);
         prop_assert_eq!(&all(&db, "prod"), &expected, "after cut and compaction");
+        prop_assert_eq!(&read_parts(&db, "prod", &any, i64::MIN, i64::MAX, 3), &expected, "blocks, parts");
         drop(db);
         let db = open(dir.path(), &clock);
         prop_assert_eq!(&all(&db, "prod"), &expected, "after reopen from blocks");

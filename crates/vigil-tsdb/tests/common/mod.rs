@@ -62,6 +62,27 @@ pub fn read(
         .collect()
 }
 
+/// Like [`read`], through `select_parts` (cut in `n` parts) and `SeriesPart::read_next`.
+pub fn read_parts(
+    db: &Db,
+    env: &str,
+    m: &[Matcher],
+    mint: i64,
+    maxt: i64,
+    n: usize,
+) -> Vec<(Labels, Vec<(i64, u64)>)> {
+    let mut out = Vec::new();
+    for mut part in db.querier(env, mint, maxt).select_parts(m, n).unwrap() {
+        let mut buf = Vec::new();
+        while let Some(labels) = part.read_next(&mut buf) {
+            let v = buf.drain(..).map(|(t, v)| (t, v.to_bits())).collect();
+            out.push((labels.unwrap(), v));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 pub fn all(db: &Db, env: &str) -> Vec<(Labels, Vec<(i64, u64)>)> {
     read(
         db,
