@@ -6,7 +6,12 @@
 //! cargo bench -p vigil-promql --bench engine            # 1,000 agents × 36 scrapes
 //! VIGIL_BENCH_AGENTS=10000 VIGIL_BENCH_RUNS=20 cargo bench -p vigil-promql --bench engine
 //! VIGIL_BENCH_ONLY=rate …                               # only queries whose name contains it
+//! VIGIL_BENCH_RANGE=100x24 …                            # also 100 agents × 24 h of history
 //! ```
+//!
+//! With `VIGIL_BENCH_RANGE` the store first gets that much history (env `range`), maintained
+//! as it goes with rollups made of blocks older than `VIGIL_BENCH_DOWNSAMPLE_H` hours
+//! (default 2), and the long-range queries run too: over a day, from rollups where exact.
 //!
 //! Prints p50/p99 per query and, as a baseline measured in the same run, the time to decode
 //! every chunk of the selected series alone (`Querier::select` + reading all samples).
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 use vigil_fleet::{Fleet, FleetSpec};
 use vigil_model::{EnvId, LabelLimits, Labels, ManualClock, Matcher};
 use vigil_promql::storage::TsdbStorage;
-use vigil_promql::{Engine, EngineOptions, Value};
+use vigil_promql::{Engine, EngineOptions, Storage, StoredSeries, Value};
 use vigil_tsdb::{Db, Options, WriteBatch};
 
 /// The server's allocator, so costs match what `vigil serve` pays.
@@ -47,18 +52,24 @@ fn main() {
     let runs = env_num("VIGIL_BENCH_RUNS", 20).max(1);
     let steps = 36i64;
     let start = 1_750_000_000_000i64;
+    let range: Option<(usize, i64)> = std::env::var("VIGIL_BENCH_RANGE").ok().and_then(|v| {
+        v.split_once('x')
+            .and_then(|(a, h)| Some((a.parse().ok()?, h.parse().ok()?)))
+    });
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(start);
+    let downsample_h = env_num("VIGIL_BENCH_DOWNSAMPLE_H", 2) as u64;
     let db = Db::open(
         dir.path(),
         Options {
             clock: Arc::new(clock.clone()),
             maintenance_interval: None,
-            downsample_after: None,
+            downsample_after: Some(Duration::from_secs(downsample_h * 3600)),
             ..Options::default()
         },
     )
     .unwrap();
+    let range_end = range.map(|(agents, hours)| load_history(&db, &clock, agents, hours, start));
     let env = EnvId::new("live").unwrap();
     let lim = LabelLimits::default();
     let mut fleet = Fleet::new(FleetSpec {
@@ -194,6 +205,162 @@ fn main() {
             pct(&mut base, 0.99)
         );
     }
+    if let Some(rend) = range_end {
+        long_range(&engine, &db, rend, runs, only.as_deref());
+    }
+}
+
+/// The store without its rollups: the raw-sample baseline for the long-range queries.
+struct RawOnly<'a>(TsdbStorage<'a>);
+
+impl Storage for RawOnly<'_> {
+    fn select(
+        &self,
+        m: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+    ) -> vigil_promql::Result<Vec<StoredSeries>> {
+        self.0.select(m, mint, maxt, budget)
+    }
+
+    fn select_map(
+        &self,
+        m: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        f: &vigil_promql::MapFn<'_>,
+    ) -> vigil_promql::Result<Vec<(Labels, f64)>> {
+        self.0.select_map(m, mint, maxt, budget, f)
+    }
+}
+
+/// Long-range queries over the history, each with rollups and on raw samples alone.
+fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&str>) {
+    let st = TsdbStorage::new(db, "range");
+    let raw = RawOnly(TsdbStorage::new(db, "range"));
+    println!(
+        "\nlong range (rollups cover up to {} min before the newest sample); ms p50 / p99",
+        st.rollup_cover(300_000)
+            .map_or(-1, |c| (rend - c.min(rend)) / 60_000)
+    );
+    println!(
+        "{:<28} {:>19} {:>19} {:>8}",
+        "query", "with rollups", "raw only", "result"
+    );
+    let at = rend + 1_500;
+    let aligned = |step: i64| {
+        (
+            (rend - 23 * 3_600_000).div_euclid(step) * step,
+            at.div_euclid(step) * step,
+            step,
+        )
+    };
+    let queries: [(&str, &str, Option<(i64, i64, i64)>); 4] = [
+        (
+            "avg_over_time over a day",
+            "avg_over_time(node_load1{env=\"range\"}[1d])",
+            None,
+        ),
+        (
+            "max_over_time 1h, 1h step",
+            "max_over_time(node_load1{env=\"range\"}[1h])",
+            Some(aligned(3_600_000)),
+        ),
+        (
+            "sum of rate, 5m step",
+            "sum by (zone) (rate(node_cpu_seconds_total{env=\"range\",mode=\"user\"}[5m]))",
+            Some(aligned(300_000)),
+        ),
+        (
+            "one series, 1m step",
+            "node_load1{env=\"range\",agent=\"agent-00007\"}",
+            Some(aligned(60_000)),
+        ),
+    ];
+    for (name, q, range) in queries {
+        if only.is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let time = |s: &dyn Storage| -> (Vec<Duration>, usize) {
+            let run = || match range {
+                None => match engine.instant(s, q, at).unwrap() {
+                    Value::Vector(v) => v.len(),
+                    _ => 1,
+                },
+                Some((a, b, step)) => engine.range(s, q, a, b, step).unwrap().len(),
+            };
+            let n = run();
+            let lat = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(run());
+                    t.elapsed()
+                })
+                .collect();
+            (lat, n)
+        };
+        let (mut with, n) = time(&st);
+        let (mut without, n2) = time(&raw);
+        assert_eq!(n, n2, "{name}: rollups and raw disagree on the series");
+        println!(
+            "{name:<28} {:>9.1} / {:>7.1} {:>9.1} / {:>7.1} {n:>8}",
+            pct(&mut with, 0.5),
+            pct(&mut with, 0.99),
+            pct(&mut without, 0.5),
+            pct(&mut without, 0.99)
+        );
+    }
+}
+
+/// `hours` of history for `agents` (env `range`) ending 6 minutes before `end`, in time order,
+/// maintained every simulated 10 minutes as a server would. Returns the newest timestamp.
+fn load_history(db: &Db, clock: &ManualClock, agents: usize, hours: i64, end: i64) -> i64 {
+    let steps = hours * 360;
+    let first = end - 360_000 - steps * 10_000;
+    clock.set(first);
+    let env = EnvId::new("range").unwrap();
+    let lim = LabelLimits::default();
+    let mut fleet = Fleet::new(FleetSpec {
+        agents,
+        seed: 11,
+        start_ms: first,
+        env: "range".into(),
+        zones: 8,
+        ..FleetSpec::default()
+    });
+    let t0 = Instant::now();
+    let (mut buf, mut last) = (Vec::new(), first);
+    for s in 0..steps {
+        buf.clear();
+        fleet.next_step(&mut buf);
+        for part in buf.chunks(25_000) {
+            let mut b = WriteBatch::new(env.clone());
+            for x in part {
+                b.add_series(
+                    &fleet.series()[x.series as usize],
+                    &[(x.ts_ms, x.value)],
+                    &lim,
+                )
+                .unwrap();
+                last = last.max(x.ts_ms);
+            }
+            db.write(&b).unwrap();
+        }
+        clock.set(last);
+        if s % 60 == 59 {
+            db.maintain().unwrap();
+        }
+    }
+    clock.set(end - 300_000);
+    db.maintain().unwrap();
+    eprintln!(
+        "loaded history: {agents} agents × {hours} h in {:.1} s; blocks {}",
+        t0.elapsed().as_secs_f64(),
+        db.stats().blocks.len()
+    );
+    last
 }
 
 fn collect_selectors(e: &vigil_promql::Expr, out: &mut Vec<Vec<Matcher>>) {

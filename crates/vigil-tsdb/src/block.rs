@@ -379,14 +379,15 @@ impl BlockWriter {
         let mut metas = Vec::new();
         for part in points.chunks(self.max_chunk_samples) {
             self.buf.clear();
-            codec::encode_rollup(part, &mut self.buf);
-            self.meta.pco_chunks += 1;
-            let m = self.write_chunk(
-                Encoding::RollupPco,
-                part[0].ts_ms,
-                part[part.len() - 1].ts_ms,
-                part.len(),
-            )?;
+            let enc = if part.len() < codec::ROLLUP_PLAIN_MAX {
+                codec::encode_rollup_plain(part, &mut self.buf);
+                Encoding::RollupPlain
+            } else {
+                codec::encode_rollup(part, &mut self.buf);
+                self.meta.pco_chunks += 1;
+                Encoding::RollupPco
+            };
+            let m = self.write_chunk(enc, part[0].ts_ms, part[part.len() - 1].ts_ms, part.len())?;
             metas.push(m);
         }
         self.meta.num_samples += points.len() as u64;
@@ -754,7 +755,7 @@ impl Block {
         out: &mut Vec<RollupPoint>,
     ) -> Result<()> {
         self.read_chunk(c, buf)?;
-        codec::decode_rollup(buf, out)
+        codec::decode_rollup_as(c.enc, buf, out)
             .map_err(|e| Error::corrupt(self.dir.join("chunks"), c.off, e.0))
     }
 
@@ -763,7 +764,7 @@ impl Block {
         let (mut buf, mut out, mut pts) = (Vec::new(), Vec::new(), Vec::new());
         for s in &self.series {
             for c in s.chunks.iter() {
-                if c.enc == Encoding::RollupPco as u8 {
+                if c.enc == Encoding::RollupPco as u8 || c.enc == Encoding::RollupPlain as u8 {
                     self.decode_rollup_chunk(c, &mut buf, &mut pts)?;
                 } else {
                     self.decode_chunk(c, &mut buf, &mut out)?;

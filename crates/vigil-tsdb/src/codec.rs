@@ -5,13 +5,14 @@
 //! as a pcodec column stored once per block and shared by every series with identical
 //! timestamps — all series of one agent). The block writer encodes both ways and keeps the
 //! smaller, so the choice is a measurement made for every chunk; the benchmark prints the totals
-//! of each. [`Encoding::Pco`] (both columns inline) is still read. Rollups (downsampled data) use [`Encoding::RollupPco`]: six pcodec columns.
+//! of each. [`Encoding::Pco`] (both columns inline) is still read. Rollups (downsampled data) use [`Encoding::RollupPco`] (six pcodec columns), or
+//! [`Encoding::RollupPlain`] when short.
 //!
 //! Decoding takes untrusted bytes (checksums are verified by the caller first, but the decoders
 //! still bound every length) and never panics.
 
 use crate::chunk::{XorAppender, decode_xor};
-use crate::encoding::{Reader, put_bytes, put_uvarint};
+use crate::encoding::{Reader, put_bytes, put_uvarint, put_varint};
 
 /// How a block chunk is encoded; the byte stored in the chunk record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +28,15 @@ pub enum Encoding {
     /// timestamps in a pcodec stream stored once per block at `ts_offset` in the chunks file
     /// and shared by every series with the same timestamps (all series of one agent).
     PcoSharedTs = 4,
+    /// A short rollup chunk: `[uvarint n]` then per point `[varint ts − previous ts]`
+    /// `[f64 LE min][f64 LE max][f64 LE sum][uvarint count][f64 LE last]` (the first delta is
+    /// from 0). Chunks of fewer than [`ROLLUP_PLAIN_MAX`] points use it: pcodec's six
+    /// stream headers cost more than they save there, and it decodes without setup.
+    RollupPlain = 5,
 }
+
+/// Rollup chunks with fewer points than this are stored as [`Encoding::RollupPlain`].
+pub const ROLLUP_PLAIN_MAX: usize = 64;
 
 impl Encoding {
     /// Parses the stored byte.
@@ -37,6 +46,7 @@ impl Encoding {
             2 => Some(Self::Pco),
             3 => Some(Self::RollupPco),
             4 => Some(Self::PcoSharedTs),
+            5 => Some(Self::RollupPlain),
             _ => None,
         }
     }
@@ -219,7 +229,9 @@ pub fn decode(enc: Encoding, buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()
             out.extend(ts.into_iter().zip(vals));
             Ok(())
         }
-        Encoding::RollupPco => Err(DecodeError("rollup chunk read as raw samples".into())),
+        Encoding::RollupPco | Encoding::RollupPlain => {
+            Err(DecodeError("rollup chunk read as raw samples".into()))
+        }
         Encoding::PcoSharedTs => Err(DecodeError("shared-timestamp chunk needs its block".into())),
     }
 }
@@ -241,6 +253,56 @@ pub fn encode_rollup(points: &[RollupPoint], out: &mut Vec<u8>) {
     put_bytes(out, &pco_u32(&counts));
     let last: Vec<f64> = points.iter().map(|p| p.last).collect();
     put_bytes(out, &pco_f64(&last));
+}
+
+/// Encodes a few rollup points plainly ([`Encoding::RollupPlain`]).
+pub fn encode_rollup_plain(points: &[RollupPoint], out: &mut Vec<u8>) {
+    put_uvarint(out, points.len() as u64);
+    let mut prev = 0i64;
+    for p in points {
+        put_varint(out, p.ts_ms.wrapping_sub(prev));
+        prev = p.ts_ms;
+        for f in [p.min, p.max, p.sum] {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        put_uvarint(out, u64::from(p.count));
+        out.extend_from_slice(&p.last.to_le_bytes());
+    }
+}
+
+/// Decodes rollup points stored as `enc`, appending to `out`.
+pub fn decode_rollup_as(
+    enc: u8,
+    buf: &[u8],
+    out: &mut Vec<RollupPoint>,
+) -> Result<(), DecodeError> {
+    if enc != Encoding::RollupPlain as u8 {
+        return decode_rollup(buf, out);
+    }
+    let mut r = Reader::new(buf);
+    let bad = |what: &str| DecodeError(format!("plain rollup chunk: truncated {what}"));
+    // At least 34 bytes per point: the count is bounded by the input.
+    let n = r.count(34).ok_or_else(|| bad("point count"))?;
+    out.reserve(n);
+    let mut ts = 0i64;
+    for _ in 0..n {
+        ts = ts.wrapping_add(r.varint().ok_or_else(|| bad("timestamp"))?);
+        let mut f = || r.u64_le().map(f64::from_bits).ok_or_else(|| bad("value"));
+        let (min, max, sum) = (f()?, f()?, f()?);
+        let count = r.uvarint().ok_or_else(|| bad("count"))?;
+        let count = u32::try_from(count)
+            .map_err(|_| DecodeError(format!("plain rollup chunk: count {count} too large")))?;
+        let last = r.u64_le().map(f64::from_bits).ok_or_else(|| bad("last"))?;
+        out.push(RollupPoint {
+            ts_ms: ts,
+            min,
+            max,
+            sum,
+            count,
+            last,
+        });
+    }
+    Ok(())
 }
 
 /// Decodes rollup points, appending to `out`.
@@ -328,6 +390,16 @@ mod tests {
         let mut back = Vec::new();
         decode_rollup(&out, &mut back).unwrap();
         assert_eq!(back, pts);
+        out.clear();
+        back.clear();
+        encode_rollup_plain(&pts, &mut out);
+        decode_rollup_as(Encoding::RollupPlain as u8, &out, &mut back).unwrap();
+        assert_eq!(back, pts);
+        // Truncated anywhere: an error, never a panic or a partial point.
+        for cut in 0..out.len() {
+            let mut part = Vec::new();
+            assert!(decode_rollup_as(Encoding::RollupPlain as u8, &out[..cut], &mut part).is_err());
+        }
     }
 
     proptest! {
@@ -351,12 +423,41 @@ mod tests {
         }
 
         #[test]
+        fn plain_rollups_roundtrip_bit_exact(
+            pts in proptest::collection::vec(
+                (any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>()),
+                0..80,
+            ),
+        ) {
+            let pts: Vec<RollupPoint> = pts
+                .into_iter()
+                .map(|(ts_ms, a, b, c, count, d)| RollupPoint {
+                    ts_ms,
+                    min: f64::from_bits(a),
+                    max: f64::from_bits(b),
+                    sum: f64::from_bits(c),
+                    count,
+                    last: f64::from_bits(d),
+                })
+                .collect();
+            let mut out = Vec::new();
+            encode_rollup_plain(&pts, &mut out);
+            let mut back = Vec::new();
+            decode_rollup_as(Encoding::RollupPlain as u8, &out, &mut back).unwrap();
+            let key = |p: &RollupPoint| {
+                (p.ts_ms, p.min.to_bits(), p.max.to_bits(), p.sum.to_bits(), p.count, p.last.to_bits())
+            };
+            prop_assert_eq!(back.iter().map(key).collect::<Vec<_>>(), pts.iter().map(key).collect::<Vec<_>>());
+        }
+
+        #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), e in 1u8..5) {
             let enc = Encoding::from_u8(e).unwrap();
             let mut out = Vec::new();
             let _ = decode(enc, &b, &mut out);
             let mut pts = Vec::new();
             let _ = decode_rollup(&b, &mut pts);
+            let _ = decode_rollup_as(Encoding::RollupPlain as u8, &b, &mut pts);
             let _ = parse_shared_ts(&b);
             let _ = decode_ts_column(&b, 3);
         }
