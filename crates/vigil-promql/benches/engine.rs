@@ -236,6 +236,9 @@ impl Storage for RawOnly<'_> {
     }
 }
 
+/// A range query's start, end and step (ms).
+type Span = (i64, i64, i64);
+
 /// Long-range queries over the history, each with rollups and on raw samples alone.
 fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&str>) {
     let st = TsdbStorage::new(db, "range");
@@ -257,7 +260,7 @@ fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&st
             step,
         )
     };
-    let queries: [(&str, &str, Option<(i64, i64, i64)>); 4] = [
+    let queries: [(&str, &str, Option<Span>); 4] = [
         (
             "avg_over_time over a day",
             "avg_over_time(node_load1{env=\"range\"}[1d])",
