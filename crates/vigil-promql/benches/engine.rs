@@ -230,9 +230,10 @@ impl Storage for RawOnly<'_> {
         mint: i64,
         maxt: i64,
         budget: usize,
+        keep: Option<&[String]>,
         f: &vigil_promql::MapFn<'_>,
     ) -> vigil_promql::Result<Vec<(Labels, f64)>> {
-        self.0.select_map(m, mint, maxt, budget, f)
+        self.0.select_map(m, mint, maxt, budget, keep, f)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hashbrown::HashMap;
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{
-    AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
+    AtModifier, Expr, LabelModifier, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
 };
 use vigil_model::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_marker};
 
@@ -122,12 +122,21 @@ pub(crate) struct Evaluator<'a> {
     rollups: HashMap<usize, crate::rollup::RollupLoad>,
     /// Selectors read only when their range function is evaluated (`Storage::select_map`),
     /// by selector: matchers and time range.
-    deferred: HashMap<usize, (Vec<Matcher>, i64, i64)>,
+    deferred: HashMap<usize, Deferred>,
     /// Samples loaded so far (prepared selectors and deferred reads), for `max_samples`.
     loaded_samples: Cell<usize>,
     deadline: Instant,
     ticks: Cell<u32>,
 }
+
+/// Aggregations whose result carries only their `by` labels (so their input needs no others).
+const PROJECTABLE: [&str; 9] = [
+    "avg", "count", "group", "max", "min", "quantile", "stddev", "stdvar", "sum",
+];
+
+/// A range selector read when its function is evaluated: matchers, time range, and the
+/// only labels its series need (`None`: all).
+type Deferred = (Vec<Matcher>, i64, i64, Option<Vec<String>>);
 
 struct Plan<'e> {
     vs: &'e VectorSelector,
@@ -142,6 +151,8 @@ struct Plan<'e> {
     /// A range selector only ever read by a range function at one instant: it is streamed
     /// through the function when that is evaluated, not loaded.
     stream: bool,
+    /// The only labels a streamed selector's series need (an aggregation `by` them).
+    keep: Option<Vec<String>>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -206,6 +217,7 @@ impl<'a> Evaluator<'a> {
                     latest: lo == hi,
                     rollup: None,
                     stream: false,
+                    keep: None,
                 });
             }
             Expr::MatrixSelector(m) => {
@@ -218,6 +230,7 @@ impl<'a> Evaluator<'a> {
                     latest: false,
                     rollup: None,
                     stream: false,
+                    keep: None,
                 });
             }
             Expr::Subquery(sq) => {
@@ -228,7 +241,21 @@ impl<'a> Evaluator<'a> {
                 if let Some(p) = &a.param {
                     self.plan(p, s, en, top, out);
                 }
+                let before = out.len();
                 self.plan(&a.expr, s, en, top, out);
+                // `sum by (zone) (rate(x[5m]))` streamed: only `zone` of each series is ever
+                // looked at, so only it is read.
+                if let Some(LabelModifier::Include(by)) = &a.modifier
+                    && PROJECTABLE.contains(&a.op.to_string().to_lowercase().as_str())
+                    && let Expr::Call(c) = unwrap_parens(&a.expr)
+                    && let [arg] = c.args.args.as_slice()
+                    && let Expr::MatrixSelector(m) = unwrap_parens(arg)
+                    && out.len() == before + 1
+                    && out[before].stream
+                    && std::ptr::eq(out[before].vs, &m.vs)
+                {
+                    out[before].keep = Some(by.labels.clone());
+                }
             }
             Expr::Unary(u) => self.plan(&u.expr, s, en, top, out),
             Expr::Binary(b) => {
@@ -308,8 +335,10 @@ impl<'a> Evaluator<'a> {
                 }
             }
             if p.stream {
-                self.deferred
-                    .insert(p.vs as *const _ as usize, (matchers, p.mint, p.maxt));
+                self.deferred.insert(
+                    p.vs as *const _ as usize,
+                    (matchers, p.mint, p.maxt, p.keep),
+                );
                 continue;
             }
             let series = if p.latest {
@@ -365,7 +394,7 @@ impl<'a> Evaluator<'a> {
         vs: &VectorSelector,
         f: &crate::MapFn<'_>,
     ) -> Option<Result<Vec<(Labels, f64)>>> {
-        let (matchers, mint, maxt) = self.deferred.get(&(vs as *const _ as usize))?;
+        let (matchers, mint, maxt, keep) = self.deferred.get(&(vs as *const _ as usize))?;
         let max = self.opts.max_samples;
         let budget = max.saturating_sub(self.loaded_samples.get());
         let counted = |buf: &mut Vec<(i64, f64)>| {
@@ -374,7 +403,7 @@ impl<'a> Evaluator<'a> {
         };
         Some(
             self.st
-                .select_map(matchers, *mint, *maxt, budget, &counted)
+                .select_map(matchers, *mint, *maxt, budget, keep.as_deref(), &counted)
                 .map_err(|e| match e {
                     Error::TooManySamples(_) => Error::TooManySamples(max),
                     e => e,

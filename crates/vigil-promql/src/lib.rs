@@ -112,23 +112,34 @@ pub trait Storage {
     }
 
     /// Calls `f` with each matching series' samples in `[mint, maxt]`, one series at a time
-    /// in a reused buffer, and keeps the labels of each series with the value `f` returns
-    /// (series for which it returns `None` are left out). How an instant query's range
-    /// function reads its selector without holding every series' samples at once. Over
-    /// `budget` samples decoded in all: [`Error::TooManySamples`]. The default selects, then
-    /// maps.
+    /// in a reused buffer, and keeps the labels of each series — only those named in `keep`,
+    /// when given — with the value `f` returns (series for which it returns `None` are left
+    /// out). How an instant query's range function reads its selector without holding every
+    /// series' samples at once. Over `budget` samples decoded in all:
+    /// [`Error::TooManySamples`]. The default selects, then maps.
     fn select_map(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
         budget: usize,
+        keep: Option<&[String]>,
         f: &MapFn<'_>,
     ) -> Result<Vec<(Labels, f64)>> {
         let mut out = Vec::new();
         for mut s in self.select(matchers, mint, maxt, budget)? {
             if let Some(v) = f(&mut s.samples) {
-                out.push((s.labels, v));
+                let labels = match keep {
+                    None => s.labels,
+                    Some(k) => Labels::from_sorted(
+                        s.labels
+                            .into_vec()
+                            .into_iter()
+                            .filter(|l| k.iter().any(|n| n == l.name.as_str()))
+                            .collect(),
+                    ),
+                };
+                out.push((labels, v));
             }
         }
         Ok(out)

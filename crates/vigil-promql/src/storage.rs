@@ -72,7 +72,7 @@ impl crate::Storage for TsdbStorage<'_> {
         budget: usize,
     ) -> Result<Vec<StoredSeries>> {
         let decoded = AtomicUsize::new(0);
-        self.each_part(matchers, mint, maxt, |mut part| {
+        self.each_part(matchers, mint, maxt, None, |mut part| {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
             loop {
                 let mut samples = Vec::new();
@@ -90,10 +90,11 @@ impl crate::Storage for TsdbStorage<'_> {
         mint: i64,
         maxt: i64,
         budget: usize,
+        keep: Option<&[String]>,
         f: &MapFn<'_>,
     ) -> Result<Vec<(Labels, f64)>> {
         let decoded = AtomicUsize::new(0);
-        self.each_part(matchers, mint, maxt, |mut part| {
+        self.each_part(matchers, mint, maxt, keep, |mut part| {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
             let mut buf = Vec::new();
             loop {
@@ -137,6 +138,7 @@ impl TsdbStorage<'_> {
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
+        keep: Option<&[String]>,
         per_part: impl Fn(SeriesPart) -> Result<Vec<T>> + Sync,
     ) -> Result<Vec<T>> {
         let q = self.db.querier(self.env, mint, maxt);
@@ -144,7 +146,7 @@ impl TsdbStorage<'_> {
             .map_or(1, |n| n.get())
             .min(4);
         let parts = q
-            .select_parts(matchers, max_workers)
+            .select_parts_keeping(matchers, max_workers, keep)
             .map_err(|e| Error::Storage(e.to_string()))?;
         let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
         // A thread is not worth it for a few hundred series.

@@ -178,6 +178,12 @@ fn streamed_range_functions_agree_with_loaded_ones() {
         "last_over_time(m[5m])",
         "resets(m[5m])",
         "sum by (g) (rate(m[5m]))",
+        "avg by (g, s) (max_over_time(m[5m]))",
+        "count by (__name__, g) (last_over_time(m[5m]))",
+        "quantile by (g) (0.5, rate(m[5m]))",
+        "max by (nope) (rate(m[5m]))",
+        "sum without (s) (rate(m[5m]))",
+        "topk by (g) (3, rate(m[5m]))",
         "rate(m[5m] offset 1m)",
     ] {
         let Value::Vector(streamed) = engine.instant(&st, q, at).unwrap() else {

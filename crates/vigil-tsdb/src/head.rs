@@ -729,12 +729,34 @@ impl Head {
         out
     }
 
-    /// Each of `refs` that still exists with its labels (one read of the refs table).
-    pub(crate) fn labels_for(&self, refs: Vec<u32>) -> Vec<(Arc<MemSeries>, Labels)> {
+    /// Each of `refs` that still exists with its labels — only those named in `keep`, when
+    /// given (one read of the refs table).
+    pub(crate) fn labels_for(
+        &self,
+        refs: Vec<u32>,
+        keep: Option<&[String]>,
+    ) -> Vec<(Arc<MemSeries>, Labels)> {
+        let keep_ids: Option<Vec<u32>> =
+            keep.map(|k| k.iter().filter_map(|n| self.symbols.lookup(n)).collect());
         let table = self.refs.read();
         refs.into_iter()
             .filter_map(|r| match table.get(r as usize) {
-                Some(Some(s)) => Some((s.clone(), self.labels_of(s))),
+                Some(Some(s)) => {
+                    let labels = match &keep_ids {
+                        None => self.labels_of(s),
+                        Some(ids) => Labels::from_sorted(
+                            s.labels
+                                .iter()
+                                .filter(|(n, _)| ids.contains(n))
+                                .map(|&(n, v)| Label {
+                                    name: self.symbols.get_shared(n),
+                                    value: self.symbols.get_shared(v),
+                                })
+                                .collect(),
+                        ),
+                    };
+                    Some((s.clone(), labels))
+                }
                 _ => None,
             })
             .collect()

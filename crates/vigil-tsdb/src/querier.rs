@@ -510,6 +510,18 @@ impl Querier {
     /// series, a part copies each series' chunks as it is read, so that work is spread over
     /// the readers too.
     pub fn select_parts(&self, matchers: &[Matcher], n: usize) -> Result<Vec<SeriesPart>> {
+        self.select_parts_keeping(matchers, n, None)
+    }
+
+    /// [`select_parts`](Self::select_parts) with each series' labels cut down to the names in
+    /// `keep` (when given): for readers that look at a few labels only, such as an
+    /// aggregation `by` them, it saves building and dropping the rest.
+    pub fn select_parts_keeping(
+        &self,
+        matchers: &[Matcher],
+        n: usize,
+        keep: Option<&[String]>,
+    ) -> Result<Vec<SeriesPart>> {
         let n = n.max(1);
         let head_only = self.mint <= self.maxt
             && !self.tombstones.iter().any(|t| t.env == self.env)
@@ -518,14 +530,23 @@ impl Querier {
             // Labels are made here, on one thread: building them from the shared symbols on
             // several threads at once makes the symbols' reference counts bounce between cores.
             self.head
-                .labels_for(self.head.select_refs(&self.env, matchers))
+                .labels_for(self.head.select_refs(&self.env, matchers), keep)
                 .into_iter()
                 .map(|(s, l)| Item::Head(s, l))
                 .collect()
         } else {
+            let project = |l: Labels| match keep {
+                None => l,
+                Some(k) => Labels::from_sorted(
+                    l.into_vec()
+                        .into_iter()
+                        .filter(|x| k.iter().any(|n| n == x.name.as_str()))
+                        .collect(),
+                ),
+            };
             self.select_unordered(matchers)?
                 .items
-                .map(Item::Ready)
+                .map(|(l, sources, deleted)| Item::Ready((project(l), sources, deleted)))
                 .collect()
         };
         let per = items.len().div_ceil(n).max(1);
