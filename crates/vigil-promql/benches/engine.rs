@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vigil_fleet::{Fleet, FleetSpec};
+use vigil_fleet::{Fleet, FleetSample, FleetSpec};
 use vigil_model::{EnvId, LabelLimits, Labels, ManualClock, Matcher};
 use vigil_promql::storage::TsdbStorage;
 use vigil_promql::{Engine, EngineOptions, Storage, StoredSeries, Value};
@@ -102,21 +102,9 @@ fn main() {
     let mut last = start;
     let mut loaded = 0usize;
     for s in 0..steps {
-        buf.clear();
-        fleet.next_step(&mut buf);
-        for part in buf.chunks(25_000) {
-            let mut b = WriteBatch::new(env.clone());
-            for x in part {
-                b.add_series(
-                    &fleet.series()[x.series as usize],
-                    &[(x.ts_ms, x.value)],
-                    &lim,
-                )
-                .unwrap();
-                last = last.max(x.ts_ms);
-            }
-            loaded += db.write(&b).unwrap().accepted;
-        }
+        let (n, newest) = write_round(&db, &mut fleet, &env, &mut buf);
+        loaded += n;
+        last = last.max(newest);
         let ts = start + s * 10_000 + 7;
         let mut b = WriteBatch::new(env.clone());
         for (i, l) in hist.iter().enumerate() {
@@ -318,6 +306,34 @@ fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&st
     }
 }
 
+/// Writes the fleet's next scrape round in batches of 25,000 samples: samples accepted and
+/// the newest timestamp.
+fn write_round(
+    db: &Db,
+    fleet: &mut Fleet,
+    env: &EnvId,
+    buf: &mut Vec<FleetSample>,
+) -> (usize, i64) {
+    let lim = LabelLimits::default();
+    buf.clear();
+    fleet.next_step(buf);
+    let (mut n, mut last) = (0, i64::MIN);
+    for part in buf.chunks(25_000) {
+        let mut b = WriteBatch::new(env.clone());
+        for x in part {
+            b.add_series(
+                &fleet.series()[x.series as usize],
+                &[(x.ts_ms, x.value)],
+                &lim,
+            )
+            .unwrap();
+            last = last.max(x.ts_ms);
+        }
+        n += db.write(&b).unwrap().accepted;
+    }
+    (n, last)
+}
+
 /// `hours` of history for `agents` (env `range`) ending 6 minutes before `end`, in time order,
 /// maintained every simulated 10 minutes as a server would. Returns the newest timestamp.
 fn load_history(db: &Db, clock: &ManualClock, agents: usize, hours: i64, end: i64) -> i64 {
@@ -325,7 +341,6 @@ fn load_history(db: &Db, clock: &ManualClock, agents: usize, hours: i64, end: i6
     let first = end - 360_000 - steps * 10_000;
     clock.set(first);
     let env = EnvId::new("range").unwrap();
-    let lim = LabelLimits::default();
     let mut fleet = Fleet::new(FleetSpec {
         agents,
         seed: 11,
@@ -337,21 +352,7 @@ fn load_history(db: &Db, clock: &ManualClock, agents: usize, hours: i64, end: i6
     let t0 = Instant::now();
     let (mut buf, mut last) = (Vec::new(), first);
     for s in 0..steps {
-        buf.clear();
-        fleet.next_step(&mut buf);
-        for part in buf.chunks(25_000) {
-            let mut b = WriteBatch::new(env.clone());
-            for x in part {
-                b.add_series(
-                    &fleet.series()[x.series as usize],
-                    &[(x.ts_ms, x.value)],
-                    &lim,
-                )
-                .unwrap();
-                last = last.max(x.ts_ms);
-            }
-            db.write(&b).unwrap();
-        }
+        last = last.max(write_round(db, &mut fleet, &env, &mut buf).1);
         clock.set(last);
         if s % 60 == 59 {
             db.maintain().unwrap();
