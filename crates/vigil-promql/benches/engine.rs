@@ -218,10 +218,10 @@ impl Storage for RawOnly<'_> {
         mint: i64,
         maxt: i64,
         budget: usize,
-        keep: Option<&[String]>,
+        opts: vigil_promql::MapOptions<'_>,
         f: &vigil_promql::MapFn<'_>,
     ) -> vigil_promql::Result<Vec<(Labels, f64)>> {
-        self.0.select_map(m, mint, maxt, budget, keep, f)
+        self.0.select_map(m, mint, maxt, budget, opts, f)
     }
 }
 

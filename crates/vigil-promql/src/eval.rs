@@ -387,23 +387,32 @@ impl<'a> Evaluator<'a> {
             .spawn(move || drop(data));
     }
 
-    /// Streams a deferred range selector through `f` at one instant (see `Plan::stream`):
-    /// `None` when the selector was loaded instead.
+    /// Streams a deferred range selector through `f` at one instant (see `Plan::stream`),
+    /// staleness markers dropped; `counter_runs`: `f` takes counter runs too. `None` when the
+    /// selector was loaded instead.
     pub(crate) fn stream_selector(
         &self,
         vs: &VectorSelector,
+        counter_runs: bool,
         f: &crate::MapFn<'_>,
     ) -> Option<Result<Vec<(Labels, f64)>>> {
         let (matchers, mint, maxt, keep) = self.deferred.get(&(vs as *const _ as usize))?;
         let max = self.opts.max_samples;
         let budget = max.saturating_sub(self.loaded_samples.get());
-        let counted = |buf: &mut Vec<(i64, f64)>| {
-            buf.retain(|&(_, v)| !is_stale_marker(v));
-            f(buf)
+        let unstale = |w: crate::SeriesWindow<'_>| match w {
+            crate::SeriesWindow::Samples(buf) => {
+                buf.retain(|&(_, v)| !is_stale_marker(v));
+                f(crate::SeriesWindow::Samples(buf))
+            }
+            run => f(run),
+        };
+        let opts = crate::MapOptions {
+            keep: keep.as_deref(),
+            counter_runs,
         };
         Some(
             self.st
-                .select_map(matchers, *mint, *maxt, budget, keep.as_deref(), &counted)
+                .select_map(matchers, *mint, *maxt, budget, opts, &unstale)
                 .map_err(|e| match e {
                     Error::TooManySamples(_) => Error::TooManySamples(max),
                     e => e,

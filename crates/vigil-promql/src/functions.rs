@@ -8,7 +8,7 @@ use promql_parser::parser::{Call, Expr};
 use vigil_model::{Labels, METRIC_NAME, is_valid_label_name};
 
 use crate::eval::{Evaluator, Sample, Value, ms, selector_matchers, unwrap_parens};
-use crate::{Error, Metric, Result};
+use crate::{CounterRun, Error, Metric, Result};
 
 /// Neumaier-compensated summation step, as Prometheus' `kahanSumInc`.
 /// Range functions of one range-vector argument evaluated by `over_time`: at a single instant
@@ -102,16 +102,21 @@ pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
     values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
 }
 
+/// A range function computed from a counter run: `(run, window start, window end)`.
+type RunFn<'a> = dyn Fn(&CounterRun, i64, i64) -> Option<f64> + Sync + 'a;
+
 fn extrapolated_rate(w: &[(i64, f64)], lo: i64, hi: i64, counter: bool, rate: bool) -> Option<f64> {
     if w.len() < 2 {
         return None;
     }
-    let n1 = (w.len() - 1) as f64;
-    let (first_t, first_v) = w[0];
-    let (last_t, last_v) = w[w.len() - 1];
-    let mut result = last_v - first_v;
+    let run = CounterRun {
+        first: w[0],
+        last: w[w.len() - 1],
+        samples: w.len(),
+    };
+    let mut result = run.last.1 - run.first.1;
     if counter {
-        let mut prev = first_v;
+        let mut prev = run.first.1;
         for &(_, v) in &w[1..] {
             if v < prev {
                 result += prev;
@@ -119,6 +124,24 @@ fn extrapolated_rate(w: &[(i64, f64)], lo: i64, hi: i64, counter: bool, rate: bo
             prev = v;
         }
     }
+    extrapolate(&run, result, lo, hi, counter, rate)
+}
+
+/// Prometheus' extrapolation of `result` (the change over the samples of `run`, resets
+/// corrected) to the window `(lo, hi]`.
+fn extrapolate(
+    run: &CounterRun,
+    result: f64,
+    lo: i64,
+    hi: i64,
+    counter: bool,
+    rate: bool,
+) -> Option<f64> {
+    if run.samples < 2 {
+        return None;
+    }
+    let n1 = (run.samples - 1) as f64;
+    let ((first_t, first_v), (last_t, _)) = (run.first, run.last);
     let mut to_start = (first_t - lo) as f64 / 1000.0;
     let mut to_end = (hi - last_t) as f64 / 1000.0;
     let sampled = (last_t - first_t) as f64 / 1000.0;
@@ -423,15 +446,32 @@ impl Evaluator<'_> {
         keep_name: bool,
         f: impl Fn(&[(i64, f64)], i64, i64) -> Option<f64> + Sync,
     ) -> Result<Value> {
+        self.over_time_runs(arg, t, keep_name, f, None)
+    }
+
+    /// [`over_time`](Self::over_time) for a function that can also be computed from a
+    /// [`CounterRun`](crate::CounterRun) (`rate`, `increase`): streamed series without resets
+    /// then need not be decoded.
+    fn over_time_runs(
+        &self,
+        arg: &Expr,
+        t: i64,
+        keep_name: bool,
+        f: impl Fn(&[(i64, f64)], i64, i64) -> Option<f64> + Sync,
+        run_f: Option<&RunFn<'_>>,
+    ) -> Result<Value> {
         // Streamed: each series decoded into a reused buffer and reduced right away.
         if let Expr::MatrixSelector(m) = unwrap_parens(arg) {
             let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
             let lo = r.saturating_sub(ms(m.range));
-            let g = |buf: &mut Vec<(i64, f64)>| {
-                let w = crate::eval::window(buf, lo, r);
-                if w.is_empty() { None } else { f(w, lo, r) }
+            let g = |w: crate::SeriesWindow<'_>| match w {
+                crate::SeriesWindow::Samples(buf) => {
+                    let w = crate::eval::window(buf, lo, r);
+                    if w.is_empty() { None } else { f(w, lo, r) }
+                }
+                crate::SeriesWindow::Run(run) => run_f.and_then(|rf| rf(&run, lo, r)),
             };
-            if let Some(found) = self.stream_selector(&m.vs, &g) {
+            if let Some(found) = self.stream_selector(&m.vs, run_f.is_some(), &g) {
                 return Ok(Value::Vector(
                     found?
                         .into_iter()
@@ -523,12 +563,19 @@ impl Evaluator<'_> {
             return Ok(v);
         }
         match name {
-            "rate" => self.over_time(arg(0)?, t, false, |w, lo, hi| {
-                extrapolated_rate(w, lo, hi, true, true)
-            }),
-            "increase" => self.over_time(arg(0)?, t, false, |w, lo, hi| {
-                extrapolated_rate(w, lo, hi, true, false)
-            }),
+            "rate" | "increase" => {
+                let rate = name == "rate";
+                let from_run = |r: &CounterRun, lo, hi| {
+                    extrapolate(r, r.last.1 - r.first.1, lo, hi, true, rate)
+                };
+                self.over_time_runs(
+                    arg(0)?,
+                    t,
+                    false,
+                    |w, lo, hi| extrapolated_rate(w, lo, hi, true, rate),
+                    Some(&from_run),
+                )
+            }
             "delta" => self.over_time(arg(0)?, t, false, |w, lo, hi| {
                 extrapolated_rate(w, lo, hi, false, false)
             }),

@@ -25,7 +25,7 @@ pub use eval::{Matrix, MatrixSeries, Sample, Value, selector_matchers};
 pub use parse_time::{parse_duration, parse_time};
 pub use promql_parser::parser::Expr;
 use vigil_model::{Labels, Matcher};
-pub use vigil_tsdb::RollupPoint;
+pub use vigil_tsdb::{CounterRun, RollupPoint};
 
 /// Why a query failed. The variants map onto Prometheus' API error types.
 #[derive(Debug, thiserror::Error)]
@@ -112,24 +112,25 @@ pub trait Storage {
     }
 
     /// Calls `f` with each matching series' samples in `[mint, maxt]`, one series at a time
-    /// in a reused buffer, and keeps the labels of each series — only those named in `keep`,
-    /// when given — with the value `f` returns (series for which it returns `None` are left
-    /// out). How an instant query's range function reads its selector without holding every
-    /// series' samples at once. Over `budget` samples decoded in all:
-    /// [`Error::TooManySamples`]. The default selects, then maps.
+    /// in a reused buffer, and keeps the labels of each series — only those named in
+    /// `opts.keep`, when given — with the value `f` returns (series for which it returns
+    /// `None` are left out). How an instant query's range function reads its selector without
+    /// holding every series' samples at once. With `opts.counter_runs`, a series whose range
+    /// holds no counter reset may be passed as a [`CounterRun`] instead of its samples. Over
+    /// `budget` samples in all: [`Error::TooManySamples`]. The default selects, then maps.
     fn select_map(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
         budget: usize,
-        keep: Option<&[String]>,
+        opts: MapOptions<'_>,
         f: &MapFn<'_>,
     ) -> Result<Vec<(Labels, f64)>> {
         let mut out = Vec::new();
         for mut s in self.select(matchers, mint, maxt, budget)? {
-            if let Some(v) = f(&mut s.samples) {
-                let labels = match keep {
+            if let Some(v) = f(SeriesWindow::Samples(&mut s.samples)) {
+                let labels = match opts.keep {
                     None => s.labels,
                     Some(k) => Labels::from_sorted(
                         s.labels
@@ -168,7 +169,26 @@ pub trait Storage {
 
 /// A per-series function for [`Storage::select_map`]: given the series' samples (which it may
 /// change), its value, if any.
-pub type MapFn<'a> = dyn Fn(&mut Vec<(i64, f64)>) -> Option<f64> + Sync + 'a;
+pub type MapFn<'a> = dyn Fn(SeriesWindow<'_>) -> Option<f64> + Sync + 'a;
+
+/// What [`Storage::select_map`] hands its function for one series.
+#[derive(Debug)]
+pub enum SeriesWindow<'a> {
+    /// The samples in the range, in time order (the function may change them).
+    Samples(&'a mut Vec<(i64, f64)>),
+    /// The range holds no counter reset, NaN or staleness marker: its first and last sample
+    /// and how many there are (only when asked for with `MapOptions::counter_runs`).
+    Run(CounterRun),
+}
+
+/// How [`Storage::select_map`] reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MapOptions<'a> {
+    /// Only these labels of each series are needed (`None`: all).
+    pub keep: Option<&'a [String]>,
+    /// The function accepts [`SeriesWindow::Run`].
+    pub counter_runs: bool,
+}
 
 /// Engine limits and defaults.
 #[derive(Debug, Clone)]

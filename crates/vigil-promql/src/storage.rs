@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use vigil_model::{Labels, Matcher};
 use vigil_tsdb::{Db, RollupPoint, SeriesPart};
 
-use crate::{Error, MapFn, Result, StoredSeries};
+use crate::{CounterRun, Error, MapFn, MapOptions, Result, SeriesWindow, StoredSeries};
 
 /// Reads one environment of a [`Db`].
 pub struct TsdbStorage<'a> {
@@ -76,7 +76,8 @@ impl crate::Storage for TsdbStorage<'_> {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
             loop {
                 let mut samples = Vec::new();
-                let Some(labels) = read(&mut part, &mut samples, &decoded, budget)? else {
+                let Some((labels, _)) = read(&mut part, &mut samples, false, &decoded, budget)?
+                else {
                     return Ok(out);
                 };
                 out.push(StoredSeries { labels, samples });
@@ -90,19 +91,25 @@ impl crate::Storage for TsdbStorage<'_> {
         mint: i64,
         maxt: i64,
         budget: usize,
-        keep: Option<&[String]>,
+        opts: MapOptions<'_>,
         f: &MapFn<'_>,
     ) -> Result<Vec<(Labels, f64)>> {
         let decoded = AtomicUsize::new(0);
-        self.each_part(matchers, mint, maxt, keep, |mut part| {
+        self.each_part(matchers, mint, maxt, opts.keep, |mut part| {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
             let mut buf = Vec::new();
             loop {
                 buf.clear();
-                let Some(labels) = read(&mut part, &mut buf, &decoded, budget)? else {
+                let Some((labels, run)) =
+                    read(&mut part, &mut buf, opts.counter_runs, &decoded, budget)?
+                else {
                     return Ok(out);
                 };
-                if let Some(v) = f(&mut buf) {
+                let window = match run {
+                    Some(r) => SeriesWindow::Run(r),
+                    None => SeriesWindow::Samples(&mut buf),
+                };
+                if let Some(v) = f(window) {
                     out.push((labels, v));
                 }
             }
@@ -110,23 +117,26 @@ impl crate::Storage for TsdbStorage<'_> {
     }
 }
 
-/// Decodes the part's next series into `buf` (empty on entry), counting against the query's
-/// budget: its labels, or `None` when the part is done.
+/// Reads the part's next series into `buf` (empty on entry) — or as a counter run, when
+/// `runs` allows — counting its samples against the query's budget: its labels and run, or
+/// `None` when the part is done.
 fn read(
     part: &mut SeriesPart,
     buf: &mut Vec<(i64, f64)>,
+    runs: bool,
     decoded: &AtomicUsize,
     budget: usize,
-) -> Result<Option<Labels>> {
-    let Some(labels) = part.read_next(buf) else {
+) -> Result<Option<(Labels, Option<CounterRun>)>> {
+    let Some(next) = part.read_next_run(buf, runs) else {
         return Ok(None);
     };
-    let labels = labels.map_err(|e| Error::Storage(e.to_string()))?;
-    let total = decoded.fetch_add(buf.len(), Ordering::Relaxed) + buf.len();
+    let (labels, run) = next.map_err(|e| Error::Storage(e.to_string()))?;
+    let n = run.map_or(buf.len(), |r| r.samples);
+    let total = decoded.fetch_add(n, Ordering::Relaxed) + n;
     if total > budget {
         return Err(Error::TooManySamples(total));
     }
-    Ok(Some(labels))
+    Ok(Some((labels, run)))
 }
 
 impl TsdbStorage<'_> {

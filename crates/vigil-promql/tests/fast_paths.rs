@@ -168,44 +168,47 @@ fn streamed_range_functions_agree_with_loaded_ones() {
     db.write(&b).unwrap();
     let engine = Engine::new(EngineOptions::default());
     let st = TsdbStorage::new(&db, "e");
-    let at = T0 + 550_000;
-    for q in [
-        "rate(m[5m])",
-        "increase(m[5m])",
-        "max_over_time(m[5m])",
-        "count_over_time(m[5m])",
-        "changes(m[5m])",
-        "last_over_time(m[5m])",
-        "resets(m[5m])",
-        "sum by (g) (rate(m[5m]))",
-        "avg by (g, s) (max_over_time(m[5m]))",
-        "count by (__name__, g) (last_over_time(m[5m]))",
-        "quantile by (g) (0.5, rate(m[5m]))",
-        "max by (nope) (rate(m[5m]))",
-        "sum without (s) (rate(m[5m]))",
-        "topk by (g) (3, rate(m[5m]))",
-        "rate(m[5m] offset 1m)",
-    ] {
-        let Value::Vector(streamed) = engine.instant(&st, q, at).unwrap() else {
-            panic!("{q}: expected a vector")
-        };
-        let mut streamed: Vec<(String, f64)> = streamed
-            .into_iter()
-            .map(|s| (s.metric.to_string(), s.v))
-            .collect();
-        streamed.sort_by(|a, b| a.0.cmp(&b.0));
-        let loaded: Vec<(String, f64)> = engine
-            .range(&st, q, at, at + 10_000, 10_000)
-            .unwrap()
-            .into_iter()
-            .filter_map(|s| {
-                let p = s.points.iter().find(|p| p.0 == at)?;
-                Some((s.metric.to_string(), p.1))
-            })
-            .collect();
-        assert!(!streamed.is_empty(), "{q}");
-        assert_eq!(streamed, loaded, "{q}");
+    // Before the newest samples (decoded), and after them (counters read as runs).
+    for at in [T0 + 550_000, T0 + 610_000] {
+        for q in [
+            "rate(m[5m])",
+            "increase(m[5m])",
+            "max_over_time(m[5m])",
+            "count_over_time(m[5m])",
+            "changes(m[5m])",
+            "last_over_time(m[5m])",
+            "resets(m[5m])",
+            "sum by (g) (rate(m[5m]))",
+            "avg by (g, s) (max_over_time(m[5m]))",
+            "count by (__name__, g) (last_over_time(m[5m]))",
+            "quantile by (g) (0.5, rate(m[5m]))",
+            "max by (nope) (rate(m[5m]))",
+            "sum without (s) (rate(m[5m]))",
+            "topk by (g) (3, rate(m[5m]))",
+            "rate(m[5m] offset 1m)",
+        ] {
+            let Value::Vector(streamed) = engine.instant(&st, q, at).unwrap() else {
+                panic!("{q}: expected a vector")
+            };
+            let mut streamed: Vec<(String, f64)> = streamed
+                .into_iter()
+                .map(|s| (s.metric.to_string(), s.v))
+                .collect();
+            streamed.sort_by(|a, b| a.0.cmp(&b.0));
+            let loaded: Vec<(String, f64)> = engine
+                .range(&st, q, at, at + 10_000, 10_000)
+                .unwrap()
+                .into_iter()
+                .filter_map(|s| {
+                    let p = s.points.iter().find(|p| p.0 == at)?;
+                    Some((s.metric.to_string(), p.1))
+                })
+                .collect();
+            assert!(!streamed.is_empty(), "{q}");
+            assert_eq!(streamed, loaded, "{q} at {at}");
+        }
     }
+    let at = T0 + 550_000;
     let small = Engine::new(EngineOptions {
         max_samples: 10_000,
         ..EngineOptions::default()

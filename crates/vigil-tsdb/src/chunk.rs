@@ -311,6 +311,15 @@ pub struct ChunkCorrupt {
     pub declared: usize,
 }
 
+/// The number of samples an XOR chunk declares (its header), without decoding it.
+pub fn sample_count(buf: &[u8]) -> usize {
+    match buf {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]) as usize,
+        [] => 0,
+        [_] => 1,
+    }
+}
+
 /// Decodes an XOR chunk. Yields `Ok((t, v))`, then at most one `Err` if the stream is bad.
 #[derive(Debug, Clone)]
 pub struct XorIter<'a> {

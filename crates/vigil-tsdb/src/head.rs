@@ -70,6 +70,9 @@ pub(crate) struct Sealed {
     pub(crate) mint: i64,
     pub(crate) maxt: i64,
     pub(crate) bytes: Arc<[u8]>,
+    /// Every value finite and none below the in-order sample before it (see
+    /// [`SeriesData::open_rising`]).
+    pub(crate) rising: bool,
 }
 
 #[derive(Debug)]
@@ -80,6 +83,10 @@ pub(crate) struct SeriesData {
     /// Newest in-order sample (t, value bits); t = i64::MIN when none.
     pub(crate) last: (i64, u64),
     pub(crate) deleted: bool,
+    /// Whether every value in the open chunk is finite (no NaN, no staleness marker) and
+    /// none is below the in-order sample before it (in this chunk or the previous one): a
+    /// window of such chunks has no counter resets.
+    pub(crate) open_rising: bool,
 }
 
 /// One series in the head.
@@ -102,6 +109,10 @@ pub(crate) struct HeadCopy {
     pub(crate) open: Vec<u8>,
     /// Whether out-of-order samples overlap the range (then `copy_into` copied nothing).
     pub(crate) has_ooo: bool,
+    /// Whether every copied chunk is rising (no counter resets, no NaN or staleness marker).
+    pub(crate) rising: bool,
+    /// The series' newest in-order sample (t, value bits).
+    pub(crate) last: (i64, u64),
 }
 
 impl MemSeries {
@@ -113,7 +124,9 @@ impl MemSeries {
         into.sealed.clear();
         into.open.clear();
         into.has_ooo = false;
+        into.rising = true;
         let d = self.data.lock();
+        into.last = d.last;
         if d.deleted {
             return false;
         }
@@ -128,6 +141,7 @@ impl MemSeries {
                 return false;
             }
             prev = c.maxt;
+            into.rising &= c.rising;
             into.sealed.push(c.bytes.clone());
         }
         if !d.open.is_empty() && d.open.max_time() >= mint && d.open.min_time() <= maxt {
@@ -135,6 +149,7 @@ impl MemSeries {
                 into.has_ooo = true;
                 return false;
             }
+            into.rising &= d.open_rising;
             into.open.extend_from_slice(d.open.bytes());
         }
         true
@@ -257,6 +272,7 @@ impl SeriesData {
             ooo: Vec::new(),
             last: (i64::MIN, 0),
             deleted: false,
+            open_rising: true,
         }
     }
 
@@ -290,6 +306,7 @@ impl SeriesData {
             mint,
             maxt,
             bytes: Arc::from(open.into_bytes()),
+            rising: self.open_rising,
         });
     }
 
@@ -303,6 +320,9 @@ impl SeriesData {
         {
             self.seal();
         }
+        let prev = f64::from_bits(self.last.1);
+        let rising = v.is_finite() && (self.last.0 == i64::MIN || (prev.is_finite() && v >= prev));
+        self.open_rising = rising && (self.open.is_empty() || self.open_rising);
         self.open.append(t, v);
         self.last = (t, v.to_bits());
     }

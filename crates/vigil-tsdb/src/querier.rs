@@ -166,6 +166,19 @@ impl Iterator for SeriesPart {
     }
 }
 
+/// A series' samples in a range that hold no counter reset, summarised: what `rate` and
+/// `increase` need, read without decoding the whole range (see
+/// [`SeriesPart::read_next_run`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CounterRun {
+    /// The first sample in the range.
+    pub first: (i64, f64),
+    /// The last sample in the range.
+    pub last: (i64, f64),
+    /// How many samples the range holds.
+    pub samples: usize,
+}
+
 impl SeriesPart {
     /// Decodes the next series' samples in the range into `out` (appending) and returns its
     /// labels; `None` when the part is done. A head series' in-order chunks are copied into
@@ -173,11 +186,35 @@ impl SeriesPart {
     /// nothing; anything else goes through a [`SampleIter`]. On error `out` may hold part of
     /// the series.
     pub fn read_next(&mut self, out: &mut Vec<(i64, f64)>) -> Option<Result<Labels>> {
+        self.next_series(out, false)
+            .map(|r| r.map(|(labels, _)| labels))
+    }
+
+    /// Like [`read_next`](Self::read_next), but with `runs`, a head series whose samples in
+    /// the range are all finite, not decreasing and end with the series' newest sample comes
+    /// back as a [`CounterRun`] instead (nothing added to `out`): only the samples before the
+    /// range's first are decoded, the rest is counted from chunk headers.
+    pub fn read_next_run(
+        &mut self,
+        out: &mut Vec<(i64, f64)>,
+        runs: bool,
+    ) -> Option<Result<(Labels, Option<CounterRun>)>> {
+        self.next_series(out, runs)
+    }
+
+    fn next_series(
+        &mut self,
+        out: &mut Vec<(i64, f64)>,
+        runs: bool,
+    ) -> Option<Result<(Labels, Option<CounterRun>)>> {
         loop {
             let (labels, sources, deleted) = match self.items.next()? {
                 Item::Ready(x) => x,
                 Item::Head(series, labels) => {
                     if series.copy_into(self.mint, self.maxt, &mut self.copy) {
+                        if runs && let Some(run) = self.counter_run() {
+                            return Some(run.map(|r| (labels, Some(r))));
+                        }
                         let from = out.len();
                         let c = &self.copy;
                         let decoded = c
@@ -187,7 +224,7 @@ impl SeriesPart {
                             .chain((!c.open.is_empty()).then_some(&c.open[..]))
                             .try_for_each(|b| decode_xor(b, out));
                         if let Err(e) = decoded {
-                            return Some(Err(crate::Error::corrupt("<head>", 0, e.to_string())));
+                            return Some(Err(head_corrupt(e)));
                         }
                         let part = &out[from..];
                         let a = part.partition_point(|p| p.0 < self.mint);
@@ -197,7 +234,7 @@ impl SeriesPart {
                         if out.len() == from && c.sealed.is_empty() && c.open.is_empty() {
                             continue;
                         }
-                        return Some(Ok(labels));
+                        return Some(Ok((labels, None)));
                     }
                     if !self.copy.has_ooo {
                         continue;
@@ -213,9 +250,55 @@ impl SeriesPart {
                 }
             };
             let mut it = SampleIter::new(sources, deleted, self.mint, self.maxt);
-            return Some(it.read_all(out).map(|()| labels));
+            return Some(it.read_all(out).map(|()| (labels, None)));
         }
     }
+
+    /// The copied head series as a [`CounterRun`], when it is one (see `read_next_run`).
+    fn counter_run(&self) -> Option<Result<CounterRun>> {
+        let c = &self.copy;
+        let (last_t, last_bits) = c.last;
+        if !c.rising || last_t > self.maxt || last_t < self.mint {
+            return None;
+        }
+        let mut chunks = c
+            .sealed
+            .iter()
+            .map(|b| &b[..])
+            .chain((!c.open.is_empty()).then_some(&c.open[..]));
+        let mut first = None;
+        let mut samples = 0usize;
+        // Chunks are in time order and only the first can start before the range.
+        for chunk in chunks.by_ref() {
+            let total = crate::chunk::sample_count(chunk);
+            for (i, s) in crate::chunk::XorIter::new(chunk).enumerate() {
+                match s {
+                    Ok((t, v)) if t >= self.mint => {
+                        first = Some((t, v));
+                        samples = total - i;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Some(Err(head_corrupt(e))),
+                }
+            }
+            if first.is_some() {
+                break;
+            }
+        }
+        samples += chunks.map(crate::chunk::sample_count).sum::<usize>();
+        Some(Ok(CounterRun {
+            first: first?,
+            last: (last_t, f64::from_bits(last_bits)),
+            samples,
+        }))
+    }
+}
+
+/// Head chunks come from memory this process wrote; a decode failure is a bug, reported as
+/// corruption rather than a panic.
+fn head_corrupt(e: crate::chunk::ChunkCorrupt) -> crate::Error {
+    crate::Error::corrupt("<head>", 0, e.to_string())
 }
 
 /// Streams one series' samples, decoding a chunk (or a group of overlapping chunks) at a time.

@@ -41,6 +41,9 @@ fn op() -> impl Strategy<Value = Op> {
 
 type Model = Vec<BTreeMap<i64, u64>>;
 
+/// One series read through `read_next_run`: the run, or the decoded samples.
+type ReadBack = (Option<vigil_tsdb::CounterRun>, Vec<(i64, f64)>);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -110,5 +113,76 @@ proptest! {
         drop(db);
         let db = open(dir.path(), &clock);
         prop_assert_eq!(&all(&db, "prod"), &expected, "after reopen from blocks");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A counter read as a `CounterRun` (first, last, count, no decoding of the range) agrees
+    /// with the decoded samples, and comes back as a run only when the range really has no
+    /// reset, NaN or staleness marker and ends with the series' newest sample.
+    #[test]
+    fn counter_runs_agree_with_decoded_samples(
+        steps in proptest::collection::vec((1i64..20_000, 0u32..200), 1..400),
+        ranges in proptest::collection::vec((0i64..3_000_000, 0i64..3), 1..8),
+        chunk in 5usize..130,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let db = vigil_tsdb::Db::open(
+            dir.path(),
+            vigil_tsdb::Options { head_chunk_samples: chunk, ..opts(&clock) },
+        )
+        .unwrap();
+        let l = labels("c", &[]);
+        let (mut t, mut v) = (T0, 0.0f64);
+        let mut samples = Vec::new();
+        for &(dt, kind) in &steps {
+            t += dt;
+            v = match kind {
+                0 => 0.0,                        // a reset
+                1 => f64::NAN,
+                2 => vigil_model::stale_marker(),
+                k => if v.is_finite() { v + f64::from(k % 7) } else { f64::from(k) },
+            };
+            samples.push((t, v));
+        }
+        for part in samples.chunks(37) {
+            write(&db, "prod", &l, part);
+        }
+        let any = [vigil_model::Matcher::eq("__name__", "c")];
+        let (newest, _) = *samples.last().unwrap();
+        for &(back, end) in &ranges {
+            // Ending before, at or after the newest sample.
+            let (lo, hi) = (newest - back, newest + (end - 1) * 5_000);
+            let want = read(&db, "prod", &any, lo, hi);
+            let mut got: Option<ReadBack> = None;
+            for mut p in db.querier("prod", lo, hi).select_parts(&any, 1).unwrap() {
+                let mut buf = Vec::new();
+                while let Some(r) = p.read_next_run(&mut buf, true) {
+                    let (_, run) = r.unwrap();
+                    got = Some((run, std::mem::take(&mut buf)));
+                }
+            }
+            match (want.first(), got) {
+                (None, None) => {}
+                (Some((_, w)), Some((Some(run), buf))) => {
+                    prop_assert!(buf.is_empty());
+                    prop_assert_eq!(run.samples, w.len());
+                    prop_assert_eq!((run.first.0, run.first.1.to_bits()), w[0]);
+                    prop_assert_eq!((run.last.0, run.last.1.to_bits()), *w.last().unwrap());
+                    prop_assert_eq!(w.last().unwrap().0, newest);
+                    let vals: Vec<f64> = w.iter().map(|s| f64::from_bits(s.1)).collect();
+                    prop_assert!(vals.iter().all(|v| v.is_finite()));
+                    prop_assert!(vals.windows(2).all(|p| p[1] >= p[0]), "{:?}", vals);
+                }
+                (Some((_, w)), Some((None, buf))) => {
+                    let bits: Vec<(i64, u64)> = buf.iter().map(|s| (s.0, s.1.to_bits())).collect();
+                    prop_assert_eq!(&bits, w);
+                }
+                (w, g) => prop_assert!(false, "read {:?}, parts {:?}", w, g),
+            }
+        }
     }
 }
