@@ -1,6 +1,6 @@
 //! The evaluator: selector loading, step-wise evaluation, result assembly.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -125,6 +125,9 @@ pub(crate) struct Evaluator<'a> {
     deferred: HashMap<usize, Deferred>,
     /// Samples loaded so far (prepared selectors and deferred reads), for `max_samples`.
     loaded_samples: Cell<usize>,
+    /// In a range query, a deferred selector's function values at every step, per series,
+    /// computed on the first step (see `stream_steps`).
+    step_values: RefCell<HashMap<usize, Arc<StepTable>>>,
     deadline: Instant,
     ticks: Cell<u32>,
 }
@@ -133,6 +136,9 @@ pub(crate) struct Evaluator<'a> {
 const PROJECTABLE: [&str; 9] = [
     "avg", "count", "group", "max", "min", "quantile", "stddev", "stdvar", "sum",
 ];
+
+/// A streamed range function's values at every step of a range query, per series.
+pub(crate) type StepTable = Vec<(Metric, Vec<Option<f64>>)>;
 
 /// A range selector read when its function is evaluated: matchers, time range, and the
 /// only labels its series need (`None`: all).
@@ -174,6 +180,7 @@ impl<'a> Evaluator<'a> {
             rollups: HashMap::new(),
             deferred: HashMap::new(),
             loaded_samples: Cell::new(0),
+            step_values: RefCell::new(HashMap::new()),
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
         })
@@ -273,13 +280,12 @@ impl<'a> Evaluator<'a> {
                     self.plan(arg, s, en, top, out);
                     if let Some(p) = out.get_mut(before) {
                         p.rollup = Some(m);
-                        p.stream = self.start == self.end;
+                        p.stream = true;
                     }
                     return;
                 }
                 if let [arg] = c.args.args.as_slice()
                     && top
-                    && self.start == self.end
                     && crate::functions::STREAMABLE.contains(&c.func.name)
                     && let Expr::MatrixSelector(_) = unwrap_parens(arg)
                 {
@@ -418,6 +424,43 @@ impl<'a> Evaluator<'a> {
                     e => e,
                 }),
         )
+    }
+
+    /// In a range query, a deferred range selector's function values at every step (`f`
+    /// gets each series' samples, staleness markers dropped), computed once on the first step
+    /// and kept; `None` when the selector was loaded instead.
+    pub(crate) fn stream_steps(
+        &self,
+        vs: &VectorSelector,
+        f: &crate::StepsFn<'_>,
+    ) -> Option<Result<Arc<StepTable>>> {
+        let key = vs as *const _ as usize;
+        let (matchers, mint, maxt, keep) = self.deferred.get(&key)?;
+        if let Some(t) = self.step_values.borrow().get(&key) {
+            return Some(Ok(t.clone()));
+        }
+        let max = self.opts.max_samples;
+        let budget = max.saturating_sub(self.loaded_samples.get());
+        let unstale = |buf: &mut Vec<(i64, f64)>| {
+            buf.retain(|&(_, v)| !is_stale_marker(v));
+            f(buf)
+        };
+        let found = match self.st.select_map_steps(
+            matchers,
+            *mint,
+            *maxt,
+            budget,
+            keep.as_deref(),
+            &unstale,
+        ) {
+            Ok(v) => v,
+            Err(Error::TooManySamples(_)) => return Some(Err(Error::TooManySamples(max))),
+            Err(e) => return Some(Err(e)),
+        };
+        let table: Arc<StepTable> =
+            Arc::new(found.into_iter().map(|(l, v)| (Arc::new(l), v)).collect());
+        self.step_values.borrow_mut().insert(key, table.clone());
+        Some(Ok(table))
     }
 
     pub(crate) fn storage(&self) -> &'a dyn Storage {

@@ -460,6 +460,51 @@ impl Evaluator<'_> {
         f: impl Fn(&[(i64, f64)], i64, i64) -> Option<f64> + Sync,
         run_f: Option<&RunFn<'_>>,
     ) -> Result<Value> {
+        // Streamed in a range query: each series decoded once into a reused buffer and its
+        // value computed for every step at once (on the first step; kept for the others).
+        if let Expr::MatrixSelector(m) = unwrap_parens(arg)
+            && self.start != self.end
+            && self.step > 0
+        {
+            let range = ms(m.range);
+            let steps = (self.end - self.start) / self.step + 1;
+            let refs: Vec<i64> = (0..steps)
+                .map(|k| {
+                    let tk = self.start + k * self.step;
+                    self.ref_time(&m.vs.at, &m.vs.offset, tk)
+                })
+                .collect();
+            let g = |buf: &mut Vec<(i64, f64)>| -> Option<Vec<Option<f64>>> {
+                let mut any = false;
+                let vals = refs
+                    .iter()
+                    .map(|&r| {
+                        let lo = r.saturating_sub(range);
+                        let w = crate::eval::window(buf, lo, r);
+                        let v = if w.is_empty() { None } else { f(w, lo, r) };
+                        any |= v.is_some();
+                        v
+                    })
+                    .collect();
+                any.then_some(vals)
+            };
+            if let Some(table) = self.stream_steps(&m.vs, &g) {
+                let k = ((t - self.start) / self.step) as usize;
+                return Ok(Value::Vector(
+                    table?
+                        .iter()
+                        .filter_map(|(metric, vals)| {
+                            vals.get(k).copied().flatten().map(|v| Sample {
+                                metric: metric.clone(),
+                                t,
+                                v,
+                                drop_name: !keep_name,
+                            })
+                        })
+                        .collect(),
+                ));
+            }
+        }
         // Streamed: each series decoded into a reused buffer and reduced right away.
         if let Expr::MatrixSelector(m) = unwrap_parens(arg) {
             let r = self.ref_time(&m.vs.at, &m.vs.offset, t);

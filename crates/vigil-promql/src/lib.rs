@@ -130,17 +130,28 @@ pub trait Storage {
         let mut out = Vec::new();
         for mut s in self.select(matchers, mint, maxt, budget)? {
             if let Some(v) = f(SeriesWindow::Samples(&mut s.samples)) {
-                let labels = match opts.keep {
-                    None => s.labels,
-                    Some(k) => Labels::from_sorted(
-                        s.labels
-                            .into_vec()
-                            .into_iter()
-                            .filter(|l| k.iter().any(|n| n == l.name.as_str()))
-                            .collect(),
-                    ),
-                };
-                out.push((labels, v));
+                out.push((project(s.labels, opts.keep), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`select_map`](Self::select_map) for a range query: `f` gets each series' samples
+    /// in `[mint, maxt]` (it may change them) and returns its value at every step, if any.
+    /// The default selects, then maps.
+    fn select_map_steps(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        keep: Option<&[String]>,
+        f: &StepsFn<'_>,
+    ) -> Result<Vec<(Labels, Vec<Option<f64>>)>> {
+        let mut out = Vec::new();
+        for mut s in self.select(matchers, mint, maxt, budget)? {
+            if let Some(v) = f(&mut s.samples) {
+                out.push((project(s.labels, keep), v));
             }
         }
         Ok(out)
@@ -166,6 +177,24 @@ pub trait Storage {
         Ok(Vec::new())
     }
 }
+
+/// `labels` cut down to the names in `keep`, when given.
+fn project(labels: Labels, keep: Option<&[String]>) -> Labels {
+    match keep {
+        None => labels,
+        Some(k) => Labels::from_sorted(
+            labels
+                .into_vec()
+                .into_iter()
+                .filter(|l| k.iter().any(|n| n == l.name.as_str()))
+                .collect(),
+        ),
+    }
+}
+
+/// A per-series function for [`Storage::select_map_steps`]: given the series' samples (which
+/// it may change), its value at every step of the query, if it has any.
+pub type StepsFn<'a> = dyn Fn(&mut Vec<(i64, f64)>) -> Option<Vec<Option<f64>>> + Sync + 'a;
 
 /// A per-series function for [`Storage::select_map`]: given the series' samples (which it may
 /// change), its value, if any.

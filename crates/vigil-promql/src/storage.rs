@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use vigil_model::{Labels, Matcher};
 use vigil_tsdb::{Db, RollupPoint, SeriesPart};
 
-use crate::{CounterRun, Error, MapFn, MapOptions, Result, SeriesWindow, StoredSeries};
+use crate::{CounterRun, Error, MapFn, MapOptions, Result, SeriesWindow, StepsFn, StoredSeries};
 
 /// Reads one environment of a [`Db`].
 pub struct TsdbStorage<'a> {
@@ -94,6 +94,40 @@ impl crate::Storage for TsdbStorage<'_> {
         opts: MapOptions<'_>,
         f: &MapFn<'_>,
     ) -> Result<Vec<(Labels, f64)>> {
+        self.map_series(matchers, mint, maxt, budget, opts, f)
+    }
+
+    fn select_map_steps(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        keep: Option<&[String]>,
+        f: &StepsFn<'_>,
+    ) -> Result<Vec<(Labels, Vec<Option<f64>>)>> {
+        let opts = MapOptions {
+            keep,
+            counter_runs: false,
+        };
+        self.map_series(matchers, mint, maxt, budget, opts, |w| match w {
+            SeriesWindow::Samples(buf) => f(buf),
+            SeriesWindow::Run(_) => None,
+        })
+    }
+}
+
+impl TsdbStorage<'_> {
+    /// `select_map` for any per-series result.
+    fn map_series<T: Send>(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        opts: MapOptions<'_>,
+        f: impl Fn(SeriesWindow<'_>) -> Option<T> + Sync,
+    ) -> Result<Vec<(Labels, T)>> {
         let decoded = AtomicUsize::new(0);
         self.each_part(matchers, mint, maxt, opts.keep, |mut part| {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));

@@ -209,10 +209,31 @@ fn streamed_range_functions_agree_with_loaded_ones() {
         }
     }
     let at = T0 + 550_000;
+    // Range queries compute a streamed function for every step from one read of each series;
+    // `quantile_over_time(1, …)` (two arguments: loaded, evaluated step by step) is the max.
+    let points = |q: &str| {
+        engine
+            .range(&st, q, T0 + 300_000, T0 + 620_000, 15_000)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.metric.to_string(), s.points))
+            .collect::<Vec<_>>()
+    };
+    let streamed = points("max_over_time(m[5m])");
+    assert_eq!(streamed.len(), n);
+    assert_eq!(streamed, points("quantile_over_time(1, m[5m])"));
+    assert_eq!(
+        points("sum by (g) (max_over_time(m[5m]))"),
+        points("sum by (g) (quantile_over_time(1, m[5m]))")
+    );
     let small = Engine::new(EngineOptions {
         max_samples: 10_000,
         ..EngineOptions::default()
     });
     let err = small.instant(&st, "rate(m[5m])", at).unwrap_err();
+    assert!(err.to_string().contains("10000"), "{err}");
+    let err = small
+        .range(&st, "rate(m[5m])", at, at + 60_000, 10_000)
+        .unwrap_err();
     assert!(err.to_string().contains("10000"), "{err}");
 }
