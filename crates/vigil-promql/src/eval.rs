@@ -441,9 +441,13 @@ impl<'a> Evaluator<'a> {
         }
         let max = self.opts.max_samples;
         let budget = max.saturating_sub(self.loaded_samples.get());
+        // The table's values count against the limit like loaded samples.
+        let held = std::sync::atomic::AtomicUsize::new(0);
         let unstale = |buf: &mut Vec<(i64, f64)>| {
             buf.retain(|&(_, v)| !is_stale_marker(v));
-            f(buf)
+            let vals = f(buf)?;
+            let n = held.fetch_add(vals.len(), std::sync::atomic::Ordering::Relaxed);
+            (n + vals.len() <= budget).then_some(vals)
         };
         let found = match self.st.select_map_steps(
             matchers,
@@ -457,6 +461,9 @@ impl<'a> Evaluator<'a> {
             Err(Error::TooManySamples(_)) => return Some(Err(Error::TooManySamples(max))),
             Err(e) => return Some(Err(e)),
         };
+        if held.into_inner() > budget {
+            return Some(Err(Error::TooManySamples(max)));
+        }
         let table: Arc<StepTable> =
             Arc::new(found.into_iter().map(|(l, v)| (Arc::new(l), v)).collect());
         self.step_values.borrow_mut().insert(key, table.clone());

@@ -236,4 +236,9 @@ fn streamed_range_functions_agree_with_loaded_ones() {
         .range(&st, "rate(m[5m])", at, at + 60_000, 10_000)
         .unwrap_err();
     assert!(err.to_string().contains("10000"), "{err}");
+    // Few samples per series but many steps: the per-step values count too.
+    let err = small
+        .range(&st, "rate(m{s=~\"0000.\"}[5m])", T0, T0 + 10_799_000, 1_000)
+        .unwrap_err();
+    assert!(err.to_string().contains("10000"), "{err}");
 }
