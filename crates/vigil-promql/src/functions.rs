@@ -467,18 +467,15 @@ impl Evaluator<'_> {
             && self.step > 0
         {
             let range = ms(m.range);
-            let steps = (self.end - self.start) / self.step + 1;
-            let refs: Vec<i64> = (0..steps)
-                .map(|k| {
-                    let tk = self.start + k * self.step;
-                    self.ref_time(&m.vs.at, &m.vs.offset, tk)
-                })
-                .collect();
+            let (start, step) = (self.start, self.step);
+            let steps = (self.end - start) / step + 1;
+            // Only run when the table is made (once per query), so no per-step work here.
+            let (at, off) = (self.at_ms(&m.vs.at), crate::eval::offset_ms(&m.vs.offset));
             let g = |buf: &mut Vec<(i64, f64)>| -> Option<Vec<Option<f64>>> {
                 let mut any = false;
-                let vals = refs
-                    .iter()
-                    .map(|&r| {
+                let vals = (0..steps)
+                    .map(|k| {
+                        let r = at.unwrap_or(start + k * step).saturating_sub(off);
                         let lo = r.saturating_sub(range);
                         let w = crate::eval::window(buf, lo, r);
                         let v = if w.is_empty() { None } else { f(w, lo, r) };
