@@ -90,6 +90,11 @@ impl Evaluator<'_> {
             }
             _ => 0,
         };
+        if op == "quantile"
+            && let (Some(Value::Scalar(q)), Some(p)) = (&param, &a.param)
+        {
+            self.annotations.check_quantile(*q, p);
+        }
         let input = match self.eval(&a.expr, t)? {
             Value::Vector(v) => v,
             _ => {

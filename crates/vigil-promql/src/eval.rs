@@ -86,6 +86,21 @@ pub(crate) fn unwrap_parens(mut e: &Expr) -> &Expr {
     e
 }
 
+/// The one metric name every series of `vs` has, when its matchers fix it.
+pub(crate) fn fixed_name(vs: &VectorSelector) -> Option<&str> {
+    if let Some(n) = &vs.name {
+        return Some(n);
+    }
+    if !vs.matchers.or_matchers.is_empty() {
+        return None;
+    }
+    vs.matchers
+        .matchers
+        .iter()
+        .find(|m| m.name == "__name__" && matches!(m.op, promql_parser::label::MatchOp::Equal))
+        .map(|m| m.value.as_str())
+}
+
 /// Converts a parsed selector into store matchers (the metric name becomes `__name__=`).
 pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>> {
     if !vs.matchers.or_matchers.is_empty() {
@@ -130,6 +145,8 @@ pub(crate) struct Evaluator<'a> {
     step_values: RefCell<HashMap<usize, Arc<StepTable>>>,
     deadline: Instant,
     ticks: Cell<u32>,
+    /// Warnings and infos raised so far.
+    pub(crate) annotations: crate::annotations::Collector,
 }
 
 /// Aggregations whose result carries only their `by` labels (so their input needs no others).
@@ -183,6 +200,7 @@ impl<'a> Evaluator<'a> {
             step_values: RefCell::new(HashMap::new()),
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
+            annotations: Default::default(),
         })
     }
 
@@ -261,7 +279,12 @@ impl<'a> Evaluator<'a> {
                     && out[before].stream
                     && std::ptr::eq(out[before].vs, &m.vs)
                 {
-                    out[before].keep = Some(by.labels.clone());
+                    let mut keep = by.labels.clone();
+                    // `rate` / `increase` check the names of the series they read.
+                    if matches!(c.func.name, "rate" | "increase") && fixed_name(&m.vs).is_none() {
+                        keep.push("__name__".into());
+                    }
+                    out[before].keep = Some(keep);
                 }
             }
             Expr::Unary(u) => self.plan(&u.expr, s, en, top, out),

@@ -7,6 +7,7 @@ use hashbrown::HashMap;
 use promql_parser::parser::{Call, Expr};
 use vigil_model::{Labels, METRIC_NAME, is_valid_label_name};
 
+use crate::annotations::{self, Kind};
 use crate::eval::{Evaluator, Sample, Value, ms, selector_matchers, unwrap_parens};
 use crate::{CounterRun, Error, Metric, Result};
 
@@ -286,7 +287,7 @@ fn des(w: &[(i64, f64)], sf: f64, tf: f64) -> Option<f64> {
 }
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -610,13 +611,15 @@ impl Evaluator<'_> {
                 let from_run = |r: &CounterRun, lo, hi| {
                     extrapolate(r, r.last.1 - r.first.1, lo, hi, true, rate)
                 };
-                self.over_time_runs(
+                let v = self.over_time_runs(
                     arg(0)?,
                     t,
                     false,
                     |w, lo, hi| extrapolated_rate(w, lo, hi, true, rate),
                     Some(&from_run),
-                )
+                )?;
+                self.check_counter_names(arg(0)?, &v);
+                Ok(v)
             }
             "delta" => self.over_time(arg(0)?, t, false, |w, lo, hi| {
                 extrapolated_rate(w, lo, hi, false, false)
@@ -711,6 +714,7 @@ impl Evaluator<'_> {
             }),
             "quantile_over_time" => {
                 let q = self.scalar_arg(arg(0)?, t)?;
+                self.annotations.check_quantile(q, arg(0)?);
                 self.over_time(arg(1)?, t, false, |w, _, _| {
                     let mut vals: Vec<f64> = w.iter().map(|p| p.1).collect();
                     Some(quantile(q, &mut vals))
@@ -773,6 +777,7 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(v))
             }
             "sort" | "sort_desc" => {
+                self.sort_in_range(c);
                 let mut v = self.vector_arg(arg(0)?, t)?;
                 let desc = name == "sort_desc";
                 v.sort_by(|a, b| {
@@ -788,6 +793,7 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(v))
             }
             "sort_by_label" | "sort_by_label_desc" => {
+                self.sort_in_range(c);
                 let mut v = self.vector_arg(arg(0)?, t)?;
                 let mut names = Vec::new();
                 for a in &args[1..] {
@@ -869,18 +875,37 @@ impl Evaluator<'_> {
             "label_join" => self.label_join(args, t),
             "histogram_quantile" => {
                 let q = self.scalar_arg(arg(0)?, t)?;
+                self.annotations.check_quantile(q, arg(0)?);
                 let v = self.vector_arg(arg(1)?, t)?;
-                Ok(Value::Vector(classic_histograms(v, t, |b| {
-                    bucket_quantile(q, b)
-                })))
+                let notes = &self.annotations;
+                let at = annotations::node::<Expr>(arg(1)?);
+                Ok(Value::Vector(self.classic_histograms(
+                    v,
+                    t,
+                    arg(1)?,
+                    |b, name| {
+                        let (v, fixed) = bucket_quantile(q, b);
+                        if let Some(m) = fixed {
+                            notes.add_monotonicity(
+                                monotonicity_message(name),
+                                at,
+                                annotations::Monotonicity { t, ..m },
+                            );
+                        }
+                        v
+                    },
+                )))
             }
             "histogram_fraction" => {
                 let lo = self.scalar_arg(arg(0)?, t)?;
                 let hi = self.scalar_arg(arg(1)?, t)?;
                 let v = self.vector_arg(arg(2)?, t)?;
-                Ok(Value::Vector(classic_histograms(v, t, |b| {
-                    bucket_fraction(lo, hi, b)
-                })))
+                Ok(Value::Vector(self.classic_histograms(
+                    v,
+                    t,
+                    arg(2)?,
+                    |b, _| bucket_fraction(lo, hi, b),
+                )))
             }
             n if NATIVE_ONLY.contains(&n) => {
                 // Evaluate the arguments (errors still surface); float samples yield nothing.
@@ -1053,36 +1078,119 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// Classic-bucket histogram functions: groups `le` buckets by their other labels (the metric
-/// name included until the end of the query, so two histograms differing only by name
-/// collide there, as in Prometheus) and applies `f` to each group.
-fn classic_histograms(v: Vec<Sample>, t: i64, f: impl Fn(&mut [(f64, f64)]) -> f64) -> Vec<Sample> {
-    let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
-    let mut order: Vec<Labels> = Vec::new();
-    for s in v {
-        let Some(le) = s.metric.get("le") else {
-            continue;
+/// The forced-monotonicity info's message for histogram `name` (empty: no name).
+fn monotonicity_message(name: &str) -> String {
+    let mut m = String::from(
+        "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)",
+    );
+    if !name.is_empty() {
+        m.push_str(&format!(" for metric name {name:?}"));
+    }
+    m
+}
+
+/// Whether a metric name is a counter's by Prometheus' naming convention.
+fn counter_name(n: &str) -> bool {
+    ["_total", "_sum", "_count", "_bucket"]
+        .iter()
+        .any(|s| n.ends_with(s))
+}
+
+impl Evaluator<'_> {
+    /// "metric might not be a counter" for each metric name among `rate`'s / `increase`'s
+    /// results that does not end like a counter's (`arg`: the range argument).
+    fn check_counter_names(&self, arg: &Expr, v: &Value) {
+        let Value::Vector(v) = v else { return };
+        if v.is_empty() {
+            return;
+        }
+        let raise = |n: &str| {
+            if !n.is_empty() && !counter_name(n) {
+                self.annotations.add(
+                    Kind::Info,
+                    format!(
+                        "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {n:?}"
+                    ),
+                    annotations::node(arg),
+                );
+            }
         };
-        let Some(ub) = parse_le(le) else { continue };
-        let mut key = (*s.metric).clone();
-        key.remove("le");
-        let e = groups.entry(key.clone()).or_insert_with(|| {
-            order.push(key);
-            Vec::new()
-        });
-        e.push((ub, s.v));
+        // One name for every series: checked once.
+        if let Expr::MatrixSelector(m) = unwrap_parens(arg)
+            && let Some(n) = crate::eval::fixed_name(&m.vs)
+        {
+            raise(n);
+            return;
+        }
+        let mut seen: Option<&str> = None;
+        for s in v {
+            let n = s.metric.metric_name().unwrap_or("");
+            if seen != Some(n) {
+                raise(n);
+                seen = Some(n);
+            }
+        }
     }
-    let mut out = Vec::with_capacity(order.len());
-    for key in order {
-        let mut buckets = groups.remove(&key).unwrap_or_default();
-        out.push(Sample {
-            metric: Arc::new(key),
-            t,
-            v: f(&mut buckets),
-            drop_name: true,
-        });
+
+    /// "sort is ineffective for range queries" when `c` (a sort) runs in a range query.
+    fn sort_in_range(&self, c: &Call) {
+        if self.start != self.end {
+            self.annotations.add(
+                Kind::Warning,
+                "sort is ineffective for range queries since results are always ordered by labels"
+                    .into(),
+                annotations::node(c),
+            );
+        }
     }
-    out
+
+    /// Classic-bucket histogram functions: groups `le` buckets by their other labels (the
+    /// metric name included until the end of the query, so two histograms differing only by
+    /// name collide there, as in Prometheus) and applies `f` to each group (with the
+    /// histogram's metric name). A sample without a valid `le` is skipped with a warning
+    /// about `arg`.
+    fn classic_histograms(
+        &self,
+        v: Vec<Sample>,
+        t: i64,
+        arg: &Expr,
+        mut f: impl FnMut(&mut [(f64, f64)], &str) -> f64,
+    ) -> Vec<Sample> {
+        let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+        let mut order: Vec<Labels> = Vec::new();
+        for s in v {
+            let le = s.metric.get("le").unwrap_or("");
+            let Some(ub) = parse_le(le) else {
+                let mut m =
+                    format!("bucket label \"le\" is missing or has a malformed value of {le:?}");
+                if let Some(n) = s.metric.metric_name().filter(|n| !n.is_empty()) {
+                    m.push_str(&format!(" for metric name {n:?}"));
+                }
+                self.annotations
+                    .add(Kind::Warning, m, annotations::node(arg));
+                continue;
+            };
+            let mut key = (*s.metric).clone();
+            key.remove("le");
+            let e = groups.entry(key.clone()).or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            });
+            e.push((ub, s.v));
+        }
+        let mut out = Vec::with_capacity(order.len());
+        for key in order {
+            let mut buckets = groups.remove(&key).unwrap_or_default();
+            let v = f(&mut buckets, key.metric_name().unwrap_or(""));
+            out.push(Sample {
+                metric: Arc::new(key),
+                t,
+                v,
+                drop_name: true,
+            });
+        }
+        out
+    }
 }
 
 fn parse_le(s: &str) -> Option<f64> {
@@ -1107,8 +1215,13 @@ fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < eps
 }
 
+/// Cumulative buckets made monotonic, and where that had to force decreasing counts up.
+type PreparedBuckets = (Vec<(f64, f64)>, Option<annotations::Monotonicity>);
+
 /// Sorts, coalesces and makes cumulative counts monotonic; `None` without a `+Inf` bucket.
-fn prepare_buckets(buckets: &mut [(f64, f64)]) -> Option<Vec<(f64, f64)>> {
+/// Also says where decreasing counts had to be forced up (not mere rounding noise): the
+/// lowest and highest bucket fixed and the largest decrease.
+fn prepare_buckets(buckets: &mut [(f64, f64)]) -> Option<PreparedBuckets> {
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     match buckets.last() {
         Some(b) if b.0 == f64::INFINITY => {}
@@ -1123,25 +1236,39 @@ fn prepare_buckets(buckets: &mut [(f64, f64)]) -> Option<Vec<(f64, f64)>> {
         }
     }
     // Monotonicity: ignore tiny deltas and decreases.
+    let mut fixed: Option<annotations::Monotonicity> = None;
     let mut prev = co[0].1;
     for b in co.iter_mut().skip(1) {
         let curr = b.1;
         if curr == prev {
             continue;
         }
-        if almost_equal(prev, curr, 1e-12) || curr < prev {
+        if almost_equal(prev, curr, 1e-12) {
             b.1 = prev;
+            continue;
+        }
+        if curr < prev {
+            b.1 = prev;
+            let m = fixed.get_or_insert(annotations::Monotonicity {
+                t: 0,
+                min_bucket: f64::INFINITY,
+                max_bucket: f64::NEG_INFINITY,
+                max_diff: 0.0,
+            });
+            m.min_bucket = m.min_bucket.min(b.0);
+            m.max_bucket = m.max_bucket.max(b.0);
+            m.max_diff = m.max_diff.max(prev - curr);
             continue;
         }
         prev = curr;
     }
-    Some(co)
+    Some((co, fixed))
 }
 
 /// The fraction of observations between `lower` and `upper`, interpolating linearly inside
 /// finite buckets (the first bucket starts at 0 when its upper bound is positive).
 fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
-    let Some(co) = prepare_buckets(buckets) else {
+    let Some((co, _)) = prepare_buckets(buckets) else {
         return f64::NAN;
     };
     let total = co[co.len() - 1].1;
@@ -1183,33 +1310,37 @@ fn bucket_fraction(lower: f64, upper: f64, buckets: &mut [(f64, f64)]) -> f64 {
     sum / total
 }
 
-pub(crate) fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+/// The `q` quantile of classic buckets, and where counts had to be forced monotonic.
+pub(crate) fn bucket_quantile(
+    q: f64,
+    buckets: &mut [(f64, f64)],
+) -> (f64, Option<annotations::Monotonicity>) {
     if q.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, None);
     }
     if q < 0.0 {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, None);
     }
     if q > 1.0 {
-        return f64::INFINITY;
+        return (f64::INFINITY, None);
     }
-    let Some(co) = prepare_buckets(buckets) else {
-        return f64::NAN;
+    let Some((co, fixed)) = prepare_buckets(buckets) else {
+        return (f64::NAN, None);
     };
     if co.len() < 2 {
-        return f64::NAN;
+        return (f64::NAN, fixed);
     }
     let observations = co[co.len() - 1].1;
     if observations == 0.0 {
-        return f64::NAN;
+        return (f64::NAN, fixed);
     }
     let mut rank = q * observations;
     let b = co[..co.len() - 1].partition_point(|x| x.1 < rank);
     if b == co.len() - 1 {
-        return co[co.len() - 2].0;
+        return (co[co.len() - 2].0, fixed);
     }
     if b == 0 && co[0].0 <= 0.0 {
-        return co[0].0;
+        return (co[0].0, fixed);
     }
     let (mut start, end, mut count) = (0.0, co[b].0, co[b].1);
     if b > 0 {
@@ -1217,5 +1348,5 @@ pub(crate) fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
         count -= co[b - 1].1;
         rank -= co[b - 1].1;
     }
-    start + (end - start) * (rank / count)
+    (start + (end - start) * (rank / count), fixed)
 }

@@ -9,6 +9,7 @@
 //! read `__name__` after `rate`.
 
 mod aggregate;
+mod annotations;
 mod binary;
 mod eval;
 mod functions;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub use annotations::Annotations;
 pub use eval::{Matrix, MatrixSeries, Sample, Value, selector_matchers};
 pub use parse_time::{parse_duration, parse_time};
 pub use promql_parser::parser::Expr;
@@ -486,18 +488,40 @@ impl Engine {
 
     /// Evaluates `query` at `time_ms`.
     pub fn instant(&self, storage: &dyn Storage, query: &str, time_ms: i64) -> Result<Value> {
+        Ok(self.instant_annotated(storage, query, time_ms)?.0)
+    }
+
+    /// Evaluates `query` at `time_ms`, with the warnings and infos Prometheus would report
+    /// (positions in `query` included).
+    pub fn instant_annotated(
+        &self,
+        storage: &dyn Storage,
+        query: &str,
+        time_ms: i64,
+    ) -> Result<(Value, Annotations)> {
         let expr = parse(query)?;
-        self.instant_expr(storage, &expr, time_ms)
+        self.run_instant(storage, &expr, Some(query), time_ms)
     }
 
     /// Evaluates a parsed expression at `time_ms`.
     pub fn instant_expr(&self, storage: &dyn Storage, expr: &Expr, time_ms: i64) -> Result<Value> {
+        Ok(self.run_instant(storage, expr, None, time_ms)?.0)
+    }
+
+    fn run_instant(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        text: Option<&str>,
+        time_ms: i64,
+    ) -> Result<(Value, Annotations)> {
         let _g = self.admit()?;
         let mut ev = eval::Evaluator::new(storage, &self.opts, time_ms, time_ms, 0)?;
         ev.prepare(expr)?;
         let out = ev.instant(expr, time_ms);
+        let notes = std::mem::take(&mut ev.annotations);
         ev.release();
-        out
+        Ok((out?, notes.finish(expr, text)))
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms`; the result is a matrix.
@@ -509,8 +533,22 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<Matrix> {
+        Ok(self
+            .range_annotated(storage, query, start_ms, end_ms, step_ms)?
+            .0)
+    }
+
+    /// [`range`](Self::range) with the warnings and infos Prometheus would report.
+    pub fn range_annotated(
+        &self,
+        storage: &dyn Storage,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<(Matrix, Annotations)> {
         let expr = parse(query)?;
-        self.range_expr(storage, &expr, start_ms, end_ms, step_ms)
+        self.run_range(storage, &expr, Some(query), start_ms, end_ms, step_ms)
     }
 
     /// Evaluates a parsed expression over a range.
@@ -522,6 +560,20 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<Matrix> {
+        Ok(self
+            .run_range(storage, expr, None, start_ms, end_ms, step_ms)?
+            .0)
+    }
+
+    fn run_range(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        text: Option<&str>,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<(Matrix, Annotations)> {
         if step_ms <= 0 {
             return Err(Error::BadData(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -553,8 +605,9 @@ impl Engine {
         let mut ev = eval::Evaluator::new(storage, &self.opts, start_ms, end_ms, step_ms)?;
         ev.prepare(expr)?;
         let out = ev.range(expr);
+        let notes = std::mem::take(&mut ev.annotations);
         ev.release();
-        out
+        Ok((out?, notes.finish(expr, text)))
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use promql_parser::parser::{Expr, VectorMatchCardinality};
 use vigil_model::{EnvId, Labels, ManualClock, stale_marker};
 use vigil_promql::storage::TsdbStorage;
-use vigil_promql::{Engine, EngineOptions, Value, parse_duration};
+use vigil_promql::{Annotations, Engine, EngineOptions, Value, parse_duration};
 use vigil_tsdb::{Db, Options, WriteBatch};
 
 /// `VIGIL_PROMQL_CORPUS`, else `../shared/testdata/promql` beside the workspace (looked up
@@ -191,7 +191,77 @@ struct Tally {
     pass: usize,
     fail: usize,
     skip: usize,
-    annotations_unchecked: usize,
+    /// Cases whose expected warnings / infos were checked.
+    annotated: usize,
+}
+
+/// An expected annotation: the exact message, or a pattern it must match (`expect warn`
+/// without either matches any).
+#[derive(Debug, Clone)]
+enum Expect {
+    Msg(String),
+    Regex(String),
+}
+
+/// What an eval expects of its warnings and infos (`expect warn|info|no_warn|no_info`,
+/// `eval_warn`, `eval_info`), checked as Prometheus' own test runner does.
+#[derive(Debug, Default)]
+struct AnnotationExpect {
+    some_warning: bool,
+    some_info: bool,
+    warn: Vec<Expect>,
+    info: Vec<Expect>,
+    no_warn: bool,
+    no_info: bool,
+}
+
+impl AnnotationExpect {
+    fn any(&self) -> bool {
+        self.some_warning
+            || self.some_info
+            || !self.warn.is_empty()
+            || !self.info.is_empty()
+            || self.no_warn
+            || self.no_info
+    }
+
+    fn check(&self, got: &Annotations) -> Result<(), String> {
+        if self.some_warning && got.warnings.is_empty() {
+            return Err("expected warnings, got none".into());
+        }
+        if self.some_info && got.infos.is_empty() {
+            return Err("expected infos, got none".into());
+        }
+        let matches = |e: &Expect, s: &str| match e {
+            Expect::Msg(m) => m == s,
+            Expect::Regex(r) => regex::Regex::new(r).is_ok_and(|re| re.is_match(s)),
+        };
+        for (kind, want, have) in [
+            ("warning", &self.warn, &got.warnings),
+            ("info", &self.info, &got.infos),
+        ] {
+            if want.is_empty() {
+                continue;
+            }
+            for e in want {
+                if !have.iter().any(|s| matches(e, s)) {
+                    return Err(format!("expected {kind} {e:?}, got {have:?}"));
+                }
+            }
+            for s in have {
+                if !want.iter().any(|e| matches(e, s)) {
+                    return Err(format!("unexpected {kind} {s:?}"));
+                }
+            }
+        }
+        if self.no_warn && !got.warnings.is_empty() {
+            return Err(format!("unexpected warnings {:?}", got.warnings));
+        }
+        if self.no_info && !got.infos.is_empty() {
+            return Err(format!("unexpected infos {:?}", got.infos));
+        }
+        Ok(())
+    }
 }
 
 struct Ctx {
@@ -335,7 +405,7 @@ struct Eval {
     ordered: bool,
     string: Option<String>,
     range_vector: Option<(i64, i64, i64)>,
-    annotations: bool,
+    annotations: AnnotationExpect,
     results: Vec<String>,
 }
 
@@ -345,9 +415,16 @@ fn check(ctx: &Ctx, ev: &Eval) -> Result<(), String> {
     let outcome = match ev.range {
         Some((s, e, step)) => ctx
             .engine
-            .range(&st, &ev.expr, s, e, step)
-            .map(Value::Matrix),
-        None => ctx.engine.instant(&st, &ev.expr, ev.at),
+            .range_annotated(&st, &ev.expr, s, e, step)
+            .map(|(m, a)| (Value::Matrix(m), a)),
+        None => ctx.engine.instant_annotated(&st, &ev.expr, ev.at),
+    };
+    let outcome = match outcome {
+        Ok((v, notes)) => {
+            ev.annotations.check(&notes)?;
+            Ok(v)
+        }
+        Err(e) => Err(e),
     };
     if let Some((is_re, pat)) = &ev.expect_fail {
         return match outcome {
@@ -610,7 +687,11 @@ fn run_file(path: &Path, failures: &mut Vec<String>, skips: &mut BTreeMap<String
                 ordered: cmd == "eval_ordered",
                 string: None,
                 range_vector: None,
-                annotations: matches!(cmd, "eval_warn" | "eval_info"),
+                annotations: AnnotationExpect {
+                    some_warning: cmd == "eval_warn",
+                    some_info: cmd == "eval_info",
+                    ..Default::default()
+                },
                 results: Vec::new(),
             };
             let toks: Vec<&str> = rest.splitn(2, ' ').collect();
@@ -659,7 +740,26 @@ fn run_file(path: &Path, failures: &mut Vec<String>, skips: &mut BTreeMap<String
                             parse_at(p[5]).expect("step"),
                         ));
                     } else {
-                        ev.annotations = true;
+                        let (kind, pat) = x.split_once(' ').unwrap_or((x, ""));
+                        let pat = pat.trim();
+                        let e = if let Some(m) = pat.strip_prefix("msg:") {
+                            Some(Expect::Msg(m.trim().to_string()))
+                        } else if let Some(r) = pat.strip_prefix("regex:") {
+                            Some(Expect::Regex(r.trim().to_string()))
+                        } else {
+                            assert!(pat.is_empty(), "{fname}:{lineno}: bad expect {l:?}");
+                            None
+                        };
+                        let a = &mut ev.annotations;
+                        match (kind, e) {
+                            ("warn", Some(e)) => a.warn.push(e),
+                            ("warn", None) => a.warn.push(Expect::Regex(String::new())),
+                            ("info", Some(e)) => a.info.push(e),
+                            ("info", None) => a.info.push(Expect::Regex(String::new())),
+                            ("no_warn", None) => a.no_warn = true,
+                            ("no_info", None) => a.no_info = true,
+                            _ => panic!("{fname}:{lineno}: unknown expect {l:?}"),
+                        }
                     }
                     continue;
                 }
@@ -681,8 +781,8 @@ fn run_file(path: &Path, failures: &mut Vec<String>, skips: &mut BTreeMap<String
                 *skips.entry(format!("{fname}: {r}")).or_default() += 1;
                 continue;
             }
-            if ev.annotations {
-                tally.annotations_unchecked += 1;
+            if ev.annotations.any() {
+                tally.annotated += 1;
             }
             match check(&ctx, &ev) {
                 Ok(()) => tally.pass += 1,
@@ -717,7 +817,7 @@ fn prometheus_conformance_corpus() {
     let mut total = Tally::default();
     println!(
         "{:<28} {:>6} {:>6} {:>6} {:>12}",
-        "file", "pass", "fail", "skip", "annot.unchk"
+        "file", "pass", "fail", "skip", "annotated"
     );
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
@@ -727,16 +827,16 @@ fn prometheus_conformance_corpus() {
         let t = run_file(f, &mut failures, &mut skips);
         println!(
             "{name:<28} {:>6} {:>6} {:>6} {:>12}",
-            t.pass, t.fail, t.skip, t.annotations_unchecked
+            t.pass, t.fail, t.skip, t.annotated
         );
         total.pass += t.pass;
         total.fail += t.fail;
         total.skip += t.skip;
-        total.annotations_unchecked += t.annotations_unchecked;
+        total.annotated += t.annotated;
     }
     println!(
         "{:<28} {:>6} {:>6} {:>6} {:>12}",
-        "TOTAL", total.pass, total.fail, total.skip, total.annotations_unchecked
+        "TOTAL", total.pass, total.fail, total.skip, total.annotated
     );
     println!("\nskipped, by reason:");
     for (r, n) in &skips {

@@ -202,6 +202,12 @@ pub fn run(a: QueryArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
+    // Prometheus' non-fatal annotations go to stderr, so the table stays clean.
+    for key in ["warnings", "infos"] {
+        for note in body[key].as_array().into_iter().flatten() {
+            eprintln!("{}", note.as_str().unwrap_or_default());
+        }
+    }
     print_table(&body["data"])
 }
 

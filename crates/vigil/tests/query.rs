@@ -113,6 +113,54 @@ fn prometheus_api_answers_in_prometheus_shapes() {
     let d = query(&s, &s.admin, "vector(0/0)", t);
     assert_eq!(d["result"][0]["value"][1], "NaN");
 
+    // Annotations: Prometheus 3's `warnings` and `infos`, left out when there are none.
+    let (_, j) = get_json(
+        &s,
+        &format!(
+            "/api/v1/query?query={}&time={}",
+            enc("quantile(2, rate(node_mem_bytes[5m]))"),
+            t / 1000
+        ),
+        &s.admin,
+    );
+    assert_eq!(j["status"], "success", "{j}");
+    assert_eq!(
+        j["warnings"],
+        serde_json::json!([
+            "PromQL warning: quantile value should be between 0 and 1, got 2 (1:10)"
+        ])
+    );
+    assert_eq!(
+        j["infos"],
+        serde_json::json!([
+            "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"node_mem_bytes\" (1:18)"
+        ])
+    );
+    let path = format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=60",
+        enc("sort(node_mem_bytes)"),
+        base / 1000,
+        t / 1000
+    );
+    let (_, j) = get_json(&s, &path, &s.admin);
+    assert_eq!(
+        j["warnings"][0],
+        "PromQL warning: sort is ineffective for range queries since results are always ordered by labels (1:1)"
+    );
+    let (_, j) = get_json(
+        &s,
+        &format!(
+            "/api/v1/query?query={}&time={}",
+            enc("sort(node_mem_bytes)"),
+            t / 1000
+        ),
+        &s.admin,
+    );
+    assert!(
+        j.get("warnings").is_none() && j.get("infos").is_none(),
+        "{j}"
+    );
+
     // Range query; the same as a form POST.
     let path = format!(
         "/api/v1/query_range?query={}&start={}&end={}&step=60",
@@ -348,6 +396,15 @@ fn vigil_query_prints_tables_json_and_errors() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(out.matches("  20").count(), 4, "{out}");
+
+    // Annotations: on stderr, the table unchanged.
+    let (ok, out, err) = run(&["--time", &ts, "sum(rate(node_mem_bytes[5m]))"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("(1 series)"), "{out}");
+    assert_eq!(
+        err.trim(),
+        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"node_mem_bytes\" (1:10)"
+    );
 
     let (ok, _, err) = run(&["sum(rate(x[5m])"]);
     assert!(!ok);

@@ -206,12 +206,23 @@ fn push_point(out: &mut String, t: i64, v: f64) {
 
 /// `{"status":"success","data":<data>}` from pre-rendered JSON.
 fn success(data: String, warnings: &[String]) -> Response {
+    success_annotated(data, warnings, &[])
+}
+
+/// [`success`] with a query's infos too (`"infos":[…]`, Prometheus 3; both lists left out
+/// when empty).
+fn success_annotated(data: String, warnings: &[String], infos: &[String]) -> Response {
     let mut out = String::with_capacity(data.len() + 64);
     out.push_str("{\"status\":\"success\",\"data\":");
     out.push_str(&data);
-    if !warnings.is_empty() {
-        out.push_str(",\"warnings\":[");
-        for (i, w) in warnings.iter().enumerate() {
+    for (key, list) in [("warnings", warnings), ("infos", infos)] {
+        if list.is_empty() {
+            continue;
+        }
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":[");
+        for (i, w) in list.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
@@ -304,13 +315,17 @@ pub async fn query(
     let t = p.time("time", now_ms())?;
     let db = state.db()?;
     let engine = state.0.engine.clone();
-    let value = tokio::task::spawn_blocking(move || {
+    let (value, notes) = tokio::task::spawn_blocking(move || {
         let st = vigil_promql::storage::TsdbStorage::new(&db, env.as_str());
-        engine.instant(&st, &q, t)
+        engine.instant_annotated(&st, &q, t)
     })
     .await
     .map_err(|e| PromError::from(QError::Storage(e.to_string())))??;
-    Ok(success(render_value(&value, t), &[]))
+    Ok(success_annotated(
+        render_value(&value, t),
+        &notes.warnings,
+        &notes.infos,
+    ))
 }
 
 /// `GET|POST /api/v1/query_range`
@@ -354,16 +369,16 @@ pub async fn query_range(
     }
     let db = state.db()?;
     let engine = state.0.engine.clone();
-    let m = tokio::task::spawn_blocking(move || {
+    let (m, notes) = tokio::task::spawn_blocking(move || {
         let st = vigil_promql::storage::TsdbStorage::new(&db, env.as_str());
-        engine.range(&st, &q, start, end, step)
+        engine.range_annotated(&st, &q, start, end, step)
     })
     .await
     .map_err(|e| PromError::from(QError::Storage(e.to_string())))??;
     let mut out = String::new();
     render_matrix_into(&mut out, &m);
     out.push('}');
-    Ok(success(out, &[]))
+    Ok(success_annotated(out, &notes.warnings, &notes.infos))
 }
 
 /// Parses each `match[]` selector into store matchers.
