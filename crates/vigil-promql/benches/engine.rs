@@ -7,6 +7,7 @@
 //! VIGIL_BENCH_AGENTS=10000 VIGIL_BENCH_RUNS=20 cargo bench -p vigil-promql --bench engine
 //! VIGIL_BENCH_ONLY=rate …                               # only queries whose name contains it
 //! VIGIL_BENCH_RANGE=100x24 …                            # also 100 agents × 24 h of history
+//! VIGIL_BENCH_BASELINE=0 …                              # baseline once only (for profiling)
 //! ```
 //!
 //! With `VIGIL_BENCH_RANGE` the store first gets that much history (env `range`), maintained
@@ -171,7 +172,12 @@ fn main() {
         let expr = vigil_promql::parse(q).unwrap();
         let mut sels = Vec::new();
         collect_selectors(&expr, &mut sels);
-        let mut base: Vec<Duration> = (0..runs)
+        let base_runs = if std::env::var("VIGIL_BENCH_BASELINE").is_ok_and(|v| v == "0") {
+            1
+        } else {
+            runs
+        };
+        let mut base: Vec<Duration> = (0..base_runs)
             .map(|_| {
                 let t = Instant::now();
                 let mut out = Vec::new();

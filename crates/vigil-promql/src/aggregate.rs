@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use promql_parser::parser::{AggregateExpr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 use vigil_model::{Labels, METRIC_NAME};
 
-use crate::eval::{Evaluator, Sample, Value};
+use crate::eval::{Evaluator, PROJECTABLE, Sample, Value, unwrap_parens};
 use crate::functions::{kahan_avg, kahan_inc, quantile};
 use crate::{Error, Result, format_value};
 
@@ -95,7 +95,26 @@ impl Evaluator<'_> {
         {
             self.annotations.check_quantile(*q, p);
         }
-        let input = match self.eval(&a.expr, t)? {
+        let input = match self.pushed_down(a, &op, t)? {
+            Pushdown::Groups(keep_name, groups) => {
+                let q = if op == "quantile" {
+                    scalar_param()?
+                } else {
+                    0.0
+                };
+                return Ok(Value::Vector(reduce_groups(
+                    &op,
+                    q,
+                    keep_name,
+                    groups,
+                    &a.modifier,
+                    t,
+                )));
+            }
+            Pushdown::Evaluated(v) => v,
+            Pushdown::No => self.eval(&a.expr, t)?,
+        };
+        let input = match input {
             Value::Vector(v) => v,
             _ => {
                 return Err(Error::BadData(
@@ -176,47 +195,16 @@ impl Evaluator<'_> {
                     drop_name,
                 })
             };
-            let vals = || g.members.iter().map(|s| s.v);
             match op.as_str() {
-                "sum" => {
-                    let (mut s, mut c) = (0.0, 0.0);
-                    for v in vals() {
-                        (s, c) = kahan_inc(v, s, c);
-                    }
-                    emit(&mut out, g.labels, s + c);
-                }
-                "avg" => emit(&mut out, g.labels, kahan_avg(vals())),
-                "count" | "count_values" => emit(&mut out, g.labels, g.members.len() as f64),
-                "group" => emit(&mut out, g.labels, 1.0),
-                "min" | "max" => {
-                    let mut m = g.members[0].v;
-                    for v in vals().skip(1) {
-                        let better = if op == "max" { m < v } else { m > v };
-                        if better || m.is_nan() {
-                            m = v;
-                        }
-                    }
-                    emit(&mut out, g.labels, m);
-                }
-                "stddev" | "stdvar" => {
-                    let (mut n, mut mean, mut cmean, mut aux, mut caux) = (0.0, 0.0, 0.0, 0.0, 0.0);
-                    for v in vals() {
-                        n += 1.0;
-                        let delta = v - (mean + cmean);
-                        (mean, cmean) = kahan_inc(delta / n, mean, cmean);
-                        (aux, caux) = kahan_inc(delta * (v - (mean + cmean)), aux, caux);
-                    }
-                    let var = (aux + caux) / n;
-                    emit(
-                        &mut out,
-                        g.labels,
-                        if op == "stddev" { var.sqrt() } else { var },
-                    );
-                }
-                "quantile" => {
-                    let q = scalar_param()?;
-                    let mut vs: Vec<f64> = vals().collect();
-                    emit(&mut out, g.labels, quantile(q, &mut vs));
+                "count_values" => emit(&mut out, g.labels, g.members.len() as f64),
+                p if PROJECTABLE.contains(&p) => {
+                    let q = if op == "quantile" {
+                        scalar_param()?
+                    } else {
+                        0.0
+                    };
+                    let mut vals: Vec<f64> = g.members.iter().map(|s| s.v).collect();
+                    emit(&mut out, g.labels, reduce(p, q, &mut vals));
                 }
                 "topk" | "bottomk" | "limitk" => {
                     if k < 1 {
@@ -240,6 +228,126 @@ impl Evaluator<'_> {
             }
         }
         Ok(Value::Vector(out))
+    }
+}
+
+/// An aggregation's input read grouped (see `Evaluator::pushed_down`).
+enum Pushdown {
+    /// Not applicable: evaluate the argument.
+    No,
+    /// The argument was evaluated the usual way after all.
+    Evaluated(Value),
+    /// Values by group of the `by` labels (more may be kept), and whether the function
+    /// keeps the metric name.
+    Groups(bool, crate::Grouped),
+}
+
+/// A projectable aggregation (`PROJECTABLE`) of one group's values (in input order;
+/// `q`: quantile's parameter). `vals` is not empty.
+fn reduce(op: &str, q: f64, vals: &mut [f64]) -> f64 {
+    match op {
+        "sum" => {
+            let (mut s, mut c) = (0.0, 0.0);
+            for &v in vals.iter() {
+                (s, c) = kahan_inc(v, s, c);
+            }
+            s + c
+        }
+        "avg" => kahan_avg(vals.iter().copied()),
+        "count" => vals.len() as f64,
+        "group" => 1.0,
+        "min" | "max" => {
+            let mut m = vals[0];
+            for &v in &vals[1..] {
+                let better = if op == "max" { m < v } else { m > v };
+                if better || m.is_nan() {
+                    m = v;
+                }
+            }
+            m
+        }
+        "stddev" | "stdvar" => {
+            let (mut n, mut mean, mut cmean, mut aux, mut caux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for &v in vals.iter() {
+                n += 1.0;
+                let delta = v - (mean + cmean);
+                (mean, cmean) = kahan_inc(delta / n, mean, cmean);
+                (aux, caux) = kahan_inc(delta * (v - (mean + cmean)), aux, caux);
+            }
+            let var = (aux + caux) / n;
+            if op == "stddev" { var.sqrt() } else { var }
+        }
+        _ => quantile(q, vals),
+    }
+}
+
+/// The aggregation of values read grouped: the read's groups (which may keep more labels
+/// than `by`) merged by the aggregation's labels, in order of first appearance.
+fn reduce_groups(
+    op: &str,
+    q: f64,
+    keep_name: bool,
+    groups: crate::Grouped,
+    modifier: &Option<LabelModifier>,
+    t: i64,
+) -> Vec<Sample> {
+    let mut merged: crate::Grouped = Vec::with_capacity(groups.len());
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    for (l, vals) in groups {
+        let key = group_labels(&l, modifier);
+        match index.get(&key) {
+            Some(&i) => merged[i].1.extend(vals),
+            None => {
+                index.insert(key.clone(), merged.len());
+                merged.push((key, vals));
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(labels, mut vals)| Sample {
+            metric: Arc::new(labels),
+            t,
+            v: reduce(op, q, &mut vals),
+            drop_name: !keep_name,
+        })
+        .collect()
+}
+
+impl Evaluator<'_> {
+    /// `sum by (zone) (rate(x[5m]))` at one instant, `x` streamed with only `zone` read:
+    /// the store hands each group's values (`Storage::select_map_grouped`), so no series'
+    /// labels or samples are built. Only for projectable aggregations of a one-argument range
+    /// function of a projected selector; otherwise `No` (or `Evaluated` when the function
+    /// was evaluated but read the usual way, e.g. from rollups).
+    fn pushed_down(&self, a: &AggregateExpr, op: &str, t: i64) -> Result<Pushdown> {
+        let Some(LabelModifier::Include(_)) = &a.modifier else {
+            return Ok(Pushdown::No);
+        };
+        let (Expr::Call(c), true) = (
+            unwrap_parens(&a.expr),
+            PROJECTABLE.contains(&op) && self.start == self.end,
+        ) else {
+            return Ok(Pushdown::No);
+        };
+        let [arg] = c.args.args.as_slice() else {
+            return Ok(Pushdown::No);
+        };
+        let Expr::MatrixSelector(m) = unwrap_parens(arg) else {
+            return Ok(Pushdown::No);
+        };
+        if !self.projected(&m.vs) {
+            return Ok(Pushdown::No);
+        }
+        self.group_request.set(crate::annotations::node(&m.vs));
+        let v = self.eval(&a.expr, t);
+        self.group_request.set(0);
+        let grouped = self.grouped.borrow_mut().take();
+        let v = v?;
+        Ok(match grouped {
+            Some((keep_name, groups)) => Pushdown::Groups(keep_name, groups),
+            None => Pushdown::Evaluated(v),
+        })
     }
 }
 

@@ -147,10 +147,15 @@ pub(crate) struct Evaluator<'a> {
     ticks: Cell<u32>,
     /// Warnings and infos raised so far.
     pub(crate) annotations: crate::annotations::Collector,
+    /// The selector (address) whose range function an aggregation asked to be read grouped
+    /// by its `by` labels (0: none), and what that read left: whether the function keeps the
+    /// metric name, and each group's values (see `aggregate.rs`).
+    pub(crate) group_request: Cell<usize>,
+    pub(crate) grouped: RefCell<Option<(bool, crate::Grouped)>>,
 }
 
 /// Aggregations whose result carries only their `by` labels (so their input needs no others).
-const PROJECTABLE: [&str; 9] = [
+pub(crate) const PROJECTABLE: [&str; 9] = [
     "avg", "count", "group", "max", "min", "quantile", "stddev", "stdvar", "sum",
 ];
 
@@ -201,6 +206,8 @@ impl<'a> Evaluator<'a> {
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
             annotations: Default::default(),
+            group_request: Cell::new(0),
+            grouped: RefCell::new(None),
         })
     }
 
@@ -425,6 +432,39 @@ impl<'a> Evaluator<'a> {
         counter_runs: bool,
         f: &crate::MapFn<'_>,
     ) -> Option<Result<Vec<(Labels, f64)>>> {
+        self.stream_with(vs, counter_runs, f, |m, lo, hi, budget, opts, f| {
+            self.st.select_map(m, lo, hi, budget, opts, f)
+        })
+    }
+
+    /// [`stream_selector`](Self::stream_selector) grouped by the selector's kept labels
+    /// (`Storage::select_map_grouped`).
+    pub(crate) fn stream_selector_grouped(
+        &self,
+        vs: &VectorSelector,
+        counter_runs: bool,
+        f: &crate::MapFn<'_>,
+    ) -> Option<Result<crate::Grouped>> {
+        self.stream_with(vs, counter_runs, f, |m, lo, hi, budget, opts, f| {
+            self.st.select_map_grouped(m, lo, hi, budget, opts, f)
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn stream_with<T>(
+        &self,
+        vs: &VectorSelector,
+        counter_runs: bool,
+        f: &crate::MapFn<'_>,
+        read: impl FnOnce(
+            &[Matcher],
+            i64,
+            i64,
+            usize,
+            crate::MapOptions<'_>,
+            &crate::MapFn<'_>,
+        ) -> Result<T>,
+    ) -> Option<Result<T>> {
         let (matchers, mint, maxt, keep) = self.deferred.get(&(vs as *const _ as usize))?;
         let max = self.opts.max_samples;
         let budget = max.saturating_sub(self.loaded_samples.get());
@@ -440,12 +480,18 @@ impl<'a> Evaluator<'a> {
             counter_runs,
         };
         Some(
-            self.st
-                .select_map(matchers, *mint, *maxt, budget, opts, &unstale)
-                .map_err(|e| match e {
-                    Error::TooManySamples(_) => Error::TooManySamples(max),
-                    e => e,
-                }),
+            read(matchers, *mint, *maxt, budget, opts, &unstale).map_err(|e| match e {
+                Error::TooManySamples(_) => Error::TooManySamples(max),
+                e => e,
+            }),
+        )
+    }
+
+    /// Whether `vs` is streamed and read with only some labels (an aggregation's `by`).
+    pub(crate) fn projected(&self, vs: &VectorSelector) -> bool {
+        matches!(
+            self.deferred.get(&(vs as *const _ as usize)),
+            Some((_, _, _, Some(_)))
         )
     }
 

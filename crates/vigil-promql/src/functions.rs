@@ -514,6 +514,13 @@ impl Evaluator<'_> {
                 }
                 crate::SeriesWindow::Run(run) => run_f.and_then(|rf| rf(&run, lo, r)),
             };
+            // An aggregation `by` some labels asked for this selector's values by group.
+            if self.group_request.get() == annotations::node(&m.vs)
+                && let Some(found) = self.stream_selector_grouped(&m.vs, run_f.is_some(), &g)
+            {
+                *self.grouped.borrow_mut() = Some((keep_name, found?));
+                return Ok(Value::Vector(Vec::new()));
+            }
             if let Some(found) = self.stream_selector(&m.vs, run_f.is_some(), &g) {
                 return Ok(Value::Vector(
                     found?
@@ -1101,7 +1108,16 @@ impl Evaluator<'_> {
     /// results that does not end like a counter's (`arg`: the range argument).
     fn check_counter_names(&self, arg: &Expr, v: &Value) {
         let Value::Vector(v) = v else { return };
-        if v.is_empty() {
+        // Read grouped for an aggregation: the groups' labels carry the names.
+        let grouped = self.grouped.borrow();
+        let names: Vec<&str> = match grouped.as_ref() {
+            Some((_, groups)) if v.is_empty() => groups
+                .iter()
+                .map(|(l, _)| l.metric_name().unwrap_or(""))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if v.is_empty() && names.is_empty() {
             return;
         }
         let raise = |n: &str| {
@@ -1123,8 +1139,11 @@ impl Evaluator<'_> {
             return;
         }
         let mut seen: Option<&str> = None;
-        for s in v {
-            let n = s.metric.metric_name().unwrap_or("");
+        let all = v
+            .iter()
+            .map(|s| s.metric.metric_name().unwrap_or(""))
+            .chain(names.iter().copied());
+        for n in all {
             if seen != Some(n) {
                 raise(n);
                 seen = Some(n);

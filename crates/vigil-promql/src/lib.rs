@@ -29,6 +29,10 @@ pub use promql_parser::parser::Expr;
 use vigil_model::{Labels, Matcher};
 pub use vigil_tsdb::{CounterRun, RollupPoint};
 
+/// Values of a range function by group of an aggregation's labels, groups in order of
+/// first appearance (see [`Storage::select_map_grouped`]).
+pub type Grouped = Vec<(Labels, Vec<f64>)>;
+
 /// Why a query failed. The variants map onto Prometheus' API error types.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -154,6 +158,34 @@ pub trait Storage {
         for mut s in self.select(matchers, mint, maxt, budget)? {
             if let Some(v) = f(&mut s.samples) {
                 out.push((project(s.labels, keep), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`select_map`](Self::select_map) with `opts.keep` set, for an aggregation `by`
+    /// those labels: each series' value is added to its group's list instead of returned
+    /// with its labels. Groups come in order of their first series, values in series order
+    /// (the order `select_map` would return them), groups without a value left out. The
+    /// default maps, then groups.
+    fn select_map_grouped(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        opts: MapOptions<'_>,
+        f: &MapFn<'_>,
+    ) -> Result<Grouped> {
+        let mut out: Grouped = Vec::new();
+        let mut index: std::collections::HashMap<Labels, usize> = Default::default();
+        for (l, v) in self.select_map(matchers, mint, maxt, budget, opts, f)? {
+            match index.get(&l) {
+                Some(&g) => out[g].1.push(v),
+                None => {
+                    index.insert(l.clone(), out.len());
+                    out.push((l, vec![v]));
+                }
             }
         }
         Ok(out)

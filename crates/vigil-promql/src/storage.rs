@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vigil_model::{Labels, Matcher};
-use vigil_tsdb::{Db, RollupPoint, SeriesPart};
+use vigil_tsdb::{Db, Groups, RollupPoint, SeriesPart};
 
 use crate::{CounterRun, Error, MapFn, MapOptions, Result, SeriesWindow, StepsFn, StoredSeries};
 
@@ -97,6 +97,74 @@ impl crate::Storage for TsdbStorage<'_> {
         self.map_series(matchers, mint, maxt, budget, opts, f)
     }
 
+    fn select_map_grouped(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: usize,
+        opts: MapOptions<'_>,
+        f: &MapFn<'_>,
+    ) -> Result<crate::Grouped> {
+        let Some(keep) = opts.keep else {
+            return Err(Error::BadData(
+                "grouped read without grouping labels".into(),
+            ));
+        };
+        let q = self.db.querier(self.env, mint, maxt);
+        let parts = q
+            .select_parts_grouped(matchers, readers())
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let decoded = AtomicUsize::new(0);
+        let per_part = |mut part: SeriesPart| -> Result<(Vec<Labels>, Vec<Vec<f64>>)> {
+            let mut groups = Groups::new(keep);
+            let mut values: Vec<Vec<f64>> = Vec::new();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let Some(next) = part.read_next_grouped(&mut buf, opts.counter_runs, &mut groups)
+                else {
+                    return Ok((groups.into_labels(), values));
+                };
+                let (g, run) = next.map_err(|e| Error::Storage(e.to_string()))?;
+                let n = run.map_or(buf.len(), |r| r.samples);
+                let total = decoded.fetch_add(n, Ordering::Relaxed) + n;
+                if total > budget {
+                    return Err(Error::TooManySamples(total));
+                }
+                let window = match run {
+                    Some(r) => SeriesWindow::Run(r),
+                    None => SeriesWindow::Samples(&mut buf),
+                };
+                if let Some(v) = f(window) {
+                    if values.len() <= g {
+                        values.resize_with(g + 1, Vec::new);
+                    }
+                    values[g].push(v);
+                }
+            }
+        };
+        // Merged in part order: the order the ungrouped read would give.
+        let mut out: crate::Grouped = Vec::new();
+        let mut index: hashbrown::HashMap<Labels, usize> = hashbrown::HashMap::new();
+        for r in run_parts(parts, per_part) {
+            let (labels, values) = r?;
+            for (l, vals) in labels.into_iter().zip(values) {
+                if vals.is_empty() {
+                    continue;
+                }
+                match index.get(&l) {
+                    Some(&g) => out[g].1.extend(vals),
+                    None => {
+                        index.insert(l.clone(), out.len());
+                        out.push((l, vals));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn select_map_steps(
         &self,
         matchers: &[Matcher],
@@ -186,37 +254,48 @@ impl TsdbStorage<'_> {
         per_part: impl Fn(SeriesPart) -> Result<Vec<T>> + Sync,
     ) -> Result<Vec<T>> {
         let q = self.db.querier(self.env, mint, maxt);
-        let max_workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4);
         let parts = q
-            .select_parts_keeping(matchers, max_workers, keep)
+            .select_parts_keeping(matchers, readers(), keep)
             .map_err(|e| Error::Storage(e.to_string()))?;
         let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
-        // A thread is not worth it for a few hundred series.
-        let results: Vec<Result<Vec<T>>> = if parts.len() <= 1 || series < 512 {
-            parts.into_iter().map(&per_part).collect()
-        } else {
-            let per_part = &per_part;
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = parts
-                    .into_iter()
-                    .map(|p| sc.spawn(move || per_part(p)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::Storage("decoder thread panicked".into()))
-                        })
-                    })
-                    .collect()
-            })
-        };
         let mut out = Vec::with_capacity(series);
-        for r in results {
+        for r in run_parts(parts, per_part) {
             out.extend(r?);
         }
         Ok(out)
     }
+}
+
+/// Reader threads for one selection: the cores, at most 4.
+fn readers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+}
+
+/// Runs `per_part` over each part, on a thread each when there is enough work (each series
+/// is independent), results in part order.
+fn run_parts<T: Send>(
+    parts: Vec<SeriesPart>,
+    per_part: impl Fn(SeriesPart) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
+    // A thread is not worth it for a few hundred series.
+    if parts.len() <= 1 || series < 512 {
+        return parts.into_iter().map(&per_part).collect();
+    }
+    let per_part = &per_part;
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|p| sc.spawn(move || per_part(p)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Storage("decoder thread panicked".into())))
+            })
+            .collect()
+    })
 }

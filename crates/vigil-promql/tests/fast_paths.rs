@@ -186,6 +186,16 @@ fn streamed_range_functions_agree_with_loaded_ones() {
             "sum without (s) (rate(m[5m]))",
             "topk by (g) (3, rate(m[5m]))",
             "rate(m[5m] offset 1m)",
+            // Read grouped by the `by` labels (no per-series labels): every projectable
+            // aggregation, a name kept by the function, groups merged when the read keeps
+            // `__name__` (regex name) but the aggregation does not.
+            "sum by (g) (rate({__name__=~\"m|n\"}[5m]))",
+            "stddev by (g) (increase(m[5m]))",
+            "stdvar by (g) (changes(m[5m]))",
+            "min by (g) (rate(m[5m]))",
+            "group by (g) (rate(m[5m]))",
+            "sum by (__name__) (last_over_time(m[5m]))",
+            "count by (s) (resets(m[5m]))",
         ] {
             let Value::Vector(streamed) = engine.instant(&st, q, at).unwrap() else {
                 panic!("{q}: expected a vector")

@@ -749,6 +749,13 @@ impl Head {
         out
     }
 
+    /// The live series of `refs` (in that order), under one read lock of the table.
+    pub(crate) fn series_for(&self, refs: impl Iterator<Item = u32>) -> Vec<Arc<MemSeries>> {
+        let table = self.refs.read();
+        refs.filter_map(|r| table.get(r as usize).cloned().flatten())
+            .collect()
+    }
+
     /// Each of `refs` that still exists with its labels — only those named in `keep`, when
     /// given (one read of the refs table).
     pub(crate) fn labels_for(

@@ -57,6 +57,6 @@ pub use db::{
 pub use error::{Error, ErrorKind, Result};
 pub use head::RejectReason;
 pub use options::Options;
-pub use querier::{CounterRun, Querier, SampleIter, Series, SeriesPart, SeriesSet};
+pub use querier::{CounterRun, Groups, Querier, SampleIter, Series, SeriesPart, SeriesSet};
 pub use tombstones::Tombstone;
 pub use wal::SyncPolicy;

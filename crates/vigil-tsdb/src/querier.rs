@@ -125,10 +125,120 @@ enum Item {
 /// Part of a selection (see [`Querier::select_parts`]); yields series in no particular order.
 pub struct SeriesPart {
     items: std::vec::IntoIter<Item>,
+    /// Head series ids the reader resolves itself, in batches (grouped reads: see
+    /// [`Querier::select_parts_grouped`]); read before `items`.
+    refs: std::vec::IntoIter<u32>,
+    head: Option<Arc<crate::head::Head>>,
+    /// Resolved `refs`, the next one last.
+    resolved: Vec<Arc<MemSeries>>,
     mint: i64,
     maxt: i64,
     /// Reused copies of head chunks for [`read_next`](Self::read_next).
     copy: HeadCopy,
+}
+
+/// Head series ids resolved per read-lock of the series table in grouped reads.
+const RESOLVE_BATCH: usize = 256;
+
+/// Groups of series by the values of some labels, numbered in order of first appearance,
+/// found without building each series' labels (see [`SeriesPart::read_next_grouped`]).
+#[derive(Debug)]
+pub struct Groups {
+    /// The label names grouped by, sorted.
+    names: Vec<String>,
+    /// Their symbol ids in the head (`None`: not interned, so never present), looked up on
+    /// the first head series.
+    ids: Option<Vec<Option<u32>>>,
+    by_ids: hashbrown::HashMap<Vec<u32>, usize>,
+    by_labels: hashbrown::HashMap<Labels, usize>,
+    labels: Vec<Labels>,
+    key: Vec<u32>,
+}
+
+impl Groups {
+    /// Groups by the labels `names` (a series without one of them groups as without it).
+    pub fn new(names: &[String]) -> Self {
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
+        Self {
+            names,
+            ids: None,
+            by_ids: hashbrown::HashMap::new(),
+            by_labels: hashbrown::HashMap::new(),
+            labels: Vec::new(),
+            key: Vec::new(),
+        }
+    }
+
+    /// Each group's labels (the grouping labels only), by group number.
+    pub fn labels(&self) -> &[Labels] {
+        &self.labels
+    }
+
+    /// Takes the groups' labels, by group number.
+    pub fn into_labels(self) -> Vec<Labels> {
+        self.labels
+    }
+
+    fn of_labels(&mut self, l: &Labels) -> usize {
+        let projected = Labels::from_sorted(
+            l.iter()
+                .filter(|x| self.names.iter().any(|n| n == x.name.as_str()))
+                .cloned()
+                .collect(),
+        );
+        self.number(projected)
+    }
+
+    fn number(&mut self, projected: Labels) -> usize {
+        if let Some(&g) = self.by_labels.get(&projected) {
+            return g;
+        }
+        let g = self.labels.len();
+        self.labels.push(projected.clone());
+        self.by_labels.insert(projected, g);
+        g
+    }
+
+    fn of_head(&mut self, head: &crate::head::Head, s: &MemSeries) -> usize {
+        let ids = self
+            .ids
+            .get_or_insert_with(|| self.names.iter().map(|n| head.symbols.lookup(n)).collect());
+        self.key.clear();
+        for id in ids.iter() {
+            let v = id
+                .and_then(|id| s.labels.iter().find(|(n, _)| *n == id))
+                .map_or(u32::MAX, |&(_, v)| v);
+            self.key.push(v);
+        }
+        if let Some(&g) = self.by_ids.get(self.key.as_slice()) {
+            return g;
+        }
+        let projected = Labels::from_sorted(
+            ids.iter()
+                .zip(&self.key)
+                .filter(|&(id, &v)| id.is_some() && v != u32::MAX)
+                .map(|(id, &v)| vigil_model::Label {
+                    name: head.symbols.get_shared(id.unwrap_or_default()),
+                    value: head.symbols.get_shared(v),
+                })
+                .collect(),
+        );
+        let g = self.number(projected);
+        self.by_ids.insert(self.key.clone(), g);
+        g
+    }
+}
+
+/// What reading one head series found.
+enum HeadRead {
+    /// Samples decoded into the output, or a counter run.
+    Done(Result<Option<CounterRun>>),
+    /// Nothing in the range.
+    Empty,
+    /// Out-of-order data: its chunks, to merge.
+    Chunks(Vec<Source>),
 }
 
 impl std::fmt::Debug for SeriesPart {
@@ -162,7 +272,10 @@ impl Iterator for SeriesPart {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.items.len()))
+        (
+            0,
+            Some(self.items.len() + self.refs.len() + self.resolved.len()),
+        )
     }
 }
 
@@ -210,47 +323,107 @@ impl SeriesPart {
         loop {
             let (labels, sources, deleted) = match self.items.next()? {
                 Item::Ready(x) => x,
-                Item::Head(series, labels) => {
-                    if series.copy_into(self.mint, self.maxt, &mut self.copy) {
-                        if runs && let Some(run) = self.counter_run() {
-                            return Some(run.map(|r| (labels, Some(r))));
-                        }
-                        let from = out.len();
-                        let c = &self.copy;
-                        let decoded = c
-                            .sealed
-                            .iter()
-                            .map(|b| &b[..])
-                            .chain((!c.open.is_empty()).then_some(&c.open[..]))
-                            .try_for_each(|b| decode_xor(b, out));
-                        if let Err(e) = decoded {
-                            return Some(Err(head_corrupt(e)));
-                        }
-                        let part = &out[from..];
-                        let a = part.partition_point(|p| p.0 < self.mint);
-                        let b = part.partition_point(|p| p.0 <= self.maxt);
-                        out.truncate(from + b);
-                        out.drain(from..from + a.min(b));
-                        if out.len() == from && c.sealed.is_empty() && c.open.is_empty() {
-                            continue;
-                        }
-                        return Some(Ok((labels, None)));
-                    }
-                    if !self.copy.has_ooo {
-                        continue;
-                    }
-                    match series.chunks_in(self.mint, self.maxt) {
-                        Some(chunks) => (
-                            labels,
-                            chunks.into_iter().map(Source::Head).collect(),
-                            Vec::new(),
-                        ),
-                        None => continue,
-                    }
-                }
+                Item::Head(series, labels) => match self.read_head(&series, out, runs) {
+                    HeadRead::Done(r) => return Some(r.map(|run| (labels, run))),
+                    HeadRead::Empty => continue,
+                    HeadRead::Chunks(sources) => (labels, sources, Vec::new()),
+                },
             };
             let mut it = SampleIter::new(sources, deleted, self.mint, self.maxt);
             return Some(it.read_all(out).map(|()| (labels, None)));
+        }
+    }
+
+    /// Like [`read_next_run`](Self::read_next_run), but instead of its labels gives the
+    /// series' group in `groups` (which must be used with this part only): a head series'
+    /// labels are never built, only its grouping labels' values looked up.
+    pub fn read_next_grouped(
+        &mut self,
+        out: &mut Vec<(i64, f64)>,
+        runs: bool,
+        groups: &mut Groups,
+    ) -> Option<Result<(usize, Option<CounterRun>)>> {
+        loop {
+            if let Some(series) = self.next_ref() {
+                let head = self.head.clone()?;
+                let sources = match self.read_head(&series, out, runs) {
+                    HeadRead::Done(r) => {
+                        let g = groups.of_head(&head, &series);
+                        return Some(r.map(|run| (g, run)));
+                    }
+                    HeadRead::Empty => continue,
+                    HeadRead::Chunks(sources) => sources,
+                };
+                let g = groups.of_head(&head, &series);
+                let mut it = SampleIter::new(sources, Vec::new(), self.mint, self.maxt);
+                return Some(it.read_all(out).map(|()| (g, None)));
+            }
+            let (labels, sources, deleted) = match self.items.next()? {
+                Item::Ready(x) => x,
+                Item::Head(series, labels) => match self.read_head(&series, out, runs) {
+                    HeadRead::Done(r) => {
+                        let g = groups.of_labels(&labels);
+                        return Some(r.map(|run| (g, run)));
+                    }
+                    HeadRead::Empty => continue,
+                    HeadRead::Chunks(sources) => (labels, sources, Vec::new()),
+                },
+            };
+            let g = groups.of_labels(&labels);
+            let mut it = SampleIter::new(sources, deleted, self.mint, self.maxt);
+            return Some(it.read_all(out).map(|()| (g, None)));
+        }
+    }
+
+    /// The next head series of `refs`, resolving a batch under one read lock of the table.
+    fn next_ref(&mut self) -> Option<Arc<MemSeries>> {
+        while self.resolved.is_empty() {
+            let head = self.head.as_ref()?;
+            let batch: Vec<u32> = self.refs.by_ref().take(RESOLVE_BATCH).collect();
+            if batch.is_empty() {
+                return None;
+            }
+            self.resolved
+                .extend(head.series_for(batch.iter().rev().copied()));
+        }
+        self.resolved.pop()
+    }
+
+    /// Reads a head series' in-order chunks in the range (copied into reused buffers) into
+    /// `out`, or as a counter run when `runs` allows; its chunks when out-of-order data
+    /// overlaps the range.
+    fn read_head(&mut self, series: &MemSeries, out: &mut Vec<(i64, f64)>, runs: bool) -> HeadRead {
+        if series.copy_into(self.mint, self.maxt, &mut self.copy) {
+            if runs && let Some(run) = self.counter_run() {
+                return HeadRead::Done(run.map(Some));
+            }
+            let from = out.len();
+            let c = &self.copy;
+            let decoded = c
+                .sealed
+                .iter()
+                .map(|b| &b[..])
+                .chain((!c.open.is_empty()).then_some(&c.open[..]))
+                .try_for_each(|b| decode_xor(b, out));
+            if let Err(e) = decoded {
+                return HeadRead::Done(Err(head_corrupt(e)));
+            }
+            let part = &out[from..];
+            let a = part.partition_point(|p| p.0 < self.mint);
+            let b = part.partition_point(|p| p.0 <= self.maxt);
+            out.truncate(from + b);
+            out.drain(from..from + a.min(b));
+            if out.len() == from && c.sealed.is_empty() && c.open.is_empty() {
+                return HeadRead::Empty;
+            }
+            return HeadRead::Done(Ok(None));
+        }
+        if !self.copy.has_ooo {
+            return HeadRead::Empty;
+        }
+        match series.chunks_in(self.mint, self.maxt) {
+            Some(chunks) => HeadRead::Chunks(chunks.into_iter().map(Source::Head).collect()),
+            None => HeadRead::Empty,
         }
     }
 
@@ -642,6 +815,37 @@ impl Querier {
             }
             parts.push(SeriesPart {
                 items: part.into_iter(),
+                refs: Vec::new().into_iter(),
+                head: None,
+                resolved: Vec::new(),
+                mint: self.mint,
+                maxt: self.maxt,
+                copy: HeadCopy::default(),
+            });
+        }
+        Ok(parts)
+    }
+
+    /// The selection cut into up to `n` parts for [`SeriesPart::read_next_grouped`]: when
+    /// only the head holds the range, each part gets head series ids and resolves them
+    /// itself (no labels are built for a series, nothing per series on the calling thread).
+    pub fn select_parts_grouped(&self, matchers: &[Matcher], n: usize) -> Result<Vec<SeriesPart>> {
+        let head_only = self.mint <= self.maxt
+            && !self.tombstones.iter().any(|t| t.env == self.env)
+            && self.blocks_in_range().next().is_none();
+        if !head_only {
+            return self.select_parts_keeping(matchers, n, None);
+        }
+        let mut refs = self.head.select_refs(&self.env, matchers);
+        let per = refs.len().div_ceil(n.max(1)).max(1);
+        let mut parts = Vec::with_capacity(n);
+        while !refs.is_empty() {
+            let rest = refs.split_off(per.min(refs.len()));
+            parts.push(SeriesPart {
+                items: Vec::new().into_iter(),
+                refs: std::mem::replace(&mut refs, rest).into_iter(),
+                head: Some(self.head.clone()),
+                resolved: Vec::new(),
                 mint: self.mint,
                 maxt: self.maxt,
                 copy: HeadCopy::default(),
