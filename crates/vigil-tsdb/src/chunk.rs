@@ -459,6 +459,30 @@ fn peek128(buf: &[u8], pos: usize) -> u128 {
 /// Yields exactly what [`XorIter`] yields, but reads each field from one 128-bit window and
 /// checks bounds once per sample instead of once per field (about 3× faster).
 pub fn decode_xor(buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkCorrupt> {
+    out.reserve(sample_count(buf).min(buf.len() * 8));
+    xor_each(buf, |_, t, v| {
+        out.push((t, v));
+        true
+    })
+}
+
+/// The first sample at or after `mint` in an XOR chunk and its index, decoding only up to
+/// it (as fast as [`decode_xor`]); `None` when every sample is before `mint`.
+pub fn seek_xor(buf: &[u8], mint: i64) -> Result<Option<(usize, (i64, f64))>, ChunkCorrupt> {
+    let mut found = None;
+    xor_each(buf, |i, t, v| {
+        if t >= mint {
+            found = Some((i, (t, v)));
+            return false;
+        }
+        true
+    })?;
+    Ok(found)
+}
+
+/// Calls `f(index, t, v)` for each sample of an XOR chunk in order until it returns false.
+#[inline(always)]
+fn xor_each(buf: &[u8], mut f: impl FnMut(usize, i64, f64) -> bool) -> Result<(), ChunkCorrupt> {
     let (total, body) = if buf.len() >= 2 {
         (u16::from_be_bytes([buf[0], buf[1]]) as usize, &buf[2..])
     } else {
@@ -475,11 +499,12 @@ pub fn decode_xor(buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkCorr
     if nbits < 128 {
         return Err(corrupt(0));
     }
-    out.reserve(total.min(nbits));
     let first = peek128(body, 0);
     let mut t = (first >> 64) as u64 as i64;
     let mut v = first as u64;
-    out.push((t, f64::from_bits(v)));
+    if !f(0, t, f64::from_bits(v)) {
+        return Ok(());
+    }
     let mut pos = 128usize;
     let (mut delta, mut leading, mut trailing) = (0i64, 0u32, 0u32);
     for i in 1..total {
@@ -545,7 +570,9 @@ pub fn decode_xor(buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkCorr
         if pos > nbits {
             return Err(corrupt(i));
         }
-        out.push((t, f64::from_bits(v)));
+        if !f(i, t, f64::from_bits(v)) {
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -629,6 +656,37 @@ mod tests {
         fn decoding_arbitrary_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut out = Vec::new();
             let _ = decode_xor(&b, &mut out);
+            let _ = seek_xor(&b, 0);
+        }
+
+        /// Seeking finds what a full decode finds: the first sample at or after `mint`, its
+        /// index, or nothing.
+        #[test]
+        fn seek_xor_finds_the_first_sample_in_range(
+            deltas in proptest::collection::vec(1i64..100_000, 1..200),
+            vals in proptest::collection::vec(any::<u64>(), 200),
+            at in 0usize..220,
+            off in -1i64..=1,
+        ) {
+            let mut t = 1_700_000_000_000i64;
+            let mut s = Vec::new();
+            for (i, d) in deltas.iter().enumerate() {
+                s.push((t, f64::from_bits(vals[i])));
+                t += d;
+            }
+            let mut a = XorAppender::new();
+            for &(t, v) in &s {
+                a.append(t, v);
+            }
+            let buf = a.bytes().to_vec();
+            // On, just before or after a sample's time, or past the end.
+            let mint = s.get(at).map_or(t + 1, |p| p.0 + off);
+            let want = s.iter().position(|p| p.0 >= mint).map(|i| (i, s[i].1.to_bits()));
+            let got = seek_xor(&buf, mint).unwrap().map(|(i, p)| (i, p.1.to_bits()));
+            prop_assert_eq!(got, want);
+            if let Ok(Some((i, p))) = seek_xor(&buf, mint) {
+                prop_assert_eq!(p.0, s[i].0);
+            }
         }
 
         /// The fast whole-chunk decoder and the iterator agree on every input, good or bad:

@@ -443,20 +443,14 @@ impl SeriesPart {
         let mut samples = 0usize;
         // Chunks are in time order and only the first can start before the range.
         for chunk in chunks.by_ref() {
-            let total = crate::chunk::sample_count(chunk);
-            for (i, s) in crate::chunk::XorIter::new(chunk).enumerate() {
-                match s {
-                    Ok((t, v)) if t >= self.mint => {
-                        first = Some((t, v));
-                        samples = total - i;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Some(Err(head_corrupt(e))),
+            match crate::chunk::seek_xor(chunk, self.mint) {
+                Ok(Some((i, s))) => {
+                    first = Some(s);
+                    samples = crate::chunk::sample_count(chunk) - i;
+                    break;
                 }
-            }
-            if first.is_some() {
-                break;
+                Ok(None) => {}
+                Err(e) => return Some(Err(head_corrupt(e))),
             }
         }
         samples += chunks.map(crate::chunk::sample_count).sum::<usize>();
