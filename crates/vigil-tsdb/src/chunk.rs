@@ -466,9 +466,12 @@ pub fn decode_xor(buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkCorr
     })
 }
 
+/// A sample and its index in its chunk.
+pub type IndexedSample = (usize, (i64, f64));
+
 /// The first sample at or after `mint` in an XOR chunk and its index, decoding only up to
 /// it (as fast as [`decode_xor`]); `None` when every sample is before `mint`.
-pub fn seek_xor(buf: &[u8], mint: i64) -> Result<Option<(usize, (i64, f64))>, ChunkCorrupt> {
+pub fn seek_xor(buf: &[u8], mint: i64) -> Result<Option<IndexedSample>, ChunkCorrupt> {
     let mut found = None;
     xor_each(buf, |i, t, v| {
         if t >= mint {
