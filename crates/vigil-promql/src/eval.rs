@@ -86,6 +86,21 @@ pub(crate) fn unwrap_parens(mut e: &Expr) -> &Expr {
     e
 }
 
+/// Whether `e` calls function `name` anywhere.
+fn calls(e: &Expr, name: &str) -> bool {
+    match e {
+        Expr::Call(c) => c.func.name == name || c.args.args.iter().any(|a| calls(a, name)),
+        Expr::Aggregate(a) => {
+            a.param.as_ref().is_some_and(|p| calls(p, name)) || calls(&a.expr, name)
+        }
+        Expr::Unary(u) => calls(&u.expr, name),
+        Expr::Binary(b) => calls(&b.lhs, name) || calls(&b.rhs, name),
+        Expr::Paren(p) => calls(&p.expr, name),
+        Expr::Subquery(s) => calls(&s.expr, name),
+        _ => false,
+    }
+}
+
 /// The one metric name every series of `vs` has, when its matchers fix it.
 pub(crate) fn fixed_name(vs: &VectorSelector) -> Option<&str> {
     if let Some(n) = &vs.name {
@@ -145,6 +160,9 @@ pub(crate) struct Evaluator<'a> {
     step_values: RefCell<HashMap<usize, Arc<StepTable>>>,
     deadline: Instant,
     ticks: Cell<u32>,
+    /// Whether instant selectors of a range query may be streamed (not when the query reads
+    /// sample timestamps: `timestamp()`).
+    stream_selectors: bool,
     /// Warnings and infos raised so far.
     pub(crate) annotations: crate::annotations::Collector,
     /// The selector (address) whose range function an aggregation asked to be read grouped
@@ -205,6 +223,7 @@ impl<'a> Evaluator<'a> {
             step_values: RefCell::new(HashMap::new()),
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
+            stream_selectors: false,
             annotations: Default::default(),
             group_request: Cell::new(0),
             grouped: RefCell::new(None),
@@ -248,7 +267,8 @@ impl<'a> Evaluator<'a> {
                     matrix: false,
                     latest: lo == hi,
                     rollup: None,
-                    stream: false,
+                    // In a range query, read once into a per-step table (`selector_steps`).
+                    stream: top && lo != hi && self.stream_selectors,
                     keep: None,
                 });
             }
@@ -292,6 +312,16 @@ impl<'a> Evaluator<'a> {
                         keep.push("__name__".into());
                     }
                     out[before].keep = Some(keep);
+                }
+                // `quantile by (zone) (0.9, x)` in a range query, `x` streamed: only `zone`.
+                if let Some(LabelModifier::Include(by)) = &a.modifier
+                    && PROJECTABLE.contains(&a.op.to_string().to_lowercase().as_str())
+                    && let Expr::VectorSelector(vs) = unwrap_parens(&a.expr)
+                    && out.len() == before + 1
+                    && out[before].stream
+                    && std::ptr::eq(out[before].vs, vs)
+                {
+                    out[before].keep = Some(by.labels.clone());
                 }
             }
             Expr::Unary(u) => self.plan(&u.expr, s, en, top, out),
@@ -344,6 +374,7 @@ impl<'a> Evaluator<'a> {
 
     /// Loads every selector's samples for the whole evaluation.
     pub(crate) fn prepare(&mut self, e: &Expr) -> Result<()> {
+        self.stream_selectors = self.start != self.end && self.step > 0 && !calls(e, "timestamp");
         let mut plans = Vec::new();
         self.plan(e, self.start, self.end, true, &mut plans);
         let mut loaded_samples = 0usize;
@@ -503,6 +534,46 @@ impl<'a> Evaluator<'a> {
         vs: &VectorSelector,
         f: &crate::StepsFn<'_>,
     ) -> Option<Result<Arc<StepTable>>> {
+        self.steps_table(vs, true, f)
+    }
+
+    /// A streamed instant selector's value at every step of a range query: each series'
+    /// newest sample within the lookback before the step, unless a staleness marker.
+    fn selector_steps(&self, vs: &VectorSelector) -> Option<Result<Arc<StepTable>>> {
+        if !self.deferred.contains_key(&(vs as *const _ as usize)) || self.step <= 0 {
+            return None;
+        }
+        let (start, step, lookback) = (self.start, self.step, self.lookback);
+        let steps = (self.end - start) / step + 1;
+        let off = offset_ms(&vs.offset);
+        let g = |buf: &mut Vec<(i64, f64)>| -> Option<Vec<Option<f64>>> {
+            let mut any = false;
+            let mut j = 0;
+            let vals = (0..steps)
+                .map(|k| {
+                    let r = (start + k * step).saturating_sub(off);
+                    while j < buf.len() && buf[j].0 <= r {
+                        j += 1;
+                    }
+                    let (ts, v) = *buf.get(j.checked_sub(1)?)?;
+                    if ts <= r.saturating_sub(lookback) || is_stale_marker(v) {
+                        return None;
+                    }
+                    any = true;
+                    Some(v)
+                })
+                .collect();
+            any.then_some(vals)
+        };
+        self.steps_table(vs, false, &g)
+    }
+
+    fn steps_table(
+        &self,
+        vs: &VectorSelector,
+        drop_stale: bool,
+        f: &crate::StepsFn<'_>,
+    ) -> Option<Result<Arc<StepTable>>> {
         let key = vs as *const _ as usize;
         let (matchers, mint, maxt, keep) = self.deferred.get(&key)?;
         if let Some(t) = self.step_values.borrow().get(&key) {
@@ -513,7 +584,9 @@ impl<'a> Evaluator<'a> {
         // The table's values count against the limit like loaded samples.
         let held = std::sync::atomic::AtomicUsize::new(0);
         let unstale = |buf: &mut Vec<(i64, f64)>| {
-            buf.retain(|&(_, v)| !is_stale_marker(v));
+            if drop_stale {
+                buf.retain(|&(_, v)| !is_stale_marker(v));
+            }
             let vals = f(buf)?;
             let n = held.fetch_add(vals.len(), std::sync::atomic::Ordering::Relaxed);
             (n + vals.len() <= budget).then_some(vals)
@@ -648,7 +721,7 @@ impl<'a> Evaluator<'a> {
                         .into(),
                 )),
             },
-            Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_selector(vs, t))),
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_selector(vs, t)?)),
             Expr::MatrixSelector(m) => {
                 let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
                 let lo = r.saturating_sub(ms(m.range));
@@ -675,7 +748,21 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    pub(crate) fn eval_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Sample> {
+    pub(crate) fn eval_selector(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>> {
+        if let Some(table) = self.selector_steps(vs) {
+            let k = ((t - self.start) / self.step) as usize;
+            return Ok(table?
+                .iter()
+                .filter_map(|(metric, vals)| {
+                    vals.get(k).copied().flatten().map(|v| Sample {
+                        metric: metric.clone(),
+                        t,
+                        v,
+                        drop_name: false,
+                    })
+                })
+                .collect());
+        }
         let r = self.ref_time(&vs.at, &vs.offset, t);
         let lo = r.saturating_sub(self.lookback);
         let data = self.loaded(vs);
@@ -696,7 +783,7 @@ impl<'a> Evaluator<'a> {
                 drop_name: false,
             });
         }
-        out
+        Ok(out)
     }
 
     pub(crate) fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Matrix> {

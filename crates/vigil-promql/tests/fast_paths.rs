@@ -252,3 +252,78 @@ fn streamed_range_functions_agree_with_loaded_ones() {
         .unwrap_err();
     assert!(err.to_string().contains("10000"), "{err}");
 }
+
+/// In a range query an instant selector is read once into a series × steps table (each
+/// step's newest sample within the lookback, none after a staleness marker) instead of
+/// loading every sample; each step must equal the instant query at that time, which reads
+/// the selector its own way.
+#[test]
+fn range_selectors_agree_with_instant_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
+    let n = 1_500usize;
+    let mut b = WriteBatch::new(env.clone());
+    for i in 0..n {
+        let pts: Vec<(i64, f64)> = (0..=60)
+            .filter_map(|k| {
+                let t = T0 + k * 10_000 + (i as i64 % 7) * 1_000;
+                match (i % 4, k) {
+                    // A staleness marker, then samples again.
+                    (0, 30) => Some((t, stale_marker())),
+                    // A gap longer than the lookback.
+                    (1, 20..=55) => None,
+                    // Ends early.
+                    (2, 45..) => None,
+                    _ => Some((t, (k * (i as i64 % 5 + 1)) as f64 - 50.0)),
+                }
+            })
+            .collect();
+        let l = Labels::from_pairs([
+            ("__name__", "m"),
+            ("s", &format!("{i:05}")),
+            ("g", &(i % 3).to_string()),
+        ]);
+        b.add_series(&l, &pts, &lim).unwrap();
+    }
+    db.write(&b).unwrap();
+    let engine = Engine::new(EngineOptions::default());
+    let st = TsdbStorage::new(&db, "e");
+    let (start, end, step) = (T0 + 100_000, T0 + 1_000_000, 23_000);
+    for q in [
+        "m",
+        "m offset 1m",
+        "quantile by (g) (0.5, m)",
+        "sum by (g) (m)",
+        "count without (s) (m)",
+        "abs(m) > 20",
+        "m / on (s, g) (m offset 30s)",
+        "timestamp(m)",
+    ] {
+        let range = engine.range(&st, q, start, end, step).unwrap();
+        let mut steps_seen = 0;
+        let mut t = start;
+        while t <= end {
+            let Value::Vector(v) = engine.instant(&st, q, t).unwrap() else {
+                panic!("{q}: not a vector")
+            };
+            let mut want: Vec<(String, u64)> = v
+                .into_iter()
+                .map(|s| (s.metric.to_string(), s.v.to_bits()))
+                .collect();
+            want.sort();
+            let mut got: Vec<(String, u64)> = range
+                .iter()
+                .filter_map(|s| {
+                    let p = s.points.iter().find(|p| p.0 == t)?;
+                    Some((s.metric.to_string(), p.1.to_bits()))
+                })
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "{q} at step {t}");
+            steps_seen += usize::from(!want.is_empty());
+            t += step;
+        }
+        assert!(steps_seen > 10, "{q}: only {steps_seen} steps with data");
+    }
+}
