@@ -103,6 +103,30 @@ pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
     values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
 }
 
+/// How many counter resets (a value below the one before) a series has before a position,
+/// for positions that mostly move forward (sliding windows): O(1) amortised per query.
+#[derive(Default)]
+struct ResetCount {
+    pos: usize,
+    count: usize,
+}
+
+impl ResetCount {
+    /// Resets at positions `1..x` of `buf`.
+    fn at(&mut self, buf: &[(i64, f64)], x: usize) -> usize {
+        if x < self.pos {
+            *self = Self::default();
+        }
+        while self.pos < x {
+            if self.pos >= 1 && buf[self.pos].1 < buf[self.pos - 1].1 {
+                self.count += 1;
+            }
+            self.pos += 1;
+        }
+        self.count
+    }
+}
+
 /// A range function computed from a counter run: `(run, window start, window end)`.
 type RunFn<'a> = dyn Fn(&CounterRun, i64, i64) -> Option<f64> + Sync + 'a;
 
@@ -474,12 +498,29 @@ impl Evaluator<'_> {
             let (at, off) = (self.at_ms(&m.vs.at), crate::eval::offset_ms(&m.vs.offset));
             let g = |buf: &mut Vec<(i64, f64)>| -> Option<Vec<Option<f64>>> {
                 let mut any = false;
+                // For `rate`/`increase`: counter resets before a position, counted as the
+                // windows slide, so a window without one is a counter run (O(1), no scan).
+                let (mut before_a, mut before_b) = (ResetCount::default(), ResetCount::default());
                 let vals = (0..steps)
                     .map(|k| {
                         let r = at.unwrap_or(start + k * step).saturating_sub(off);
                         let lo = r.saturating_sub(range);
-                        let w = crate::eval::window(buf, lo, r);
-                        let v = if w.is_empty() { None } else { f(w, lo, r) };
+                        let a = buf.partition_point(|p| p.0 <= lo);
+                        let b = buf.partition_point(|p| p.0 <= r);
+                        let v = if a >= b {
+                            None
+                        } else if let Some(rf) = run_f
+                            && before_b.at(buf, b) == before_a.at(buf, a + 1)
+                        {
+                            let run = CounterRun {
+                                first: buf[a],
+                                last: buf[b - 1],
+                                samples: b - a,
+                            };
+                            rf(&run, lo, r)
+                        } else {
+                            f(&buf[a..b], lo, r)
+                        };
                         any |= v.is_some();
                         v
                     })

@@ -147,7 +147,7 @@ impl crate::Storage for TsdbStorage<'_> {
         // Merged in part order: the order the ungrouped read would give.
         let mut out: crate::Grouped = Vec::new();
         let mut index: hashbrown::HashMap<Labels, usize> = hashbrown::HashMap::new();
-        for r in run_parts(parts, per_part) {
+        for r in run_parts(parts, maxt.saturating_sub(mint), per_part) {
             let (labels, values) = r?;
             for (l, vals) in labels.into_iter().zip(values) {
                 if vals.is_empty() {
@@ -259,7 +259,7 @@ impl TsdbStorage<'_> {
             .map_err(|e| Error::Storage(e.to_string()))?;
         let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
         let mut out = Vec::with_capacity(series);
-        for r in run_parts(parts, per_part) {
+        for r in run_parts(parts, maxt.saturating_sub(mint), per_part) {
             out.extend(r?);
         }
         Ok(out)
@@ -274,14 +274,17 @@ fn readers() -> usize {
 }
 
 /// Runs `per_part` over each part, on a thread each when there is enough work (each series
-/// is independent), results in part order.
+/// is independent), results in part order. `span_ms`: the time range read.
 fn run_parts<T: Send>(
     parts: Vec<SeriesPart>,
+    span_ms: i64,
     per_part: impl Fn(SeriesPart) -> Result<T> + Sync,
 ) -> Vec<Result<T>> {
     let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
-    // A thread is not worth it for a few hundred series.
-    if parts.len() <= 1 || series < 512 {
+    // A thread is not worth it for a few hundred series of a few minutes each; a long range
+    // makes each series worth more.
+    let per_series = usize::try_from(span_ms / 300_000).unwrap_or(0).max(1);
+    if parts.len() <= 1 || series.saturating_mul(per_series) < 512 {
         return parts.into_iter().map(&per_part).collect();
     }
     let per_part = &per_part;
