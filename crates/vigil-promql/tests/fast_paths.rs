@@ -41,6 +41,22 @@ fn open(dir: &std::path::Path) -> Db {
     .unwrap()
 }
 
+/// Writes `n` series `m{s="<i>", g="<i mod 3>"}` with samples `point(i, k)` for k in 0..=60.
+fn write_m(db: &Db, n: usize, point: impl Fn(usize, i64) -> Option<(i64, f64)>) {
+    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
+    let mut b = WriteBatch::new(env);
+    for i in 0..n {
+        let pts: Vec<(i64, f64)> = (0..=60).filter_map(|k| point(i, k)).collect();
+        let l = Labels::from_pairs([
+            ("__name__", "m"),
+            ("s", &format!("{i:05}")),
+            ("g", &(i % 3).to_string()),
+        ]);
+        b.add_series(&l, &pts, &lim).unwrap();
+    }
+    db.write(&b).unwrap();
+}
+
 #[test]
 fn newest_sample_path_agrees_with_decoding() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,28 +160,15 @@ fn range_functions_over_many_series_split_over_threads_agree() {
 fn streamed_range_functions_agree_with_loaded_ones() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
-    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
     let n = 2_000usize;
-    let mut b = WriteBatch::new(env.clone());
-    for i in 0..n {
-        let pts: Vec<(i64, f64)> = (0..=60)
-            .map(|k| {
-                let t = T0 + k * 10_000 + (i as i64 % 13);
-                match (i % 5, k) {
-                    (0, 40) => (t, stale_marker()),
-                    (1, _) if k > 45 => (t, k as f64),
-                    _ => (t, (k * (i as i64 % 11 + 1)) as f64),
-                }
-            })
-            .collect();
-        let l = Labels::from_pairs([
-            ("__name__", "m"),
-            ("s", &format!("{i:05}")),
-            ("g", &(i % 3).to_string()),
-        ]);
-        b.add_series(&l, &pts, &lim).unwrap();
-    }
-    db.write(&b).unwrap();
+    write_m(&db, n, |i, k| {
+        let t = T0 + k * 10_000 + (i as i64 % 13);
+        match (i % 5, k) {
+            (0, 40) => Some((t, stale_marker())),
+            (1, _) if k > 45 => Some((t, k as f64)),
+            _ => Some((t, (k * (i as i64 % 11 + 1)) as f64)),
+        }
+    });
     let engine = Engine::new(EngineOptions::default());
     let st = TsdbStorage::new(&db, "e");
     // Before the newest samples (decoded), and after them (counters read as runs).
@@ -261,32 +264,19 @@ fn streamed_range_functions_agree_with_loaded_ones() {
 fn range_selectors_agree_with_instant_queries() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
-    let (env, lim) = (EnvId::new("e").unwrap(), LabelLimits::default());
     let n = 1_500usize;
-    let mut b = WriteBatch::new(env.clone());
-    for i in 0..n {
-        let pts: Vec<(i64, f64)> = (0..=60)
-            .filter_map(|k| {
-                let t = T0 + k * 10_000 + (i as i64 % 7) * 1_000;
-                match (i % 4, k) {
-                    // A staleness marker, then samples again.
-                    (0, 30) => Some((t, stale_marker())),
-                    // A gap longer than the lookback.
-                    (1, 20..=55) => None,
-                    // Ends early.
-                    (2, 45..) => None,
-                    _ => Some((t, (k * (i as i64 % 5 + 1)) as f64 - 50.0)),
-                }
-            })
-            .collect();
-        let l = Labels::from_pairs([
-            ("__name__", "m"),
-            ("s", &format!("{i:05}")),
-            ("g", &(i % 3).to_string()),
-        ]);
-        b.add_series(&l, &pts, &lim).unwrap();
-    }
-    db.write(&b).unwrap();
+    write_m(&db, n, |i, k| {
+        let t = T0 + k * 10_000 + (i as i64 % 7) * 1_000;
+        match (i % 4, k) {
+            // A staleness marker, then samples again.
+            (0, 30) => Some((t, stale_marker())),
+            // A gap longer than the lookback.
+            (1, 20..=55) => None,
+            // Ends early.
+            (2, 45..) => None,
+            _ => Some((t, (k * (i as i64 % 5 + 1)) as f64 - 50.0)),
+        }
+    });
     let engine = Engine::new(EngineOptions::default());
     let st = TsdbStorage::new(&db, "e");
     let (start, end, step) = (T0 + 100_000, T0 + 1_000_000, 23_000);
