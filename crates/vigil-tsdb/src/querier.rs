@@ -992,8 +992,6 @@ impl Querier {
         matchers: &[Matcher],
         resolution_ms: i64,
     ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
-        let mut map: BTreeMap<Labels, Vec<RollupPoint>> = BTreeMap::new();
-        let mut buf = Vec::new();
         let mut blocks: Vec<&Arc<Block>> = self
             .blocks
             .iter()
@@ -1005,17 +1003,57 @@ impl Querier {
             .collect();
         // Oldest first, so the later part of a split bucket comes second.
         blocks.sort_by_key(|b| b.meta.range_start);
-        for b in blocks {
-            for i in b.select_ids(&self.env, matchers) {
-                let s = &b.series[i as usize];
-                let pts = map.entry(b.labels(s)).or_default();
-                for c in s
-                    .chunks
-                    .iter()
-                    .filter(|c| c.maxt >= self.rollup_mint && c.mint <= self.maxt)
-                {
-                    b.decode_rollup_chunk(c, &mut buf, pts)?;
+        // Each reader takes a run of consecutive blocks; their maps are joined in block order.
+        let read = |blocks: &[&Arc<Block>]| -> Result<BTreeMap<Labels, Vec<RollupPoint>>> {
+            let mut map: BTreeMap<Labels, Vec<RollupPoint>> = BTreeMap::new();
+            let mut buf = Vec::new();
+            for b in blocks {
+                for i in b.select_ids(&self.env, matchers) {
+                    let s = &b.series[i as usize];
+                    let pts = map.entry(b.labels(s)).or_default();
+                    for c in s
+                        .chunks
+                        .iter()
+                        .filter(|c| c.maxt >= self.rollup_mint && c.mint <= self.maxt)
+                    {
+                        b.decode_rollup_chunk(c, &mut buf, pts)?;
+                    }
                 }
+            }
+            Ok(map)
+        };
+        let readers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+            .min(blocks.len() / 2)
+            .max(1);
+        let per = blocks.len().div_ceil(readers).max(1);
+        let maps: Vec<Result<BTreeMap<Labels, Vec<RollupPoint>>>> = if readers <= 1 {
+            vec![read(&blocks)]
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = blocks
+                    .chunks(per)
+                    .map(|part| sc.spawn(move || read(part)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(crate::Error::corrupt(
+                                "<rollups>",
+                                0,
+                                "rollup reader panicked",
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut map: BTreeMap<Labels, Vec<RollupPoint>> = BTreeMap::new();
+        for m in maps {
+            for (l, pts) in m? {
+                map.entry(l).or_default().extend(pts);
             }
         }
         Ok(map
