@@ -291,19 +291,12 @@ fn reduce_groups(
     modifier: &Option<LabelModifier>,
     t: i64,
 ) -> Vec<Sample> {
-    let mut merged: crate::Grouped = Vec::with_capacity(groups.len());
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut merged = crate::GroupMerge::default();
     for (l, vals) in groups {
-        let key = group_labels(&l, modifier);
-        match index.get(&key) {
-            Some(&i) => merged[i].1.extend(vals),
-            None => {
-                index.insert(key.clone(), merged.len());
-                merged.push((key, vals));
-            }
-        }
+        merged.add(group_labels(&l, modifier), vals);
     }
     merged
+        .groups
         .into_iter()
         .map(|(labels, mut vals)| Sample {
             metric: Arc::new(labels),

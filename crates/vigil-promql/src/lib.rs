@@ -33,6 +33,29 @@ pub use vigil_tsdb::{CounterRun, RollupPoint};
 /// first appearance (see [`Storage::select_map_grouped`]).
 pub type Grouped = Vec<(Labels, Vec<f64>)>;
 
+/// Builds a [`Grouped`]: values added under their labels, groups in order of first addition.
+#[derive(Default)]
+pub(crate) struct GroupMerge {
+    pub(crate) groups: Grouped,
+    index: hashbrown::HashMap<Labels, usize>,
+}
+
+impl GroupMerge {
+    /// Appends `vals` to group `l` (a new group last; an empty new group is not made).
+    pub(crate) fn add(&mut self, l: Labels, vals: impl IntoIterator<Item = f64>) {
+        match self.index.get(&l) {
+            Some(&g) => self.groups[g].1.extend(vals),
+            None => {
+                let vals: Vec<f64> = vals.into_iter().collect();
+                if !vals.is_empty() {
+                    self.index.insert(l.clone(), self.groups.len());
+                    self.groups.push((l, vals));
+                }
+            }
+        }
+    }
+}
+
 /// Why a query failed. The variants map onto Prometheus' API error types.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -177,18 +200,11 @@ pub trait Storage {
         opts: MapOptions<'_>,
         f: &MapFn<'_>,
     ) -> Result<Grouped> {
-        let mut out: Grouped = Vec::new();
-        let mut index: std::collections::HashMap<Labels, usize> = Default::default();
+        let mut out = GroupMerge::default();
         for (l, v) in self.select_map(matchers, mint, maxt, budget, opts, f)? {
-            match index.get(&l) {
-                Some(&g) => out[g].1.push(v),
-                None => {
-                    index.insert(l.clone(), out.len());
-                    out.push((l, vec![v]));
-                }
-            }
+            out.add(l, [v]);
         }
-        Ok(out)
+        Ok(out.groups)
     }
 
     /// How far rollups at `resolution_ms` can stand in for raw samples: every sample before

@@ -127,11 +127,7 @@ impl crate::Storage for TsdbStorage<'_> {
                     return Ok((groups.into_labels(), values));
                 };
                 let (g, run) = next.map_err(|e| Error::Storage(e.to_string()))?;
-                let n = run.map_or(buf.len(), |r| r.samples);
-                let total = decoded.fetch_add(n, Ordering::Relaxed) + n;
-                if total > budget {
-                    return Err(Error::TooManySamples(total));
-                }
+                count_decoded(&decoded, run.map_or(buf.len(), |r| r.samples), budget)?;
                 let window = match run {
                     Some(r) => SeriesWindow::Run(r),
                     None => SeriesWindow::Samples(&mut buf),
@@ -145,24 +141,14 @@ impl crate::Storage for TsdbStorage<'_> {
             }
         };
         // Merged in part order: the order the ungrouped read would give.
-        let mut out: crate::Grouped = Vec::new();
-        let mut index: hashbrown::HashMap<Labels, usize> = hashbrown::HashMap::new();
+        let mut out = crate::GroupMerge::default();
         for r in run_parts(parts, maxt.saturating_sub(mint), per_part) {
             let (labels, values) = r?;
             for (l, vals) in labels.into_iter().zip(values) {
-                if vals.is_empty() {
-                    continue;
-                }
-                match index.get(&l) {
-                    Some(&g) => out[g].1.extend(vals),
-                    None => {
-                        index.insert(l.clone(), out.len());
-                        out.push((l, vals));
-                    }
-                }
+                out.add(l, vals);
             }
         }
-        Ok(out)
+        Ok(out.groups)
     }
 
     fn select_map_steps(
@@ -233,12 +219,17 @@ fn read(
         return Ok(None);
     };
     let (labels, run) = next.map_err(|e| Error::Storage(e.to_string()))?;
-    let n = run.map_or(buf.len(), |r| r.samples);
+    count_decoded(decoded, run.map_or(buf.len(), |r| r.samples), budget)?;
+    Ok(Some((labels, run)))
+}
+
+/// Adds `n` samples to the query's decoded count; an error past `budget`.
+fn count_decoded(decoded: &AtomicUsize, n: usize, budget: usize) -> Result<()> {
     let total = decoded.fetch_add(n, Ordering::Relaxed) + n;
     if total > budget {
         return Err(Error::TooManySamples(total));
     }
-    Ok(Some((labels, run)))
+    Ok(())
 }
 
 impl TsdbStorage<'_> {

@@ -345,16 +345,18 @@ impl SeriesPart {
     ) -> Option<Result<(usize, Option<CounterRun>)>> {
         loop {
             if let Some(series) = self.next_ref() {
-                let head = self.head.clone()?;
-                let sources = match self.read_head(&series, out, runs) {
+                let read = self.read_head(&series, out, runs);
+                // Borrowed, not cloned: no shared reference count touched per series.
+                let head = self.head.as_deref()?;
+                let sources = match read {
                     HeadRead::Done(r) => {
-                        let g = groups.of_head(&head, &series);
+                        let g = groups.of_head(head, &series);
                         return Some(r.map(|run| (g, run)));
                     }
                     HeadRead::Empty => continue,
                     HeadRead::Chunks(sources) => sources,
                 };
-                let g = groups.of_head(&head, &series);
+                let g = groups.of_head(head, &series);
                 let mut it = SampleIter::new(sources, Vec::new(), self.mint, self.maxt);
                 return Some(it.read_all(out).map(|()| (g, None)));
             }
