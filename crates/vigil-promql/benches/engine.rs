@@ -7,8 +7,12 @@
 //! VIGIL_BENCH_AGENTS=10000 VIGIL_BENCH_RUNS=20 cargo bench -p vigil-promql --bench engine
 //! VIGIL_BENCH_ONLY=rate …                               # only queries whose name contains it
 //! VIGIL_BENCH_RANGE=100x24 …                            # also 100 agents × 24 h of history
-//! VIGIL_BENCH_BASELINE=0 …                              # baseline once only (for profiling)
+//! VIGIL_BENCH_BASELINE=0 …                              # baseline once, no raw-only runs (profiling)
+//! VIGIL_BENCH_DIR=/tmp/eb …                             # keep the store there; reuse it next run
 //! ```
+//!
+//! With `VIGIL_BENCH_DIR` the loaded store is kept in that folder and a later run with the
+//! same folder skips loading (the scale variables are then ignored: the folder's data counts).
 //!
 //! With `VIGIL_BENCH_RANGE` the store first gets that much history (env `range`), maintained
 //! as it goes with rollups made of blocks older than `VIGIL_BENCH_DOWNSAMPLE_H` hours
@@ -57,11 +61,20 @@ fn main() {
         v.split_once('x')
             .and_then(|(a, h)| Some((a.parse().ok()?, h.parse().ok()?)))
     });
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start);
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("VIGIL_BENCH_DIR").map(std::path::PathBuf::from);
+    let dir = kept.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    // A kept store records the newest timestamps of its range and live data once loaded.
+    let marker = dir.join("bench-loaded");
+    let reused: Option<(Option<i64>, i64)> = std::fs::read_to_string(&marker).ok().and_then(|s| {
+        let mut it = s.split_whitespace().map(|x| x.parse::<i64>().ok());
+        let r = it.next()??;
+        Some(((r >= 0).then_some(r), it.next()??))
+    });
+    let clock = ManualClock::new(reused.map_or(start, |(_, last)| last));
     let downsample_h = env_num("VIGIL_BENCH_DOWNSAMPLE_H", 2) as u64;
     let db = Db::open(
-        dir.path(),
+        &dir,
         Options {
             clock: Arc::new(clock.clone()),
             maintenance_interval: None,
@@ -70,7 +83,10 @@ fn main() {
         },
     )
     .unwrap();
-    let range_end = range.map(|(agents, hours)| load_history(&db, &clock, agents, hours, start));
+    let range_end = match reused {
+        Some((r, _)) => r,
+        None => range.map(|(agents, hours)| load_history(&db, &clock, agents, hours, start)),
+    };
     let env = EnvId::new("live").unwrap();
     let lim = LabelLimits::default();
     let mut fleet = Fleet::new(FleetSpec {
@@ -102,7 +118,7 @@ fn main() {
     let mut buf = Vec::new();
     let mut last = start;
     let mut loaded = 0usize;
-    for s in 0..steps {
+    for s in 0..if reused.is_some() { 0 } else { steps } {
         let (n, newest) = write_round(&db, &mut fleet, &env, &mut buf);
         loaded += n;
         last = last.max(newest);
@@ -121,6 +137,13 @@ fn main() {
         "loaded {agents} agents × {steps} scrapes: {loaded} samples in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+    match reused {
+        Some((_, l)) => last = l,
+        None if kept.is_some() => {
+            std::fs::write(&marker, format!("{} {last}", range_end.unwrap_or(-1))).unwrap();
+        }
+        None => {}
+    }
     let at = last + 1_500;
     let engine = Engine::new(EngineOptions::default());
     let st = TsdbStorage::new(&db, "live");
@@ -300,7 +323,12 @@ fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&st
             (lat, n)
         };
         let (mut with, n) = time(&st);
-        let (mut without, n2) = time(&raw);
+        // VIGIL_BENCH_BASELINE=0 also skips the raw-only runs (profiling the rollup path).
+        let (mut without, n2) = if std::env::var("VIGIL_BENCH_BASELINE").is_ok_and(|v| v == "0") {
+            (vec![Duration::ZERO], n)
+        } else {
+            time(&raw)
+        };
         assert_eq!(n, n2, "{name}: rollups and raw disagree on the series");
         println!(
             "{name:<28} {:>9.1} / {:>7.1} {:>9.1} / {:>7.1} {n:>8}",

@@ -158,6 +158,8 @@ pub(crate) struct Evaluator<'a> {
     /// In a range query, a deferred selector's function values at every step, per series,
     /// computed on the first step (see `stream_steps`).
     step_values: RefCell<HashMap<usize, Arc<StepTable>>>,
+    /// Rollup table plans of deferred selectors, by selector (see `rollup::table_plan`).
+    pub(crate) table_plans: RefCell<HashMap<(usize, bool), Option<crate::rollup::TablePlan>>>,
     deadline: Instant,
     ticks: Cell<u32>,
     /// Whether instant selectors of a range query may be streamed (not when the query reads
@@ -179,6 +181,9 @@ pub(crate) const PROJECTABLE: [&str; 9] = [
 
 /// A streamed range function's values at every step of a range query, per series.
 pub(crate) type StepTable = Vec<(Metric, Vec<Option<f64>>)>;
+
+/// Passes one series' step values on while they fit the query's sample budget.
+pub(crate) type HeldFn<'a> = dyn Fn(Vec<Option<f64>>) -> Option<Vec<Option<f64>>> + Sync + 'a;
 
 /// A range selector read when its function is evaluated: matchers, time range, and the
 /// only labels its series need (`None`: all).
@@ -221,6 +226,7 @@ impl<'a> Evaluator<'a> {
             deferred: HashMap::new(),
             loaded_samples: Cell::new(0),
             step_values: RefCell::new(HashMap::new()),
+            table_plans: RefCell::new(HashMap::new()),
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
             stream_selectors: false,
@@ -389,7 +395,9 @@ impl<'a> Evaluator<'a> {
             }
             let budget = self.opts.max_samples.saturating_sub(loaded_samples);
             let max = self.opts.max_samples;
-            if let Some(m) = p.rollup {
+            if let Some(m) = p.rollup
+                && self.table_plan(&m.vs, ms(m.range), false).is_none()
+            {
                 let split = self.load_split(m, &matchers, budget).map_err(|e| match e {
                     Error::TooManySamples(_) => Error::TooManySamples(max),
                     e => e,
@@ -518,6 +526,11 @@ impl<'a> Evaluator<'a> {
         )
     }
 
+    /// Whether `vs` is read when its function is evaluated (streamed), not loaded up front.
+    pub(crate) fn is_deferred(&self, vs: &VectorSelector) -> bool {
+        self.deferred.contains_key(&(vs as *const _ as usize))
+    }
+
     /// Whether `vs` is streamed and read with only some labels (an aggregation's `by`).
     pub(crate) fn projected(&self, vs: &VectorSelector) -> bool {
         matches!(
@@ -542,6 +555,9 @@ impl<'a> Evaluator<'a> {
     fn selector_steps(&self, vs: &VectorSelector) -> Option<Result<Arc<StepTable>>> {
         if !self.deferred.contains_key(&(vs as *const _ as usize)) || self.step <= 0 {
             return None;
+        }
+        if let Some(t) = self.rollup_steps(vs, self.lookback, crate::rollup::StepKind::Latest) {
+            return Some(t);
         }
         let (start, step, lookback) = (self.start, self.step, self.lookback);
         let steps = (self.end - start) / step + 1;
@@ -574,6 +590,33 @@ impl<'a> Evaluator<'a> {
         drop_stale: bool,
         f: &crate::StepsFn<'_>,
     ) -> Option<Result<Arc<StepTable>>> {
+        self.table_with(vs, |matchers, mint, maxt, budget, keep, held| {
+            let unstale = |buf: &mut Vec<(i64, f64)>| {
+                if drop_stale {
+                    buf.retain(|&(_, v)| !is_stale_marker(v));
+                }
+                held(f(buf)?)
+            };
+            self.st
+                .select_map_steps(matchers, mint, maxt, budget, keep, &unstale)
+        })
+    }
+
+    /// A deferred selector's step table, made once by `read` (given the selector's matchers,
+    /// time range, sample budget, kept labels, and a check each series' values pass through:
+    /// they count against the budget like loaded samples) and kept for the other steps.
+    pub(crate) fn table_with(
+        &self,
+        vs: &VectorSelector,
+        read: impl FnOnce(
+            &[Matcher],
+            i64,
+            i64,
+            usize,
+            Option<&[String]>,
+            &HeldFn<'_>,
+        ) -> Result<Vec<(Labels, Vec<Option<f64>>)>>,
+    ) -> Option<Result<Arc<StepTable>>> {
         let key = vs as *const _ as usize;
         let (matchers, mint, maxt, keep) = self.deferred.get(&key)?;
         if let Some(t) = self.step_values.borrow().get(&key) {
@@ -581,24 +624,12 @@ impl<'a> Evaluator<'a> {
         }
         let max = self.opts.max_samples;
         let budget = max.saturating_sub(self.loaded_samples.get());
-        // The table's values count against the limit like loaded samples.
         let held = std::sync::atomic::AtomicUsize::new(0);
-        let unstale = |buf: &mut Vec<(i64, f64)>| {
-            if drop_stale {
-                buf.retain(|&(_, v)| !is_stale_marker(v));
-            }
-            let vals = f(buf)?;
+        let count = |vals: Vec<Option<f64>>| {
             let n = held.fetch_add(vals.len(), std::sync::atomic::Ordering::Relaxed);
             (n + vals.len() <= budget).then_some(vals)
         };
-        let found = match self.st.select_map_steps(
-            matchers,
-            *mint,
-            *maxt,
-            budget,
-            keep.as_deref(),
-            &unstale,
-        ) {
+        let found = match read(matchers, *mint, *maxt, budget, keep.as_deref(), &count) {
             Ok(v) => v,
             Err(Error::TooManySamples(_)) => return Some(Err(Error::TooManySamples(max))),
             Err(e) => return Some(Err(e)),

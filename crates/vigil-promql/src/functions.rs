@@ -154,7 +154,7 @@ fn extrapolated_rate(w: &[(i64, f64)], lo: i64, hi: i64, counter: bool, rate: bo
 
 /// Prometheus' extrapolation of `result` (the change over the samples of `run`, resets
 /// corrected) to the window `(lo, hi]`.
-fn extrapolate(
+pub(crate) fn extrapolate(
     run: &CounterRun,
     result: f64,
     lo: i64,
@@ -648,6 +648,32 @@ impl Evaluator<'_> {
                 .map(|b| b.as_ref())
                 .ok_or_else(|| Error::BadData(format!("missing argument {i} of {name}()")))
         };
+        // A range query's windows on rollup bucket boundaries: read as a table from rollups.
+        if let Some(kind) = crate::rollup::StepKind::of(name)
+            && let [a] = args.as_slice()
+            && let Expr::MatrixSelector(m) = unwrap_parens(a)
+            && let Some(table) = self.rollup_steps(&m.vs, ms(m.range), kind)
+        {
+            let k = ((t - self.start) / self.step) as usize;
+            let keep_name = name == "last_over_time";
+            let v = Value::Vector(
+                table?
+                    .iter()
+                    .filter_map(|(metric, vals)| {
+                        vals.get(k).copied().flatten().map(|v| Sample {
+                            metric: metric.clone(),
+                            t,
+                            v,
+                            drop_name: !keep_name,
+                        })
+                    })
+                    .collect(),
+            );
+            if matches!(name, "rate" | "increase") {
+                self.check_counter_names(a, &v);
+            }
+            return Ok(v);
+        }
         if crate::rollup::FUNCS.contains(&name)
             && let Some(v) = self.over_rollups(name, arg(0)?, t)?
         {

@@ -214,6 +214,60 @@ pub trait Storage {
         None
     }
 
+    /// [`rollup_cover`](Self::rollup_cover) for readers that need the points' edges
+    /// ([`RollupPoint::first`], [`RollupPoint::last_ts`], [`RollupPoint::resets`],
+    /// [`RollupPoint::stale_end`]). `None` by default.
+    fn rollup_edge_cover(&self, _resolution_ms: i64) -> Option<i64> {
+        None
+    }
+
+    /// A range query's per-series values read partly from rollups: `f` gets each series'
+    /// rollup points at `resolution_ms` with bucket ends in `[buckets.0, buckets.1]` and its
+    /// raw samples (staleness markers included) in `[raw.0, raw.1]` (either may be empty) and
+    /// returns its value at every step, if any. Labels are cut down to `keep` when given;
+    /// points and samples read count against `budget`. The default selects rollups and raw
+    /// samples and joins them by labels.
+    #[allow(clippy::too_many_arguments)]
+    fn select_rollup_steps(
+        &self,
+        matchers: &[Matcher],
+        resolution_ms: i64,
+        buckets: (i64, i64),
+        raw: (i64, i64),
+        budget: usize,
+        keep: Option<&[String]>,
+        f: &RollupStepsFn<'_>,
+    ) -> Result<Vec<(Labels, Vec<Option<f64>>)>> {
+        let points = self.select_rollups(matchers, buckets.0, buckets.1, resolution_ms)?;
+        let mut read: usize = points.iter().map(|(_, p)| p.len()).sum();
+        if read > budget {
+            return Err(Error::TooManySamples(budget));
+        }
+        let mut samples: hashbrown::HashMap<Labels, Vec<(i64, f64)>> = hashbrown::HashMap::new();
+        if raw.0 <= raw.1 {
+            for s in self.select(matchers, raw.0, raw.1, budget - read)? {
+                read += s.samples.len();
+                samples.insert(s.labels, s.samples);
+            }
+            if read > budget {
+                return Err(Error::TooManySamples(budget));
+            }
+        }
+        let mut out = Vec::with_capacity(points.len().max(samples.len()));
+        for (l, p) in points {
+            let mut buf = samples.remove(&l).unwrap_or_default();
+            if let Some(v) = f(&p, &mut buf) {
+                out.push((project(l, keep), v));
+            }
+        }
+        for (l, mut buf) in samples {
+            if let Some(v) = f(&[], &mut buf) {
+                out.push((project(l, keep), v));
+            }
+        }
+        Ok(out)
+    }
+
     /// Rollup points at `resolution_ms` of the series matching `matchers`, with bucket ends
     /// in `[mint, maxt]`, sorted by time. Only called after [`Storage::rollup_cover`] said
     /// rollups are usable.
@@ -245,6 +299,11 @@ fn project(labels: Labels, keep: Option<&[String]>) -> Labels {
 /// A per-series function for [`Storage::select_map_steps`]: given the series' samples (which
 /// it may change), its value at every step of the query, if it has any.
 pub type StepsFn<'a> = dyn Fn(&mut Vec<(i64, f64)>) -> Option<Vec<Option<f64>>> + Sync + 'a;
+
+/// A per-series function for [`Storage::select_rollup_steps`]: given the series' rollup
+/// points and raw samples (which it may change), its value at every step, if any.
+pub type RollupStepsFn<'a> =
+    dyn Fn(&[RollupPoint], &mut Vec<(i64, f64)>) -> Option<Vec<Option<f64>>> + Sync + 'a;
 
 /// A per-series function for [`Storage::select_map`]: given the series' samples (which it may
 /// change), its value, if any.

@@ -11,7 +11,7 @@
 //! range queries) there is no head, and the tail is the part the rollups do not cover yet.
 
 use hashbrown::HashMap;
-use promql_parser::parser::{Expr, MatrixSelector};
+use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
 use vigil_model::{Labels, Matcher, is_stale_marker};
 use vigil_tsdb::RollupPoint;
 
@@ -129,6 +129,221 @@ pub(crate) fn choose_split(
             let raw: i64 = s.raw.iter().map(|(a, b)| b - a).sum();
             raw / ASSUMED_INTERVAL_MS + (s.buckets.1 - s.buckets.0) / s.res
         })
+}
+
+/// How a range query's windows are read as a table (see [`table_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TablePlan {
+    /// Rollup resolution, ms.
+    pub res: i64,
+    /// The newest bucket end whose bucket is complete in the rollups.
+    pub last_whole: i64,
+    /// Bucket ends read, `[from, to]`.
+    pub buckets: (i64, i64),
+    /// Raw samples read, `[from, to]` (empty when `from > to`).
+    pub raw: (i64, i64),
+}
+
+/// Plans a range query's windows `(r − range, r]`, `r` = `first + k·step` for `k` below
+/// `steps`, as whole rollup buckets up to the rollups' cover and raw samples after it. Only
+/// for windows on bucket boundaries (`first`, `step` and `range` multiples of the
+/// resolution — Grafana aligns range queries to their step), so that no raw head is needed;
+/// `None` when no resolution fits or the rollups would save too little.
+pub(crate) fn table_plan(
+    first: i64,
+    steps: i64,
+    step: i64,
+    range: i64,
+    resolutions: &[i64],
+    cover: impl Fn(i64) -> Option<i64>,
+) -> Option<TablePlan> {
+    let last = first.checked_add(steps.checked_sub(1)?.checked_mul(step)?)?;
+    let lo_first = first.checked_sub(range)?;
+    resolutions
+        .iter()
+        .filter(|&&res| {
+            range >= res && range % res == 0 && step % res == 0 && first.rem_euclid(res) == 0
+        })
+        .filter_map(|&res| {
+            let last_whole = floor_to(cover(res)?.checked_sub(1)?, res);
+            if last_whole <= lo_first {
+                return None;
+            }
+            let raw_from = lo_first.max(last_whole);
+            let raw_len = last.saturating_sub(raw_from).max(0);
+            if raw_len.saturating_mul(2) > last - lo_first {
+                return None;
+            }
+            Some(TablePlan {
+                res,
+                last_whole,
+                buckets: (lo_first + 1, last.min(last_whole)),
+                raw: (raw_from + 1, last),
+            })
+        })
+        .min_by_key(|p| {
+            let raw = (p.raw.1 - p.raw.0 + 1).max(0);
+            raw / ASSUMED_INTERVAL_MS + (p.buckets.1 - p.buckets.0) / p.res
+        })
+}
+
+/// What a rollup table computes for each window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StepKind<'a> {
+    /// One of [`FUNCS`].
+    Over(&'a str),
+    /// `rate` / `increase` (`counter`), `delta`.
+    Change { counter: bool, rate: bool },
+    /// An instant selector: the newest sample in the window unless a staleness marker.
+    Latest,
+}
+
+impl StepKind<'_> {
+    /// The table kind for function `name`, if rollups can answer it.
+    pub(crate) fn of(name: &str) -> Option<StepKind<'_>> {
+        match name {
+            "rate" => Some(StepKind::Change {
+                counter: true,
+                rate: true,
+            }),
+            "increase" => Some(StepKind::Change {
+                counter: true,
+                rate: false,
+            }),
+            "delta" => Some(StepKind::Change {
+                counter: false,
+                rate: false,
+            }),
+            f if FUNCS.contains(&f) => Some(StepKind::Over(f)),
+            _ => None,
+        }
+    }
+
+    /// Whether the kind needs the points' edges.
+    pub(crate) fn needs_edges(&self) -> bool {
+        !matches!(self, StepKind::Over(_))
+    }
+}
+
+/// First and last sample, count and reset correction of a window, gathered from raw
+/// samples and whole buckets in time order: what `rate`, `increase` and `delta` need.
+#[derive(Default)]
+struct Change {
+    first: (i64, f64),
+    last: (i64, f64),
+    samples: usize,
+    resets: f64,
+}
+
+impl Change {
+    fn sample(&mut self, t: i64, v: f64) {
+        if self.samples == 0 {
+            self.first = (t, v);
+        } else if v < self.last.1 {
+            self.resets += self.last.1;
+        }
+        self.last = (t, v);
+        self.samples += 1;
+    }
+
+    fn bucket(&mut self, p: &RollupPoint) {
+        if p.count == 0 {
+            return;
+        }
+        if self.samples == 0 {
+            self.first = (p.first_ts, p.first);
+        } else if p.first < self.last.1 {
+            self.resets += self.last.1;
+        }
+        self.resets += p.resets;
+        self.last = (p.last_ts, p.last);
+        self.samples += p.count as usize;
+    }
+
+    fn value(&self, counter: bool, rate: bool, lo: i64, hi: i64) -> Option<f64> {
+        let run = vigil_tsdb::CounterRun {
+            first: self.first,
+            last: self.last,
+            samples: self.samples,
+        };
+        let mut result = self.last.1 - self.first.1;
+        if counter {
+            result += self.resets;
+        }
+        crate::functions::extrapolate(&run, result, lo, hi, counter, rate)
+    }
+}
+
+/// One series' values at every step of a [`TablePlan`]: `pts` its rollup points, `raw` its
+/// raw samples (staleness markers included), both in time order. `None` when it has none.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn step_values(
+    kind: StepKind<'_>,
+    plan: &TablePlan,
+    first: i64,
+    step: i64,
+    steps: i64,
+    range: i64,
+    pts: &[RollupPoint],
+    raw: &[(i64, f64)],
+) -> Option<Vec<Option<f64>>> {
+    let mut any = false;
+    // Windows only move forward: four cursors, each advanced past what the window excludes.
+    let (mut b_lo, mut b_hi, mut r_lo, mut r_hi) = (0usize, 0usize, 0usize, 0usize);
+    let vals = (0..steps)
+        .map(|k| {
+            let r = first + k * step;
+            let lo = r - range;
+            let (bucket_hi, raw_lo) = (r.min(plan.last_whole), lo.max(plan.last_whole));
+            while b_lo < pts.len() && pts[b_lo].ts_ms <= lo {
+                b_lo += 1;
+            }
+            b_hi = b_hi.max(b_lo);
+            while b_hi < pts.len() && pts[b_hi].ts_ms <= bucket_hi {
+                b_hi += 1;
+            }
+            while r_lo < raw.len() && raw[r_lo].0 <= raw_lo {
+                r_lo += 1;
+            }
+            r_hi = r_hi.max(r_lo);
+            while r_hi < raw.len() && raw[r_hi].0 <= r {
+                r_hi += 1;
+            }
+            let (buckets, samples) = (&pts[b_lo..b_hi], &raw[r_lo..r_hi]);
+            let live = samples.iter().filter(|s| !is_stale_marker(s.1));
+            let v = match kind {
+                StepKind::Over(func) => {
+                    let mut acc = Acc::default();
+                    for p in buckets.iter().filter(|p| p.count > 0) {
+                        acc.part(u64::from(p.count), p.sum, p.min, p.max, p.last);
+                    }
+                    for &(_, v) in live {
+                        acc.part(1, v, v, v, v);
+                    }
+                    acc.value(func)
+                }
+                StepKind::Change { counter, rate } => {
+                    let mut c = Change::default();
+                    for p in buckets {
+                        c.bucket(p);
+                    }
+                    for &(t, v) in live {
+                        c.sample(t, v);
+                    }
+                    c.value(counter, rate, lo, r)
+                }
+                // The newest sample is the newest raw one, else the newest bucket's last.
+                StepKind::Latest => match (samples.last(), buckets.last()) {
+                    (Some(&(_, v)), _) => (!is_stale_marker(v)).then_some(v),
+                    (None, Some(p)) => (p.count > 0 && !p.stale_end).then_some(p.last),
+                    _ => None,
+                },
+            };
+            any |= v.is_some();
+            v
+        })
+        .collect();
+    any.then_some(vals)
 }
 
 /// A series' raw samples and rollup points while they are gathered.
@@ -275,6 +490,62 @@ impl Evaluator<'_> {
         Ok(Some((data, rl, loaded)))
     }
 
+    /// The rollup table plan (see [`table_plan`]) for windows of `range` over selector `vs`
+    /// at this range query's steps; `None` in instant queries, with `@`, or when no plan fits.
+    pub(crate) fn table_plan(
+        &self,
+        vs: &VectorSelector,
+        range: i64,
+        edges: bool,
+    ) -> Option<TablePlan> {
+        let key = (vs as *const VectorSelector as usize, edges);
+        if let Some(p) = self.table_plans.borrow().get(&key) {
+            return *p;
+        }
+        let plan = (self.step > 0 && self.end > self.start && vs.at.is_none())
+            .then(|| {
+                let first = self.start.checked_sub(offset_ms(&vs.offset))?;
+                let steps = (self.end - self.start) / self.step + 1;
+                let st = self.storage();
+                table_plan(first, steps, self.step, range, &RESOLUTIONS, |res| {
+                    if edges {
+                        st.rollup_edge_cover(res)
+                    } else {
+                        st.rollup_cover(res)
+                    }
+                })
+            })
+            .flatten();
+        self.table_plans.borrow_mut().insert(key, plan);
+        plan
+    }
+
+    /// A deferred selector's values at every step of this range query, computed as `kind`
+    /// over windows of `range` from rollups and the raw samples after them; `None` when the
+    /// selector is not deferred or no rollup table plan fits (see [`table_plan`]).
+    pub(crate) fn rollup_steps(
+        &self,
+        vs: &VectorSelector,
+        range: i64,
+        kind: StepKind<'_>,
+    ) -> Option<Result<std::sync::Arc<crate::eval::StepTable>>> {
+        if !self.is_deferred(vs) {
+            return None;
+        }
+        let plan = self.table_plan(vs, range, kind.needs_edges())?;
+        let first = self.start - offset_ms(&vs.offset);
+        let (step, steps) = (self.step, (self.end - self.start) / self.step + 1);
+        let st = self.storage();
+        self.table_with(vs, |matchers, _, _, budget, keep, held| {
+            let f = |pts: &[RollupPoint], raw: &mut Vec<(i64, f64)>| {
+                held(step_values(
+                    kind, &plan, first, step, steps, range, pts, raw,
+                )?)
+            };
+            st.select_rollup_steps(matchers, plan.res, plan.buckets, plan.raw, budget, keep, &f)
+        })
+    }
+
     /// Evaluates `func` (one of [`FUNCS`]) at `t` when its argument was loaded with
     /// rollups; `None` when it was not.
     pub(crate) fn over_rollups(&self, func: &str, arg: &Expr, t: i64) -> Result<Option<Value>> {
@@ -298,7 +569,7 @@ impl Evaluator<'_> {
             acc.samples(window(&s.points, lo, a));
             let from = pts.partition_point(|p| p.ts_ms <= a);
             let to = pts.partition_point(|p| p.ts_ms <= b);
-            for p in &pts[from..to.max(from)] {
+            for p in pts[from..to.max(from)].iter().filter(|p| p.count > 0) {
                 acc.part(u64::from(p.count), p.sum, p.min, p.max, p.last);
             }
             acc.samples(window(&s.points, b, r));

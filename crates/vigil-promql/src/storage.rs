@@ -27,6 +27,12 @@ impl crate::Storage for TsdbStorage<'_> {
             .rollup_cover(resolution_ms)
     }
 
+    fn rollup_edge_cover(&self, resolution_ms: i64) -> Option<i64> {
+        self.db
+            .querier(self.env, i64::MIN, i64::MAX)
+            .rollup_edge_cover(resolution_ms)
+    }
+
     fn select_rollups(
         &self,
         matchers: &[Matcher],

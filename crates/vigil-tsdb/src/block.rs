@@ -79,6 +79,12 @@ pub struct BlockMeta {
     /// answer queries.
     #[serde(default)]
     pub bucket_end: bool,
+    /// Rollup blocks whose every point also holds its bucket's first and last sample,
+    /// counter-reset correction and trailing staleness (see [`crate::RollupPoint`]), so that
+    /// whole buckets answer `rate`, `increase`, `delta` and instant selectors exactly.
+    /// Rollups written before (false) are used only where these are not needed.
+    #[serde(default)]
+    pub edges: bool,
     /// Ids of the blocks this one was compacted from.
     #[serde(default)]
     pub sources: Vec<String>,
@@ -162,6 +168,7 @@ fn empty_meta() -> BlockMeta {
         ts_column_bytes: 0,
         downsampled: false,
         bucket_end: false,
+        edges: false,
         sources: Vec::new(),
     }
 }
@@ -187,6 +194,8 @@ pub(crate) struct BlockWriter {
     /// Rollup points not known to be exact end-keyed buckets (copied from rollups written
     /// before `bucket_end`, or merged from overlapping ones): the block is left unmarked.
     pub(crate) unsure_buckets: bool,
+    /// Rollup points copied from rollups written without their buckets' edges.
+    pub(crate) unsure_edges: bool,
 }
 
 impl BlockWriter {
@@ -226,6 +235,7 @@ impl BlockWriter {
             max_chunk_samples: max_chunk_samples.max(1),
             ts_columns: HashMap::new(),
             unsure_buckets: false,
+            unsure_edges: false,
             meta: BlockMeta {
                 id,
                 range_start,
@@ -381,11 +391,11 @@ impl BlockWriter {
             self.buf.clear();
             let enc = if part.len() < codec::ROLLUP_PLAIN_MAX {
                 codec::encode_rollup_plain(part, &mut self.buf);
-                Encoding::RollupPlain
+                Encoding::RollupPlainEdges
             } else {
                 codec::encode_rollup(part, &mut self.buf);
                 self.meta.pco_chunks += 1;
-                Encoding::RollupPco
+                Encoding::RollupPcoEdges
             };
             let m = self.write_chunk(enc, part[0].ts_ms, part[part.len() - 1].ts_ms, part.len())?;
             metas.push(m);
@@ -456,6 +466,7 @@ impl BlockWriter {
         self.meta.sources = sources;
         self.meta.downsampled = downsampled;
         self.meta.bucket_end = self.meta.resolution_ms > 0 && !self.unsure_buckets;
+        self.meta.edges = self.meta.bucket_end && !self.unsure_edges;
         write_meta(&self.tmp, &self.meta)?;
         sync_dir(&self.tmp)?;
         fs::rename(&self.tmp, &self.dir)
@@ -764,7 +775,7 @@ impl Block {
         let (mut buf, mut out, mut pts) = (Vec::new(), Vec::new(), Vec::new());
         for s in &self.series {
             for c in s.chunks.iter() {
-                if c.enc == Encoding::RollupPco as u8 || c.enc == Encoding::RollupPlain as u8 {
+                if codec::is_rollup(c.enc) {
                     self.decode_rollup_chunk(c, &mut buf, &mut pts)?;
                 } else {
                     self.decode_chunk(c, &mut buf, &mut out)?;

@@ -5,8 +5,10 @@
 //! as a pcodec column stored once per block and shared by every series with identical
 //! timestamps — all series of one agent). The block writer encodes both ways and keeps the
 //! smaller, so the choice is a measurement made for every chunk; the benchmark prints the totals
-//! of each. [`Encoding::Pco`] (both columns inline) is still read. Rollups (downsampled data) use [`Encoding::RollupPco`] (six pcodec columns), or
-//! [`Encoding::RollupPlain`] when short.
+//! of each. [`Encoding::Pco`] (both columns inline) is still read. Rollups (downsampled data) use
+//! [`Encoding::RollupPcoEdges`] (eleven pcodec columns), or [`Encoding::RollupPlainEdges`]
+//! when short; [`Encoding::RollupPco`] and [`Encoding::RollupPlain`] (written before rollups
+//! kept their buckets' edges) are still read.
 //!
 //! Decoding takes untrusted bytes (checksums are verified by the caller first, but the decoders
 //! still bound every length) and never panics.
@@ -33,6 +35,25 @@ pub enum Encoding {
     /// from 0). Chunks of fewer than [`ROLLUP_PLAIN_MAX`] points use it: pcodec's six
     /// stream headers cost more than they save there, and it decodes without setup.
     RollupPlain = 5,
+    /// [`Encoding::RollupPco`] followed by five more pcodec columns: `ts − first_ts`,
+    /// `first`, `ts − last_ts`, `resets` and `stale_end` (0 or 1).
+    RollupPcoEdges = 6,
+    /// [`Encoding::RollupPlain`] with each point followed by `[varint ts − first_ts]`
+    /// `[f64 LE first][varint ts − last_ts][f64 LE resets][u8 stale_end]`.
+    RollupPlainEdges = 7,
+}
+
+/// Whether `enc` (a stored encoding byte) holds rollup points.
+pub fn is_rollup(enc: u8) -> bool {
+    matches!(
+        Encoding::from_u8(enc),
+        Some(
+            Encoding::RollupPco
+                | Encoding::RollupPlain
+                | Encoding::RollupPcoEdges
+                | Encoding::RollupPlainEdges
+        )
+    )
 }
 
 /// Rollup chunks with fewer points than this are stored as [`Encoding::RollupPlain`].
@@ -47,6 +68,8 @@ impl Encoding {
             3 => Some(Self::RollupPco),
             4 => Some(Self::PcoSharedTs),
             5 => Some(Self::RollupPlain),
+            6 => Some(Self::RollupPcoEdges),
+            7 => Some(Self::RollupPlainEdges),
             _ => None,
         }
     }
@@ -73,12 +96,44 @@ pub struct RollupPoint {
     pub count: u32,
     /// Last value in the bucket.
     pub last: f64,
+    /// Time of the first sample in the bucket (staleness markers excluded). Rollups written
+    /// before buckets kept their edges decode with `i64::MIN` here and NaN in `first` and
+    /// `resets`; their blocks are not marked `edges` and such points never answer queries
+    /// that need these fields.
+    pub first_ts: i64,
+    /// First value in the bucket.
+    pub first: f64,
+    /// Time of the last sample in the bucket (staleness markers excluded).
+    pub last_ts: i64,
+    /// Counter-reset correction of the bucket, as `rate` makes it: the sum of every
+    /// sample's predecessor where the value went down.
+    pub resets: f64,
+    /// Whether the bucket's newest sample is a staleness marker. A point whose bucket holds
+    /// only staleness markers has `count` 0 (its other values mean nothing).
+    pub stale_end: bool,
 }
 
 impl RollupPoint {
     /// The bucket holding the samples of `self` followed by those of `later` (same bucket,
     /// disjoint samples, `later`'s all newer).
     pub fn combine(&self, later: &RollupPoint) -> RollupPoint {
+        if later.count == 0 {
+            return RollupPoint {
+                stale_end: later.stale_end,
+                ..*self
+            };
+        }
+        if self.count == 0 {
+            return RollupPoint {
+                ts_ms: self.ts_ms,
+                ..*later
+            };
+        }
+        // `rate`'s order: this part's resets, the step between the parts, then the later's.
+        let mut resets = self.resets;
+        if later.first < self.last {
+            resets += self.last;
+        }
         RollupPoint {
             ts_ms: self.ts_ms,
             min: self.min.min(later.min),
@@ -86,9 +141,74 @@ impl RollupPoint {
             sum: self.sum + later.sum,
             count: self.count.saturating_add(later.count),
             last: later.last,
+            first_ts: self.first_ts,
+            first: self.first,
+            last_ts: later.last_ts,
+            resets: resets + later.resets,
+            stale_end: later.stale_end,
         }
     }
+
+    /// A bucket ending at `end` holding one sample.
+    pub fn of_sample(end: i64, t: i64, v: f64) -> RollupPoint {
+        RollupPoint {
+            ts_ms: end,
+            min: v,
+            max: v,
+            sum: v,
+            count: 1,
+            last: v,
+            first_ts: t,
+            first: v,
+            last_ts: t,
+            resets: 0.0,
+            stale_end: false,
+        }
+    }
+
+    /// A bucket ending at `end` holding only staleness markers.
+    pub fn only_stale(end: i64) -> RollupPoint {
+        RollupPoint {
+            ts_ms: end,
+            min: f64::NAN,
+            max: f64::NAN,
+            sum: 0.0,
+            count: 0,
+            last: f64::NAN,
+            first_ts: end,
+            first: f64::NAN,
+            last_ts: end,
+            resets: 0.0,
+            stale_end: true,
+        }
+    }
+
+    /// Adds the next sample of the bucket (newer than every sample in it); staleness
+    /// markers only mark the bucket as ending stale.
+    pub fn push(&mut self, t: i64, v: f64) {
+        if vigil_model::is_stale_marker(v) {
+            self.stale_end = true;
+            return;
+        }
+        if self.count == 0 {
+            *self = RollupPoint::of_sample(self.ts_ms, t, v);
+            return;
+        }
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sum += v;
+        self.count += 1;
+        if v < self.last {
+            self.resets += self.last;
+        }
+        self.last = v;
+        self.last_ts = t;
+        self.stale_end = false;
+    }
 }
+
+/// Edge fields of points decoded from rollups written before buckets kept them.
+const NO_EDGES: (i64, f64, i64, f64) = (i64::MIN, f64::NAN, i64::MIN, f64::NAN);
 
 /// Reusable buffers for encoding and decoding, so the hot loops allocate once.
 #[derive(Debug, Default)]
@@ -229,14 +349,15 @@ pub fn decode(enc: Encoding, buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()
             out.extend(ts.into_iter().zip(vals));
             Ok(())
         }
-        Encoding::RollupPco | Encoding::RollupPlain => {
-            Err(DecodeError("rollup chunk read as raw samples".into()))
-        }
+        Encoding::RollupPco
+        | Encoding::RollupPlain
+        | Encoding::RollupPcoEdges
+        | Encoding::RollupPlainEdges => Err(DecodeError("rollup chunk read as raw samples".into())),
         Encoding::PcoSharedTs => Err(DecodeError("shared-timestamp chunk needs its block".into())),
     }
 }
 
-/// Encodes rollup points.
+/// Encodes rollup points ([`Encoding::RollupPcoEdges`]).
 pub fn encode_rollup(points: &[RollupPoint], out: &mut Vec<u8>) {
     put_uvarint(out, points.len() as u64);
     let ts: Vec<i64> = points.iter().map(|p| p.ts_ms).collect();
@@ -253,9 +374,25 @@ pub fn encode_rollup(points: &[RollupPoint], out: &mut Vec<u8>) {
     put_bytes(out, &pco_u32(&counts));
     let last: Vec<f64> = points.iter().map(|p| p.last).collect();
     put_bytes(out, &pco_f64(&last));
+    let first_off: Vec<i64> = points
+        .iter()
+        .map(|p| p.ts_ms.wrapping_sub(p.first_ts))
+        .collect();
+    put_bytes(out, &pco_i64(&first_off));
+    let first: Vec<f64> = points.iter().map(|p| p.first).collect();
+    put_bytes(out, &pco_f64(&first));
+    let last_off: Vec<i64> = points
+        .iter()
+        .map(|p| p.ts_ms.wrapping_sub(p.last_ts))
+        .collect();
+    put_bytes(out, &pco_i64(&last_off));
+    let resets: Vec<f64> = points.iter().map(|p| p.resets).collect();
+    put_bytes(out, &pco_f64(&resets));
+    let stale: Vec<u32> = points.iter().map(|p| u32::from(p.stale_end)).collect();
+    put_bytes(out, &pco_u32(&stale));
 }
 
-/// Encodes a few rollup points plainly ([`Encoding::RollupPlain`]).
+/// Encodes a few rollup points plainly ([`Encoding::RollupPlainEdges`]).
 pub fn encode_rollup_plain(points: &[RollupPoint], out: &mut Vec<u8>) {
     put_uvarint(out, points.len() as u64);
     let mut prev = 0i64;
@@ -267,6 +404,11 @@ pub fn encode_rollup_plain(points: &[RollupPoint], out: &mut Vec<u8>) {
         }
         put_uvarint(out, u64::from(p.count));
         out.extend_from_slice(&p.last.to_le_bytes());
+        put_varint(out, p.ts_ms.wrapping_sub(p.first_ts));
+        out.extend_from_slice(&p.first.to_le_bytes());
+        put_varint(out, p.ts_ms.wrapping_sub(p.last_ts));
+        out.extend_from_slice(&p.resets.to_le_bytes());
+        out.push(u8::from(p.stale_end));
     }
 }
 
@@ -276,13 +418,23 @@ pub fn decode_rollup_as(
     buf: &[u8],
     out: &mut Vec<RollupPoint>,
 ) -> Result<(), DecodeError> {
-    if enc != Encoding::RollupPlain as u8 {
-        return decode_rollup(buf, out);
-    }
+    let edges = match Encoding::from_u8(enc) {
+        Some(Encoding::RollupPlain) => false,
+        Some(Encoding::RollupPlainEdges) => true,
+        Some(Encoding::RollupPco) => return decode_rollup_columns(buf, false, out),
+        Some(Encoding::RollupPcoEdges) => return decode_rollup_columns(buf, true, out),
+        _ => {
+            return Err(DecodeError(format!(
+                "encoding {enc} is not a rollup encoding"
+            )));
+        }
+    };
     let mut r = Reader::new(buf);
     let bad = |what: &str| DecodeError(format!("plain rollup chunk: truncated {what}"));
-    // At least 34 bytes per point: the count is bounded by the input.
-    let n = r.count(34).ok_or_else(|| bad("point count"))?;
+    // At least 34 (53 with edges) bytes per point: the count is bounded by the input.
+    let n = r
+        .count(if edges { 53 } else { 34 })
+        .ok_or_else(|| bad("point count"))?;
     out.reserve(n);
     let mut ts = 0i64;
     for _ in 0..n {
@@ -293,6 +445,23 @@ pub fn decode_rollup_as(
         let count = u32::try_from(count)
             .map_err(|_| DecodeError(format!("plain rollup chunk: count {count} too large")))?;
         let last = r.u64_le().map(f64::from_bits).ok_or_else(|| bad("last"))?;
+        let (first_ts, first, last_ts, resets, stale_end) = if edges {
+            let first_ts = ts.wrapping_sub(r.varint().ok_or_else(|| bad("first time"))?);
+            let first = r.u64_le().map(f64::from_bits).ok_or_else(|| bad("first"))?;
+            let last_ts = ts.wrapping_sub(r.varint().ok_or_else(|| bad("last time"))?);
+            let resets = r
+                .u64_le()
+                .map(f64::from_bits)
+                .ok_or_else(|| bad("resets"))?;
+            let stale = match r.u8().ok_or_else(|| bad("stale flag"))? {
+                0 => false,
+                1 => true,
+                b => return Err(DecodeError(format!("plain rollup chunk: stale flag {b}"))),
+            };
+            (first_ts, first, last_ts, resets, stale)
+        } else {
+            (NO_EDGES.0, NO_EDGES.1, NO_EDGES.2, NO_EDGES.3, false)
+        };
         out.push(RollupPoint {
             ts_ms: ts,
             min,
@@ -300,13 +469,27 @@ pub fn decode_rollup_as(
             sum,
             count,
             last,
+            first_ts,
+            first,
+            last_ts,
+            resets,
+            stale_end,
         });
     }
     Ok(())
 }
 
-/// Decodes rollup points, appending to `out`.
+/// Decodes [`Encoding::RollupPcoEdges`] points, appending to `out`.
 pub fn decode_rollup(buf: &[u8], out: &mut Vec<RollupPoint>) -> Result<(), DecodeError> {
+    decode_rollup_columns(buf, true, out)
+}
+
+/// Decodes pcodec rollup columns (five more with `edges`), appending to `out`.
+fn decode_rollup_columns(
+    buf: &[u8],
+    edges: bool,
+    out: &mut Vec<RollupPoint>,
+) -> Result<(), DecodeError> {
     let mut r = Reader::new(buf);
     let n = r
         .uvarint()
@@ -320,6 +503,7 @@ pub fn decode_rollup(buf: &[u8], out: &mut Vec<RollupPoint>) -> Result<(), Decod
     let sum: Vec<f64> = decode_col(&mut r, n, "sum")?;
     let count: Vec<u32> = decode_col(&mut r, n, "count")?;
     let last: Vec<f64> = decode_col(&mut r, n, "last")?;
+    let base = out.len();
     out.extend((0..n).map(|i| RollupPoint {
         ts_ms: ts[i],
         min: min[i],
@@ -327,7 +511,42 @@ pub fn decode_rollup(buf: &[u8], out: &mut Vec<RollupPoint>) -> Result<(), Decod
         sum: sum[i],
         count: count[i],
         last: last[i],
+        first_ts: NO_EDGES.0,
+        first: NO_EDGES.1,
+        last_ts: NO_EDGES.2,
+        resets: NO_EDGES.3,
+        stale_end: false,
     }));
+    if edges {
+        let edge_cols = (|| -> Result<_, DecodeError> {
+            let first_off: Vec<i64> = decode_col(&mut r, n, "first time")?;
+            let first: Vec<f64> = decode_col(&mut r, n, "first")?;
+            let last_off: Vec<i64> = decode_col(&mut r, n, "last time")?;
+            let resets: Vec<f64> = decode_col(&mut r, n, "resets")?;
+            let stale: Vec<u32> = decode_col(&mut r, n, "stale flag")?;
+            if stale.iter().any(|&b| b > 1) {
+                return Err(DecodeError(
+                    "rollup stale flag column holds a value other than 0 or 1".into(),
+                ));
+            }
+            Ok((first_off, first, last_off, resets, stale))
+        })();
+        let (first_off, first, last_off, resets, stale) = match edge_cols {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing half-decoded is left behind.
+                out.truncate(base);
+                return Err(e);
+            }
+        };
+        for (i, p) in out[base..].iter_mut().enumerate() {
+            p.first_ts = p.ts_ms.wrapping_sub(first_off[i]);
+            p.first = first[i];
+            p.last_ts = p.ts_ms.wrapping_sub(last_off[i]);
+            p.resets = resets[i];
+            p.stale_end = stale[i] == 1;
+        }
+    }
     Ok(())
 }
 
@@ -383,22 +602,106 @@ mod tests {
                 sum: 30.0,
                 count: 30,
                 last: 1.5,
+                first_ts: i * 300_000 - 290_000,
+                first: 0.5,
+                last_ts: i * 300_000 - (i % 3) * 10_000,
+                resets: (i % 4) as f64 * 7.0,
+                stale_end: i % 5 == 0,
             })
             .collect();
         let mut out = Vec::new();
         encode_rollup(&pts, &mut out);
         let mut back = Vec::new();
-        decode_rollup(&out, &mut back).unwrap();
+        decode_rollup_as(Encoding::RollupPcoEdges as u8, &out, &mut back).unwrap();
         assert_eq!(back, pts);
         out.clear();
         back.clear();
         encode_rollup_plain(&pts, &mut out);
-        decode_rollup_as(Encoding::RollupPlain as u8, &out, &mut back).unwrap();
+        decode_rollup_as(Encoding::RollupPlainEdges as u8, &out, &mut back).unwrap();
         assert_eq!(back, pts);
         // Truncated anywhere: an error, never a panic or a partial point.
         for cut in 0..out.len() {
             let mut part = Vec::new();
-            assert!(decode_rollup_as(Encoding::RollupPlain as u8, &out[..cut], &mut part).is_err());
+            let r = decode_rollup_as(Encoding::RollupPlainEdges as u8, &out[..cut], &mut part);
+            assert!(r.is_err());
+        }
+        // A raw-sample encoding is refused.
+        assert!(decode_rollup_as(Encoding::Xor as u8, &out, &mut back).is_err());
+    }
+
+    #[test]
+    fn rollups_written_before_edges_still_decode() {
+        // The plain layout without edges: ts delta, min, max, sum, count, last.
+        let mut old = Vec::new();
+        put_uvarint(&mut old, 2);
+        for (d, v) in [(300_000i64, 1.0f64), (300_000, 2.0)] {
+            put_varint(&mut old, d);
+            for f in [v, v + 1.0, v * 3.0] {
+                old.extend_from_slice(&f.to_le_bytes());
+            }
+            put_uvarint(&mut old, 3);
+            old.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut back = Vec::new();
+        decode_rollup_as(Encoding::RollupPlain as u8, &old, &mut back).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (back[1].ts_ms, back[1].max, back[1].count),
+            (600_000, 3.0, 3)
+        );
+        assert_eq!((back[1].first_ts, back[1].last_ts), (i64::MIN, i64::MIN));
+        assert!(back[1].resets.is_nan() && !back[1].stale_end);
+    }
+
+    #[test]
+    fn buckets_combine_like_one_bucket() {
+        // Samples of one bucket, split anywhere into two parts, combine into the point the
+        // whole bucket makes: resets across the split included, a trailing marker kept.
+        let st = vigil_model::stale_marker();
+        let samples = [
+            (1, 5.0),
+            (2, 7.0),
+            (3, 2.0),
+            (4, st),
+            (5, 9.0),
+            (6, 1.0),
+            (7, st),
+        ];
+        let build = |part: &[(i64, f64)]| {
+            let mut p: Option<RollupPoint> = None;
+            for &(t, v) in part {
+                match p.as_mut() {
+                    Some(p) => p.push(t, v),
+                    None if vigil_model::is_stale_marker(v) => {
+                        p = Some(RollupPoint::only_stale(10))
+                    }
+                    None => p = Some(RollupPoint::of_sample(10, t, v)),
+                }
+            }
+            p
+        };
+        let whole = build(&samples).unwrap();
+        assert_eq!(
+            (whole.count, whole.resets, whole.stale_end),
+            (5, 7.0 + 9.0, true)
+        );
+        assert_eq!((whole.first_ts, whole.last_ts, whole.last), (1, 6, 1.0));
+        for cut in 1..samples.len() {
+            let (a, b) = samples.split_at(cut);
+            let got = build(a).unwrap().combine(&build(b).unwrap());
+            let key = |p: &RollupPoint| {
+                (
+                    p.count,
+                    p.first_ts,
+                    p.first.to_bits(),
+                    p.last_ts,
+                    p.last.to_bits(),
+                    p.resets.to_bits(),
+                    p.stale_end,
+                    p.max.to_bits(),
+                )
+            };
+            assert_eq!(key(&got), key(&whole), "split at {cut}");
         }
     }
 
@@ -423,41 +726,56 @@ mod tests {
         }
 
         #[test]
-        fn plain_rollups_roundtrip_bit_exact(
+        fn rollups_roundtrip_bit_exact(
             pts in proptest::collection::vec(
-                (any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>()),
+                (
+                    (any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>()),
+                    (any::<i64>(), any::<u64>(), any::<i64>(), any::<u64>(), any::<bool>()),
+                ),
                 0..80,
             ),
         ) {
             let pts: Vec<RollupPoint> = pts
                 .into_iter()
-                .map(|(ts_ms, a, b, c, count, d)| RollupPoint {
+                .map(|((ts_ms, a, b, c, count, d), (ft, f, lt, r, stale_end))| RollupPoint {
                     ts_ms,
                     min: f64::from_bits(a),
                     max: f64::from_bits(b),
                     sum: f64::from_bits(c),
                     count,
                     last: f64::from_bits(d),
+                    first_ts: ft,
+                    first: f64::from_bits(f),
+                    last_ts: lt,
+                    resets: f64::from_bits(r),
+                    stale_end,
                 })
                 .collect();
-            let mut out = Vec::new();
-            encode_rollup_plain(&pts, &mut out);
-            let mut back = Vec::new();
-            decode_rollup_as(Encoding::RollupPlain as u8, &out, &mut back).unwrap();
             let key = |p: &RollupPoint| {
-                (p.ts_ms, p.min.to_bits(), p.max.to_bits(), p.sum.to_bits(), p.count, p.last.to_bits())
+                (p.ts_ms, p.min.to_bits(), p.max.to_bits(), p.sum.to_bits(), p.count, p.last.to_bits(),
+                 p.first_ts, p.first.to_bits(), p.last_ts, p.resets.to_bits(), p.stale_end)
             };
-            prop_assert_eq!(back.iter().map(key).collect::<Vec<_>>(), pts.iter().map(key).collect::<Vec<_>>());
+            for enc in [Encoding::RollupPlainEdges, Encoding::RollupPcoEdges] {
+                let mut out = Vec::new();
+                if enc == Encoding::RollupPlainEdges {
+                    encode_rollup_plain(&pts, &mut out);
+                } else {
+                    encode_rollup(&pts, &mut out);
+                }
+                let mut back = Vec::new();
+                decode_rollup_as(enc as u8, &out, &mut back).unwrap();
+                prop_assert_eq!(back.iter().map(key).collect::<Vec<_>>(), pts.iter().map(key).collect::<Vec<_>>());
+            }
         }
 
         #[test]
-        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), e in 1u8..5) {
+        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), e in 1u8..8) {
             let enc = Encoding::from_u8(e).unwrap();
             let mut out = Vec::new();
             let _ = decode(enc, &b, &mut out);
             let mut pts = Vec::new();
             let _ = decode_rollup(&b, &mut pts);
-            let _ = decode_rollup_as(Encoding::RollupPlain as u8, &b, &mut pts);
+            let _ = decode_rollup_as(e, &b, &mut pts);
             let _ = parse_shared_ts(&b);
             let _ = decode_ts_column(&b, 3);
         }

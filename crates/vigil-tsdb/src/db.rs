@@ -469,25 +469,10 @@ fn rollup(samples: &[(i64, f64)], res: i64, out: &mut Vec<RollupPoint>) {
             0 => t,
             r => t - r + res,
         };
-        if vigil_model::is_stale_marker(v) {
-            continue;
-        }
         match out.last_mut() {
-            Some(p) if p.ts_ms == b => {
-                p.min = p.min.min(v);
-                p.max = p.max.max(v);
-                p.sum += v;
-                p.count += 1;
-                p.last = v;
-            }
-            _ => out.push(RollupPoint {
-                ts_ms: b,
-                min: v,
-                max: v,
-                sum: v,
-                count: 1,
-                last: v,
-            }),
+            Some(p) if p.ts_ms == b => p.push(t, v),
+            _ if vigil_model::is_stale_marker(v) => out.push(RollupPoint::only_stale(b)),
+            _ => out.push(RollupPoint::of_sample(b, t, v)),
         }
     }
 }
@@ -870,6 +855,7 @@ impl Inner {
             .windows(2)
             .all(|p| p[0].meta.range_end <= p[1].meta.range_start);
         w.unsure_buckets = res > 0 && (!side_by_side || group.iter().any(|b| !b.meta.bucket_end));
+        w.unsure_edges = res > 0 && group.iter().any(|b| !b.meta.edges);
         let (mut bytes, mut raw, mut parts, mut pts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((env, labels), srcs) in &all {

@@ -955,6 +955,17 @@ impl Querier {
     /// written before buckets were keyed by their end, at overlapping rollup blocks (which
     /// could count a sample twice) and at pending deletions (rollups still hold those samples).
     pub fn rollup_cover(&self, resolution_ms: i64) -> Option<i64> {
+        self.rollup_cover_with(resolution_ms, false)
+    }
+
+    /// [`rollup_cover`](Self::rollup_cover) for readers that need the points' edges (first
+    /// and last samples, reset correction, trailing staleness): it also stops at rollup
+    /// blocks written before points kept them.
+    pub fn rollup_edge_cover(&self, resolution_ms: i64) -> Option<i64> {
+        self.rollup_cover_with(resolution_ms, true)
+    }
+
+    fn rollup_cover_with(&self, resolution_ms: i64, edges: bool) -> Option<i64> {
         let mut until = self.head.time_range().map_or(i64::MAX, |(mint, _)| mint);
         let mut rollups: Vec<&Arc<Block>> = Vec::new();
         for b in self.blocks.iter() {
@@ -963,7 +974,7 @@ impl Querier {
                     until = until.min(b.meta.range_start);
                 }
             } else if b.meta.resolution_ms == resolution_ms {
-                if !b.meta.bucket_end {
+                if !b.meta.bucket_end || (edges && !b.meta.edges) {
                     until = until.min(b.meta.range_start);
                 }
                 rollups.push(b);

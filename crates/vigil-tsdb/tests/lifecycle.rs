@@ -193,9 +193,15 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
             vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
         );
         assert_eq!(p.last, *vals.last().unwrap());
+        // The bucket's edges: first and last sample, `rate`'s reset correction.
+        let times: Vec<i64> = raw[0].1.iter().map(|(t, _)| *t).collect();
+        let resets: f64 = vals.windows(2).filter(|w| w[1] < w[0]).map(|w| w[0]).sum();
+        assert_eq!((p.first_ts, p.last_ts), (times[0], *times.last().unwrap()));
+        assert_eq!((p.first, p.resets, p.stale_end), (vals[0], resets, false));
     }
-    // Everything is rolled up and the head is empty: rollups hold every sample.
+    // Everything is rolled up and the head is empty: rollups hold every sample, edges too.
     assert_eq!(q.rollup_cover(ROLLUP_RESOLUTIONS[0]), Some(i64::MAX));
+    assert_eq!(q.rollup_edge_cover(ROLLUP_RESOLUTIONS[0]), Some(i64::MAX));
     // New samples in the head stop the cover no later than where they start (the head
     // reports the boundary it was last cut at).
     fill(&db, "prod", "mem", 1, T0 + 2 * DAY, 1);
