@@ -198,7 +198,7 @@ struct Plan<'e> {
     latest: bool,
     /// A range selector only ever read by a function rollups can answer, at the query's own
     /// steps (not inside a subquery).
-    rollup: Option<&'e MatrixSelector>,
+    rollup: Option<(&'e MatrixSelector, &'static str)>,
     /// A range selector only ever read by a range function at one instant: it is streamed
     /// through the function when that is evaluated, not loaded.
     stream: bool,
@@ -345,7 +345,7 @@ impl<'a> Evaluator<'a> {
                     let before = out.len();
                     self.plan(arg, s, en, top, out);
                     if let Some(p) = out.get_mut(before) {
-                        p.rollup = Some(m);
+                        p.rollup = Some((m, c.func.name));
                         p.stream = true;
                     }
                     return;
@@ -395,13 +395,15 @@ impl<'a> Evaluator<'a> {
             }
             let budget = self.opts.max_samples.saturating_sub(loaded_samples);
             let max = self.opts.max_samples;
-            if let Some(m) = p.rollup
+            if let Some((m, func)) = p.rollup
                 && self.table_plan(&m.vs, ms(m.range), false).is_none()
             {
-                let split = self.load_split(m, &matchers, budget).map_err(|e| match e {
-                    Error::TooManySamples(_) => Error::TooManySamples(max),
-                    e => e,
-                })?;
+                let split = self
+                    .load_split(m, func, &matchers, budget)
+                    .map_err(|e| match e {
+                        Error::TooManySamples(_) => Error::TooManySamples(max),
+                        e => e,
+                    })?;
                 if let Some((series, rl, n)) = split {
                     loaded_samples += n;
                     self.data.insert(p.vs as *const _ as usize, series);

@@ -27,7 +27,7 @@ pub use eval::{Matrix, MatrixSeries, Sample, Value, selector_matchers};
 pub use parse_time::{parse_duration, parse_time};
 pub use promql_parser::parser::Expr;
 use vigil_model::{Labels, Matcher};
-pub use vigil_tsdb::{CounterRun, RollupPoint};
+pub use vigil_tsdb::{CounterRun, RollupFields, RollupPoint};
 
 /// Values of a range function by group of an aggregation's labels, groups in order of
 /// first appearance (see [`Storage::select_map_grouped`]).
@@ -224,7 +224,8 @@ pub trait Storage {
     /// A range query's per-series values read partly from rollups: `f` gets each series'
     /// rollup points at `resolution_ms` with bucket ends in `[buckets.0, buckets.1]` and its
     /// raw samples (staleness markers included) in `[raw.0, raw.1]` (either may be empty) and
-    /// returns its value at every step, if any. Labels are cut down to `keep` when given;
+    /// returns its value at every step, if any; only the points' `fields` need be read.
+    /// Labels are cut down to `keep` when given;
     /// points and samples read count against `budget`. The default selects rollups and raw
     /// samples and joins them by labels.
     #[allow(clippy::too_many_arguments)]
@@ -232,13 +233,14 @@ pub trait Storage {
         &self,
         matchers: &[Matcher],
         resolution_ms: i64,
+        fields: RollupFields,
         buckets: (i64, i64),
         raw: (i64, i64),
         budget: usize,
         keep: Option<&[String]>,
         f: &RollupStepsFn<'_>,
     ) -> Result<Vec<(Labels, Vec<Option<f64>>)>> {
-        let points = self.select_rollups(matchers, buckets.0, buckets.1, resolution_ms)?;
+        let points = self.select_rollups(matchers, buckets.0, buckets.1, resolution_ms, fields)?;
         let mut read: usize = points.iter().map(|(_, p)| p.len()).sum();
         if read > budget {
             return Err(Error::TooManySamples(budget));
@@ -269,14 +271,15 @@ pub trait Storage {
     }
 
     /// Rollup points at `resolution_ms` of the series matching `matchers`, with bucket ends
-    /// in `[mint, maxt]`, sorted by time. Only called after [`Storage::rollup_cover`] said
-    /// rollups are usable.
+    /// in `[mint, maxt]`, sorted by time; only their `fields` need be filled in. Only called
+    /// after [`Storage::rollup_cover`] said rollups are usable.
     fn select_rollups(
         &self,
         _matchers: &[Matcher],
         _mint: i64,
         _maxt: i64,
         _resolution_ms: i64,
+        _fields: RollupFields,
     ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
         Ok(Vec::new())
     }

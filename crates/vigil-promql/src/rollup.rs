@@ -13,7 +13,7 @@
 use hashbrown::HashMap;
 use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
 use vigil_model::{Labels, Matcher, is_stale_marker};
-use vigil_tsdb::RollupPoint;
+use vigil_tsdb::{RollupFields, RollupPoint};
 
 use crate::eval::{Evaluator, Loaded, ms, offset_ms, unwrap_parens, window};
 use crate::functions::kahan_inc;
@@ -225,6 +225,22 @@ impl StepKind<'_> {
     }
 }
 
+/// The rollup values `kind` reads (time and count always come).
+pub(crate) fn fields_of(kind: &StepKind<'_>) -> RollupFields {
+    match kind {
+        StepKind::Over("avg_over_time" | "sum_over_time") => RollupFields::SUM,
+        StepKind::Over("max_over_time") => RollupFields::MAX,
+        StepKind::Over("min_over_time") => RollupFields::MIN,
+        StepKind::Over("last_over_time") => RollupFields::LAST,
+        StepKind::Over(_) => RollupFields::NONE,
+        StepKind::Change { .. } => RollupFields::FIRST
+            .with(RollupFields::LAST)
+            .with(RollupFields::LAST_TS)
+            .with(RollupFields::RESETS),
+        StepKind::Latest => RollupFields::LAST.with(RollupFields::STALE),
+    }
+}
+
 /// First and last sample, count and reset correction of a window, gathered from raw
 /// samples and whole buckets in time order: what `rate`, `increase` and `delta` need.
 #[derive(Default)]
@@ -413,6 +429,7 @@ impl Evaluator<'_> {
     pub(crate) fn load_split(
         &self,
         m: &MatrixSelector,
+        func: &str,
         matchers: &[Matcher],
         budget: usize,
     ) -> Result<Option<(Vec<Loaded>, RollupLoad, usize)>> {
@@ -461,7 +478,8 @@ impl Evaluator<'_> {
             }
         }
         let (after, upto) = split.buckets;
-        for (labels, pts) in st.select_rollups(matchers, after + 1, upto, split.res)? {
+        let fields = fields_of(&StepKind::of(func).unwrap_or(StepKind::Over(func)));
+        for (labels, pts) in st.select_rollups(matchers, after + 1, upto, split.res, fields)? {
             loaded += pts.len();
             over(loaded)?;
             match index.get(&labels) {
@@ -542,7 +560,17 @@ impl Evaluator<'_> {
                     kind, &plan, first, step, steps, range, pts, raw,
                 )?)
             };
-            st.select_rollup_steps(matchers, plan.res, plan.buckets, plan.raw, budget, keep, &f)
+            let fields = fields_of(&kind);
+            st.select_rollup_steps(
+                matchers,
+                plan.res,
+                fields,
+                plan.buckets,
+                plan.raw,
+                budget,
+                keep,
+                &f,
+            )
         })
     }
 

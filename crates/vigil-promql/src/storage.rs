@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vigil_model::{Labels, Matcher};
-use vigil_tsdb::{Db, Groups, RollupPoint, SeriesPart};
+use vigil_tsdb::{Db, Groups, RollupFields, RollupPoint, SeriesPart};
 
 use crate::{CounterRun, Error, MapFn, MapOptions, Result, SeriesWindow, StepsFn, StoredSeries};
 
@@ -39,10 +39,11 @@ impl crate::Storage for TsdbStorage<'_> {
         mint: i64,
         maxt: i64,
         resolution_ms: i64,
+        fields: RollupFields,
     ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
         self.db
             .querier(self.env, mint, maxt)
-            .select_rollups(matchers, resolution_ms)
+            .select_rollup_fields(matchers, resolution_ms, fields)
             .map_err(|e| Error::Storage(e.to_string()))
     }
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use vigil_model::{EnvId, LabelLimits, Labels, ManualClock, Matcher, stale_marker};
 use vigil_promql::storage::TsdbStorage;
-use vigil_promql::{Engine, EngineOptions, Matrix, RollupPoint, Storage, StoredSeries, Value};
+use vigil_promql::{
+    Engine, EngineOptions, Matrix, RollupFields, RollupPoint, Storage, StoredSeries, Value,
+};
 use vigil_tsdb::{Db, Options, WriteBatch};
 
 const H: i64 = 3_600_000;
@@ -48,9 +50,10 @@ impl Storage for Counting<'_> {
         mint: i64,
         maxt: i64,
         res: i64,
+        fields: RollupFields,
     ) -> vigil_promql::Result<Vec<(Labels, Vec<RollupPoint>)>> {
         self.rollup_reads.set(self.rollup_reads.get() + 1);
-        self.inner.select_rollups(m, mint, maxt, res)
+        self.inner.select_rollups(m, mint, maxt, res, fields)
     }
 }
 

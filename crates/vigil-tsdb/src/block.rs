@@ -765,8 +765,20 @@ impl Block {
         buf: &mut Vec<u8>,
         out: &mut Vec<RollupPoint>,
     ) -> Result<()> {
+        self.decode_rollup_fields(c, codec::RollupFields::ALL, buf, out)
+    }
+
+    /// [`decode_rollup_chunk`](Self::decode_rollup_chunk) decoding only `fields` where that
+    /// saves work.
+    pub(crate) fn decode_rollup_fields(
+        &self,
+        c: &ChunkMeta,
+        fields: codec::RollupFields,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<RollupPoint>,
+    ) -> Result<()> {
         self.read_chunk(c, buf)?;
-        codec::decode_rollup_as(c.enc, buf, out)
+        codec::decode_rollup_fields(c.enc, buf, fields, out)
             .map_err(|e| Error::corrupt(self.dir.join("chunks"), c.off, e.0))
     }
 

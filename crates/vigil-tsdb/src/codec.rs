@@ -418,11 +418,22 @@ pub fn decode_rollup_as(
     buf: &[u8],
     out: &mut Vec<RollupPoint>,
 ) -> Result<(), DecodeError> {
+    decode_rollup_fields(enc, buf, RollupFields::ALL, out)
+}
+
+/// [`decode_rollup_as`] decoding only the values in `fields` where that saves work
+/// (pcodec columns); plain chunks are decoded whole.
+pub fn decode_rollup_fields(
+    enc: u8,
+    buf: &[u8],
+    fields: RollupFields,
+    out: &mut Vec<RollupPoint>,
+) -> Result<(), DecodeError> {
     let edges = match Encoding::from_u8(enc) {
         Some(Encoding::RollupPlain) => false,
         Some(Encoding::RollupPlainEdges) => true,
-        Some(Encoding::RollupPco) => return decode_rollup_columns(buf, false, out),
-        Some(Encoding::RollupPcoEdges) => return decode_rollup_columns(buf, true, out),
+        Some(Encoding::RollupPco) => return decode_rollup_columns(buf, false, fields, out),
+        Some(Encoding::RollupPcoEdges) => return decode_rollup_columns(buf, true, fields, out),
         _ => {
             return Err(DecodeError(format!(
                 "encoding {enc} is not a rollup encoding"
@@ -479,15 +490,71 @@ pub fn decode_rollup_as(
     Ok(())
 }
 
-/// Decodes [`Encoding::RollupPcoEdges`] points, appending to `out`.
-pub fn decode_rollup(buf: &[u8], out: &mut Vec<RollupPoint>) -> Result<(), DecodeError> {
-    decode_rollup_columns(buf, true, out)
+/// Which values of rollup points a reader needs; pcodec columns of the others are skipped
+/// (left NaN, or 0 / `i64::MIN` / false) instead of decoded. The time and count are always
+/// decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupFields(u8);
+
+impl RollupFields {
+    /// `min`.
+    pub const MIN: Self = Self(1);
+    /// `max`.
+    pub const MAX: Self = Self(2);
+    /// `sum`.
+    pub const SUM: Self = Self(4);
+    /// `last`.
+    pub const LAST: Self = Self(8);
+    /// `first_ts` and `first`.
+    pub const FIRST: Self = Self(16);
+    /// `last_ts`.
+    pub const LAST_TS: Self = Self(32);
+    /// `resets`.
+    pub const RESETS: Self = Self(64);
+    /// `stale_end`.
+    pub const STALE: Self = Self(128);
+    /// Every value.
+    pub const ALL: Self = Self(255);
+    /// Only the time and count.
+    pub const NONE: Self = Self(0);
+
+    /// Both sets.
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether every value of `other` is in this set.
+    pub const fn has(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
 }
 
-/// Decodes pcodec rollup columns (five more with `edges`), appending to `out`.
+/// Decodes [`Encoding::RollupPcoEdges`] points, appending to `out`.
+pub fn decode_rollup(buf: &[u8], out: &mut Vec<RollupPoint>) -> Result<(), DecodeError> {
+    decode_rollup_columns(buf, true, RollupFields::ALL, out)
+}
+
+/// Decodes a pcodec column when `need`, else skips it (still checking it is there).
+fn opt_col<T: pco::data_types::Number>(
+    r: &mut Reader<'_>,
+    n: usize,
+    what: &str,
+    need: bool,
+) -> Result<Option<Vec<T>>, DecodeError> {
+    if need {
+        return decode_col(r, n, what).map(Some);
+    }
+    r.bytes()
+        .map(|_| None)
+        .ok_or_else(|| DecodeError(format!("{what} column truncated")))
+}
+
+/// Decodes pcodec rollup columns (five more with `edges`), the values in `fields` only,
+/// appending to `out`.
 fn decode_rollup_columns(
     buf: &[u8],
     edges: bool,
+    fields: RollupFields,
     out: &mut Vec<RollupPoint>,
 ) -> Result<(), DecodeError> {
     let mut r = Reader::new(buf);
@@ -497,56 +564,48 @@ fn decode_rollup_columns(
     if n > buf.len().saturating_mul(64) + 64 {
         return Err(DecodeError(format!("implausible point count {n}")));
     }
+    let f = |x: RollupFields| fields.has(x);
     let ts: Vec<i64> = decode_col(&mut r, n, "timestamp")?;
-    let min: Vec<f64> = decode_col(&mut r, n, "min")?;
-    let max: Vec<f64> = decode_col(&mut r, n, "max")?;
-    let sum: Vec<f64> = decode_col(&mut r, n, "sum")?;
+    let min: Option<Vec<f64>> = opt_col(&mut r, n, "min", f(RollupFields::MIN))?;
+    let max: Option<Vec<f64>> = opt_col(&mut r, n, "max", f(RollupFields::MAX))?;
+    let sum: Option<Vec<f64>> = opt_col(&mut r, n, "sum", f(RollupFields::SUM))?;
     let count: Vec<u32> = decode_col(&mut r, n, "count")?;
-    let last: Vec<f64> = decode_col(&mut r, n, "last")?;
-    let base = out.len();
-    out.extend((0..n).map(|i| RollupPoint {
-        ts_ms: ts[i],
-        min: min[i],
-        max: max[i],
-        sum: sum[i],
-        count: count[i],
-        last: last[i],
-        first_ts: NO_EDGES.0,
-        first: NO_EDGES.1,
-        last_ts: NO_EDGES.2,
-        resets: NO_EDGES.3,
-        stale_end: false,
-    }));
+    let last: Option<Vec<f64>> = opt_col(&mut r, n, "last", f(RollupFields::LAST))?;
+    let (mut first_off, mut first, mut last_off, mut resets, mut stale) =
+        (None, None, None, None, None);
     if edges {
-        let edge_cols = (|| -> Result<_, DecodeError> {
-            let first_off: Vec<i64> = decode_col(&mut r, n, "first time")?;
-            let first: Vec<f64> = decode_col(&mut r, n, "first")?;
-            let last_off: Vec<i64> = decode_col(&mut r, n, "last time")?;
-            let resets: Vec<f64> = decode_col(&mut r, n, "resets")?;
-            let stale: Vec<u32> = decode_col(&mut r, n, "stale flag")?;
-            if stale.iter().any(|&b| b > 1) {
-                return Err(DecodeError(
-                    "rollup stale flag column holds a value other than 0 or 1".into(),
-                ));
-            }
-            Ok((first_off, first, last_off, resets, stale))
-        })();
-        let (first_off, first, last_off, resets, stale) = match edge_cols {
-            Ok(c) => c,
-            Err(e) => {
-                // Nothing half-decoded is left behind.
-                out.truncate(base);
-                return Err(e);
-            }
-        };
-        for (i, p) in out[base..].iter_mut().enumerate() {
-            p.first_ts = p.ts_ms.wrapping_sub(first_off[i]);
-            p.first = first[i];
-            p.last_ts = p.ts_ms.wrapping_sub(last_off[i]);
-            p.resets = resets[i];
-            p.stale_end = stale[i] == 1;
-        }
+        first_off = opt_col::<i64>(&mut r, n, "first time", f(RollupFields::FIRST))?;
+        first = opt_col::<f64>(&mut r, n, "first", f(RollupFields::FIRST))?;
+        last_off = opt_col::<i64>(&mut r, n, "last time", f(RollupFields::LAST_TS))?;
+        resets = opt_col::<f64>(&mut r, n, "resets", f(RollupFields::RESETS))?;
+        stale = opt_col::<u32>(&mut r, n, "stale flag", f(RollupFields::STALE))?;
     }
+    if stale.as_ref().is_some_and(|s| s.iter().any(|&b| b > 1)) {
+        return Err(DecodeError(
+            "rollup stale flag column holds a value other than 0 or 1".into(),
+        ));
+    }
+    let at = |c: &Option<Vec<f64>>, i: usize, none: f64| c.as_ref().map_or(none, |c| c[i]);
+    let nan = f64::NAN;
+    out.extend((0..n).map(|i| {
+        RollupPoint {
+            ts_ms: ts[i],
+            min: at(&min, i, nan),
+            max: at(&max, i, nan),
+            sum: at(&sum, i, nan),
+            count: count[i],
+            last: at(&last, i, nan),
+            first_ts: first_off
+                .as_ref()
+                .map_or(NO_EDGES.0, |c| ts[i].wrapping_sub(c[i])),
+            first: at(&first, i, NO_EDGES.1),
+            last_ts: last_off
+                .as_ref()
+                .map_or(NO_EDGES.2, |c| ts[i].wrapping_sub(c[i])),
+            resets: at(&resets, i, NO_EDGES.3),
+            stale_end: stale.as_ref().is_some_and(|c| c[i] == 1),
+        }
+    }));
     Ok(())
 }
 
@@ -624,6 +683,20 @@ mod tests {
             let mut part = Vec::new();
             let r = decode_rollup_as(Encoding::RollupPlainEdges as u8, &out[..cut], &mut part);
             assert!(r.is_err());
+        }
+        // Decoding some values only: those equal, the rest left out.
+        out.clear();
+        encode_rollup(&pts, &mut out);
+        let want = RollupFields::MAX.with(RollupFields::RESETS);
+        let mut some = Vec::new();
+        decode_rollup_fields(Encoding::RollupPcoEdges as u8, &out, want, &mut some).unwrap();
+        for (a, b) in some.iter().zip(&pts) {
+            assert_eq!(
+                (a.ts_ms, a.count, a.max, a.resets),
+                (b.ts_ms, b.count, b.max, b.resets)
+            );
+            assert!(a.min.is_nan() && a.sum.is_nan() && a.first.is_nan());
+            assert_eq!((a.first_ts, a.stale_end), (i64::MIN, false));
         }
         // A raw-sample encoding is refused.
         assert!(decode_rollup_as(Encoding::Xor as u8, &out, &mut back).is_err());

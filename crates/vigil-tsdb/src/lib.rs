@@ -50,7 +50,7 @@ pub mod wal;
 
 pub use batch::WriteBatch;
 pub use block::{BLOCK_VERSION, Block, BlockMeta};
-pub use codec::RollupPoint;
+pub use codec::{RollupFields, RollupPoint};
 pub use db::{
     BlockStats, Db, OpenReport, ROLLUP_RESOLUTIONS, Rejected, Stats, WriteOutcome, collect_samples,
 };

@@ -1005,6 +1005,17 @@ impl Querier {
         matchers: &[Matcher],
         resolution_ms: i64,
     ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
+        self.select_rollup_fields(matchers, resolution_ms, crate::RollupFields::ALL)
+    }
+
+    /// [`select_rollups`](Self::select_rollups) decoding only the values in `fields` where
+    /// that saves work (the others may be left NaN, 0 or unset).
+    pub fn select_rollup_fields(
+        &self,
+        matchers: &[Matcher],
+        resolution_ms: i64,
+        fields: crate::RollupFields,
+    ) -> Result<Vec<(Labels, Vec<RollupPoint>)>> {
         let mut blocks: Vec<&Arc<Block>> = self
             .blocks
             .iter()
@@ -1029,7 +1040,7 @@ impl Querier {
                         .iter()
                         .filter(|c| c.maxt >= self.rollup_mint && c.mint <= self.maxt)
                     {
-                        b.decode_rollup_chunk(c, &mut buf, pts)?;
+                        b.decode_rollup_fields(c, fields, &mut buf, pts)?;
                     }
                 }
             }
