@@ -726,6 +726,35 @@ impl Block {
         Ok(())
     }
 
+    /// [`decode_chunk`](Self::decode_chunk) for a reader of `[mint, maxt]` only: a chunk
+    /// with shared timestamps decodes its values only up to the last one the reader wants
+    /// (pcodec decodes in order, in batches of 256) and appends only those in the range.
+    pub(crate) fn decode_chunk_in(
+        &self,
+        c: &ChunkMeta,
+        mint: i64,
+        maxt: i64,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<()> {
+        if c.enc != Encoding::PcoSharedTs as u8 || (mint <= c.mint && maxt >= c.maxt) {
+            return self.decode_chunk(c, buf, out);
+        }
+        self.read_chunk(c, buf)?;
+        let corrupt = |e: codec::DecodeError| Error::corrupt(self.dir.join("chunks"), c.off, e.0);
+        let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(buf).map_err(corrupt)?;
+        let ts = self.ts_column(ts_off, ts_len, n)?;
+        let (a, b) = (
+            ts.partition_point(|&t| t < mint),
+            ts.partition_point(|&t| t <= maxt),
+        );
+        let values = codec::decode_value_prefix(vals, n, b).map_err(corrupt)?;
+        if a < b {
+            out.extend(ts[a..b].iter().copied().zip(values[a..b].iter().copied()));
+        }
+        Ok(())
+    }
+
     fn ts_column(&self, off: u64, len: usize, n: usize) -> Result<std::sync::Arc<[i64]>> {
         if let Some(t) = self.ts_cache.lock().get(&off)
             && t.len() == n

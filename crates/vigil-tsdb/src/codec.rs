@@ -289,6 +289,33 @@ pub fn decode_value_column(buf: &[u8], n: usize) -> Result<Vec<f64>, DecodeError
     decompress_exact(buf, n, "value")
 }
 
+/// The first `k` (at most `n`) values of a pcodec value stream holding exactly `n`: only as
+/// many are decoded as the batches of 256 covering them.
+pub fn decode_value_prefix(buf: &[u8], n: usize, k: usize) -> Result<Vec<f64>, DecodeError> {
+    let k = k.min(n);
+    let err = |e: pco::errors::PcoError| DecodeError(format!("value column: {e}"));
+    let (fd, rest) = pco::standalone::FileDecompressor::new(buf).map_err(err)?;
+    let mut cd = match fd.chunk_decompressor::<f64, _>(rest).map_err(err)? {
+        // One pcodec chunk holds the whole stream (ours never need more): read a prefix.
+        pco::standalone::DecompressorItem::Chunk(cd) if cd.n() == n => cd,
+        _ => {
+            let mut all = decode_value_column(buf, n)?;
+            all.truncate(k);
+            return Ok(all);
+        }
+    };
+    let mut dst = vec![0.0; k.div_ceil(256).saturating_mul(256).min(n)];
+    let progress = cd.read(&mut dst).map_err(err)?;
+    if progress.n_processed < dst.len() {
+        return Err(DecodeError(format!(
+            "value column ended after {} of {n} values",
+            progress.n_processed
+        )));
+    }
+    dst.truncate(k);
+    Ok(dst)
+}
+
 /// Decompresses one pcodec stream that must hold exactly `n` numbers.
 fn decompress_exact<T: pco::data_types::Number>(
     buf: &[u8],
@@ -633,6 +660,24 @@ mod tests {
     }
 
     #[test]
+    fn value_prefixes_match_the_whole_column() {
+        for n in [1usize, 200, 256, 700, 2160] {
+            let s: Vec<(i64, f64)> = (0..n as i64)
+                .map(|i| (i * 10_000, ((i * 37) % 101) as f64 * 0.25))
+                .collect();
+            let col = encode_value_column(&s, &mut Scratch::default());
+            let all = decode_value_column(&col, n).unwrap();
+            for k in [0, 1, 255, 256, 257, 600, n - 1, n, n + 5] {
+                let p = decode_value_prefix(&col, n, k).unwrap();
+                assert_eq!(p.len(), k.min(n), "n {n} k {k}");
+                assert!(p.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+            // A stream shorter than its header says is an error, not a panic.
+            assert!(decode_value_prefix(&col[..col.len() / 2], n, n).is_err());
+        }
+    }
+
+    #[test]
     fn shared_ts_columns_roundtrip() {
         let s: Vec<(i64, f64)> = (0..2000)
             .map(|i| (i * 10_000 + (i * 7919) % 11, ((i * 31) % 97) as f64 * 0.37))
@@ -851,6 +896,7 @@ mod tests {
             let _ = decode_rollup_as(e, &b, &mut pts);
             let _ = parse_shared_ts(&b);
             let _ = decode_ts_column(&b, 3);
+            let _ = decode_value_prefix(&b, 300, 20);
         }
     }
 }

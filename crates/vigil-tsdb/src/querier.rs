@@ -49,7 +49,14 @@ impl Source {
         }
     }
 
-    fn decode(&self, buf: &mut Vec<u8>, out: &mut Vec<(i64, f64)>) -> Result<()> {
+    /// Decodes the samples (at least those in `[mint, maxt]`; block chunks may skip the rest).
+    fn decode(
+        &self,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<(i64, f64)>,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<()> {
         match self {
             Source::Head(HeadChunk::Xor { bytes, .. }) => {
                 // Head chunks come from memory this process wrote; a decode failure is a bug,
@@ -61,7 +68,7 @@ impl Source {
                 out.extend_from_slice(s);
                 Ok(())
             }
-            Source::Block { block, chunk } => block.decode_chunk(chunk, buf, out),
+            Source::Block { block, chunk } => block.decode_chunk_in(chunk, mint, maxt, buf, out),
         }
     }
 }
@@ -541,7 +548,7 @@ impl SampleIter {
             .last()
             .is_none_or(|n| n.min_time() > first.max_time())
         {
-            first.decode(&mut self.bytes, &mut self.buf)?;
+            first.decode(&mut self.bytes, &mut self.buf, self.mint, self.maxt)?;
             self.trim();
             return Ok(true);
         }
@@ -556,14 +563,14 @@ impl SampleIter {
             }
         }
         if group.len() == 1 {
-            group[0].decode(&mut self.bytes, &mut self.buf)?;
+            group[0].decode(&mut self.bytes, &mut self.buf, self.mint, self.maxt)?;
         } else {
             // Overlapping sources: decode all, keep the highest-ranked value per timestamp.
             let mut tagged: Vec<(i64, u8, f64)> = Vec::new();
             let mut tmp = Vec::new();
             for s in &group {
                 tmp.clear();
-                s.decode(&mut self.bytes, &mut tmp)?;
+                s.decode(&mut self.bytes, &mut tmp, self.mint, self.maxt)?;
                 tagged.extend(tmp.iter().map(|&(t, v)| (t, s.rank(), v)));
             }
             tagged.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -604,7 +611,7 @@ impl SampleIter {
                 }
             }
             let from = out.len();
-            if let Err(e) = first.decode(&mut self.bytes, out) {
+            if let Err(e) = first.decode(&mut self.bytes, out, self.mint, self.maxt) {
                 out.truncate(from);
                 self.failed = true;
                 return Err(e);

@@ -506,6 +506,26 @@ fn fleet_data_shares_timestamp_columns_and_reads_back_exactly() {
         let i = fleet.series().iter().position(|l| *l == labels).unwrap();
         assert_eq!(samples, expect[i], "{labels}");
     }
+    // Parts of chunks (values decoded only up to the range's end): exactly the samples in
+    // the range, at starts and ends inside chunks, on sample times, across a 256 batch.
+    let any = [Matcher::new(MatchOp::Re, "__name__", ".+").unwrap()];
+    for (lo, hi) in [
+        (T0, T0 + 10_000),
+        (T0 + 7_777, T0 + 2_570_000),
+        (T0 + HOUR, T0 + HOUR + 1),
+        (T0 + HOUR + 5_000, T0 + 2 * HOUR - 1),
+        (T0 + 30 * 60_000, T0 + 90 * 60_000),
+    ] {
+        for (labels, samples) in read(&db, "prod", &any, lo, hi) {
+            let i = fleet.series().iter().position(|l| *l == labels).unwrap();
+            let want: Vec<(i64, u64)> = expect[i]
+                .iter()
+                .copied()
+                .filter(|&(t, _)| t >= lo && t <= hi)
+                .collect();
+            assert_eq!(samples, want, "{labels} in [{lo}, {hi}]");
+        }
+    }
     db.blocks_verify_all().unwrap();
 }
 
