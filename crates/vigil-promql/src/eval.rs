@@ -672,6 +672,11 @@ impl<'a> Evaluator<'a> {
 
     /// Evaluates at every step and assembles the series.
     pub(crate) fn range(&self, e: &Expr) -> Result<crate::Matrix> {
+        if let Some(m) = self.range_from_table(e)? {
+            let mut out = finish_matrix(m)?;
+            out.sort_by(|a, b| a.metric.cmp(&b.metric));
+            return Ok(out);
+        }
         let mut out: Matrix = Vec::new();
         let mut by_ptr: HashMap<(usize, bool), usize> = HashMap::new();
         let mut by_labels: HashMap<(Metric, bool), usize> = HashMap::new();
@@ -731,6 +736,70 @@ impl<'a> Evaluator<'a> {
         let mut out = finish_matrix(out)?;
         out.sort_by(|a, b| a.metric.cmp(&b.metric));
         Ok(out)
+    }
+
+    /// A range query that is one streamed selector, or one streamed range function of a
+    /// selector, is its step table: the series are built from the table's rows at once
+    /// instead of step by step. `None` for anything else (evaluated step by step).
+    fn range_from_table(&self, e: &Expr) -> Result<Option<Matrix>> {
+        if self.step <= 0 || self.end <= self.start {
+            return Ok(None);
+        }
+        let (vs, drop_name) = match unwrap_parens(e) {
+            Expr::VectorSelector(vs) => (vs, false),
+            Expr::Call(c) => {
+                let [arg] = c.args.args.as_slice() else {
+                    return Ok(None);
+                };
+                let Expr::MatrixSelector(m) = unwrap_parens(arg) else {
+                    return Ok(None);
+                };
+                if !self.is_deferred(&m.vs) {
+                    return Ok(None);
+                }
+                // The first step makes the table (and raises any annotation); its samples
+                // tell whether the function keeps the metric name.
+                let Value::Vector(first) = self.eval(e, self.start)? else {
+                    return Ok(None);
+                };
+                let Some(s) = first.first() else {
+                    return Ok(None);
+                };
+                (&m.vs, s.drop_name)
+            }
+            _ => return Ok(None),
+        };
+        if !self.is_deferred(vs) {
+            return Ok(None);
+        }
+        let table = match unwrap_parens(e) {
+            Expr::VectorSelector(vs) => match self.selector_steps(vs) {
+                Some(t) => t?,
+                None => return Ok(None),
+            },
+            _ => match self.step_values.borrow().get(&(vs as *const _ as usize)) {
+                Some(t) => t.clone(),
+                None => return Ok(None),
+            },
+        };
+        let (start, step) = (self.start, self.step);
+        Ok(Some(
+            table
+                .iter()
+                .filter_map(|(metric, vals)| {
+                    let points: Vec<(i64, f64)> = vals
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, v)| v.map(|v| (start + k as i64 * step, v)))
+                        .collect();
+                    (!points.is_empty()).then(|| MatrixSeries {
+                        metric: metric.clone(),
+                        points,
+                        drop_name,
+                    })
+                })
+                .collect(),
+        ))
     }
 
     pub(crate) fn eval(&self, e: &Expr, t: i64) -> Result<Value> {

@@ -289,6 +289,10 @@ fn range_selectors_agree_with_instant_queries() {
         "abs(m) > 20",
         "m / on (s, g) (m offset 30s)",
         "timestamp(m)",
+        // A range function straight over a selector: the table is the answer.
+        "rate(m[1m])",
+        "last_over_time(m[2m])",
+        "max_over_time(m[90s] offset 30s)",
     ] {
         let range = engine.range(&st, q, start, end, step).unwrap();
         let mut steps_seen = 0;

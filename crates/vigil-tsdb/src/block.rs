@@ -611,6 +611,28 @@ impl Block {
         )
     }
 
+    /// A hash of a series' label names and values (the same for equal label sets in any
+    /// block), computed without building its labels.
+    pub(crate) fn labels_hash(&self, s: &BlockSeries) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = foldhash::fast::FixedState::with_seed(0x5167_696c).build_hasher();
+        for &(n, v) in s.labels.iter() {
+            h.write(self.sym(n).as_bytes());
+            h.write_u8(0xff);
+            h.write(self.sym(v).as_bytes());
+            h.write_u8(0xfe);
+        }
+        h.finish()
+    }
+
+    /// Whether a series' labels are `l`, without building them.
+    pub(crate) fn labels_eq(&self, s: &BlockSeries, l: &Labels) -> bool {
+        s.labels.len() == l.len()
+            && s.labels.iter().zip(l.iter()).all(|(&(n, v), x)| {
+                self.sym(n) == x.name.as_str() && self.sym(v) == x.value.as_str()
+            })
+    }
+
     pub(crate) fn env_of(&self, s: &BlockSeries) -> &str {
         self.sym(s.env)
     }

@@ -7,7 +7,6 @@
 //! at a time, merging sources that overlap in time and dropping duplicate timestamps (the head
 //! wins over blocks, newer blocks over older).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use vigil_model::{Labels, Matcher};
@@ -1035,13 +1034,26 @@ impl Querier {
         // Oldest first, so the later part of a split bucket comes second.
         blocks.sort_by_key(|b| b.meta.range_start);
         // Each reader takes a run of consecutive blocks; their maps are joined in block order.
-        let read = |blocks: &[&Arc<Block>]| -> Result<BTreeMap<Labels, Vec<RollupPoint>>> {
-            let mut map: BTreeMap<Labels, Vec<RollupPoint>> = BTreeMap::new();
+        // Series are found by a hash of their label text, so labels are built once per series
+        // a reader meets, not once per block.
+        type Found = Vec<(Labels, Vec<RollupPoint>)>;
+        let read = |blocks: &[&Arc<Block>]| -> Result<Found> {
+            let mut found: Found = Vec::new();
+            let mut index: hashbrown::HashMap<u64, Vec<usize>> = hashbrown::HashMap::new();
             let mut buf = Vec::new();
             for b in blocks {
                 for i in b.select_ids(&self.env, matchers) {
                     let s = &b.series[i as usize];
-                    let pts = map.entry(b.labels(s)).or_default();
+                    let at = index.entry(b.labels_hash(s)).or_default();
+                    let k = match at.iter().find(|&&k| b.labels_eq(s, &found[k].0)) {
+                        Some(&k) => k,
+                        None => {
+                            at.push(found.len());
+                            found.push((b.labels(s), Vec::new()));
+                            found.len() - 1
+                        }
+                    };
+                    let pts = &mut found[k].1;
                     for c in s
                         .chunks
                         .iter()
@@ -1051,7 +1063,7 @@ impl Querier {
                     }
                 }
             }
-            Ok(map)
+            Ok(found)
         };
         let readers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -1059,7 +1071,7 @@ impl Querier {
             .min(blocks.len() / 2)
             .max(1);
         let per = blocks.len().div_ceil(readers).max(1);
-        let maps: Vec<Result<BTreeMap<Labels, Vec<RollupPoint>>>> = if readers <= 1 {
+        let maps: Vec<Result<Found>> = if readers <= 1 {
             vec![read(&blocks)]
         } else {
             std::thread::scope(|sc| {
@@ -1081,13 +1093,29 @@ impl Querier {
                     .collect()
             })
         };
-        let mut map: BTreeMap<Labels, Vec<RollupPoint>> = BTreeMap::new();
+        let mut maps = maps.into_iter();
+        let mut all: Found = maps.next().transpose()?.unwrap_or_default();
+        let mut index: hashbrown::HashMap<Labels, usize> = hashbrown::HashMap::new();
         for m in maps {
+            if index.is_empty() {
+                index = all
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (l, _))| (l.clone(), k))
+                    .collect();
+            }
             for (l, pts) in m? {
-                map.entry(l).or_default().extend(pts);
+                match index.get(&l) {
+                    Some(&k) => all[k].1.extend(pts),
+                    None => {
+                        index.insert(l.clone(), all.len());
+                        all.push((l, pts));
+                    }
+                }
             }
         }
-        Ok(map
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(all
             .into_iter()
             .map(|(l, mut pts)| {
                 pts.retain(|p| p.ts_ms >= self.rollup_mint && p.ts_ms <= self.maxt);
