@@ -111,6 +111,7 @@ impl Evaluator<'_> {
                     t,
                 )));
             }
+            Pushdown::Done(v) => return Ok(Value::Vector(v)),
             Pushdown::Evaluated(v) => v,
             Pushdown::No => self.eval(&a.expr, t)?,
         };
@@ -240,6 +241,16 @@ enum Pushdown {
     /// Values by group of the `by` labels (more may be kept), and whether the function
     /// keeps the metric name.
     Groups(bool, crate::Grouped),
+    /// The aggregation's result at this step, reduced straight from its input's step table.
+    Done(Vec<Sample>),
+}
+
+/// In a range query, an aggregation's input step table with its rows grouped (once per
+/// query): each group's labels and rows, and whether the input drops the metric name.
+pub(crate) struct TableGroups {
+    table: Arc<crate::eval::StepTable>,
+    groups: Vec<(Arc<Labels>, Vec<usize>)>,
+    drop_name: bool,
 }
 
 /// A projectable aggregation (`PROJECTABLE`) of one group's values (in input order;
@@ -317,6 +328,9 @@ impl Evaluator<'_> {
         let Some(LabelModifier::Include(_)) = &a.modifier else {
             return Ok(Pushdown::No);
         };
+        if self.start != self.end && self.step > 0 && PROJECTABLE.contains(&op) {
+            return self.over_table(a, op, t);
+        }
         let (Expr::Call(c), true) = (
             unwrap_parens(&a.expr),
             PROJECTABLE.contains(&op) && self.start == self.end,
@@ -341,6 +355,101 @@ impl Evaluator<'_> {
             Some((keep_name, groups)) => Pushdown::Groups(keep_name, groups),
             None => Pushdown::Evaluated(v),
         })
+    }
+}
+
+impl Evaluator<'_> {
+    /// `sum by (zone) (rate(x[5m]))` in a range query, `x` streamed into a step table: the
+    /// table's rows are grouped once (on the first step) and every step reduces each group's
+    /// values for that step straight from the table, in row order (the order the step's
+    /// vector would have), so no samples are built and no labels hashed per step.
+    fn over_table(&self, a: &AggregateExpr, op: &str, t: i64) -> Result<Pushdown> {
+        let key = a as *const AggregateExpr as usize;
+        let cached = self.table_groups.borrow().get(&key).cloned();
+        let tg = match cached {
+            Some(Some(tg)) => tg,
+            Some(None) => return Ok(Pushdown::No),
+            None => {
+                let vs = match unwrap_parens(&a.expr) {
+                    Expr::VectorSelector(vs) => Some(vs),
+                    Expr::Call(c) => match c.args.args.as_slice() {
+                        [arg] => match unwrap_parens(arg) {
+                            Expr::MatrixSelector(m) => Some(&m.vs),
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let Some(vs) = vs.filter(|vs| self.is_deferred(vs)) else {
+                    self.table_groups.borrow_mut().insert(key, None);
+                    return Ok(Pushdown::No);
+                };
+                // The first step makes the table; its samples tell about the metric name.
+                let v = self.eval(&a.expr, t)?;
+                let table = self
+                    .step_values
+                    .borrow()
+                    .get(&(vs as *const _ as usize))
+                    .cloned();
+                let drop_name = match (&v, unwrap_parens(&a.expr)) {
+                    (_, Expr::VectorSelector(_)) => Some(false),
+                    (Value::Vector(v), _) => v.first().map(|s| s.drop_name),
+                    _ => None,
+                };
+                let (Some(table), Some(drop_name)) = (table, drop_name) else {
+                    self.table_groups.borrow_mut().insert(key, None);
+                    return Ok(Pushdown::Evaluated(v));
+                };
+                let mut index: HashMap<Labels, usize> = HashMap::new();
+                let mut groups: Vec<(Arc<Labels>, Vec<usize>)> = Vec::new();
+                for (row, (metric, _)) in table.iter().enumerate() {
+                    let g = group_labels(metric, &a.modifier);
+                    let i = *index.entry(g).or_insert_with_key(|g| {
+                        groups.push((Arc::new(g.clone()), Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[i].1.push(row);
+                }
+                let tg = std::rc::Rc::new(TableGroups {
+                    table,
+                    groups,
+                    drop_name,
+                });
+                self.table_groups.borrow_mut().insert(key, Some(tg.clone()));
+                tg
+            }
+        };
+        let q = match (op, &a.param) {
+            ("quantile", Some(p)) => match self.eval(p, t)? {
+                Value::Scalar(q) => q,
+                _ => {
+                    return Err(Error::BadData(
+                        "quantile: expected a scalar parameter".into(),
+                    ));
+                }
+            },
+            _ => 0.0,
+        };
+        let k = ((t - self.start) / self.step) as usize;
+        let mut out = Vec::with_capacity(tg.groups.len());
+        let mut vals = Vec::new();
+        for (labels, rows) in &tg.groups {
+            vals.clear();
+            vals.extend(
+                rows.iter()
+                    .filter_map(|&r| tg.table[r].1.get(k).copied().flatten()),
+            );
+            if !vals.is_empty() {
+                out.push(Sample {
+                    metric: labels.clone(),
+                    t,
+                    v: reduce(op, q, &mut vals),
+                    drop_name: tg.drop_name,
+                });
+            }
+        }
+        Ok(Pushdown::Done(out))
     }
 }
 

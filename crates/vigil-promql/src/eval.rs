@@ -157,9 +157,13 @@ pub(crate) struct Evaluator<'a> {
     loaded_samples: Cell<usize>,
     /// In a range query, a deferred selector's function values at every step, per series,
     /// computed on the first step (see `stream_steps`).
-    step_values: RefCell<HashMap<usize, Arc<StepTable>>>,
+    pub(crate) step_values: RefCell<HashMap<usize, Arc<StepTable>>>,
     /// Rollup table plans of deferred selectors, by selector (see `rollup::table_plan`).
     pub(crate) table_plans: RefCell<HashMap<(usize, bool), Option<crate::rollup::TablePlan>>>,
+    /// Range-query aggregations reduced straight from their input's step table, by node
+    /// (`None`: not applicable).
+    pub(crate) table_groups:
+        RefCell<HashMap<usize, Option<std::rc::Rc<crate::aggregate::TableGroups>>>>,
     deadline: Instant,
     ticks: Cell<u32>,
     /// Whether instant selectors of a range query may be streamed (not when the query reads
@@ -227,6 +231,7 @@ impl<'a> Evaluator<'a> {
             loaded_samples: Cell::new(0),
             step_values: RefCell::new(HashMap::new()),
             table_plans: RefCell::new(HashMap::new()),
+            table_groups: RefCell::new(HashMap::new()),
             deadline: Instant::now() + opts.timeout,
             ticks: Cell::new(0),
             stream_selectors: false,

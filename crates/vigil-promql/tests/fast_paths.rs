@@ -293,6 +293,11 @@ fn range_selectors_agree_with_instant_queries() {
         "rate(m[1m])",
         "last_over_time(m[2m])",
         "max_over_time(m[90s] offset 30s)",
+        // Aggregations reduced straight from those tables.
+        "sum by (g) (rate(m[1m]))",
+        "count by (g) (last_over_time(m[2m]))",
+        "quantile by (g) (0.25, max_over_time(m[90s]))",
+        "avg by (__name__, g) (m)",
     ] {
         let range = engine.range(&st, q, start, end, step).unwrap();
         let mut steps_seen = 0;
