@@ -278,7 +278,7 @@ fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&st
             step,
         )
     };
-    let queries: [(&str, &str, Option<Span>); 4] = [
+    let queries: [(&str, &str, Option<Span>); 5] = [
         (
             "avg_over_time over a day",
             "avg_over_time(node_load1{env=\"range\"}[1d])",
@@ -292,6 +292,11 @@ fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&st
         (
             "sum of rate, 5m step",
             "sum by (zone) (rate(node_cpu_seconds_total{env=\"range\",mode=\"user\"}[5m]))",
+            Some(aligned(300_000)),
+        ),
+        (
+            "quantile by zone, 5m step",
+            "quantile by (zone) (0.9, node_load5{env=\"range\"})",
             Some(aligned(300_000)),
         ),
         (

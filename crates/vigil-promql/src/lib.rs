@@ -255,19 +255,48 @@ pub trait Storage {
                 return Err(Error::TooManySamples(budget));
             }
         }
-        let mut out = Vec::with_capacity(points.len().max(samples.len()));
-        for (l, p) in points {
-            let mut buf = samples.remove(&l).unwrap_or_default();
-            if let Some(v) = f(&p, &mut buf) {
-                out.push((project(l, keep), v));
-            }
-        }
-        for (l, mut buf) in samples {
-            if let Some(v) = f(&[], &mut buf) {
-                out.push((project(l, keep), v));
-            }
-        }
-        Ok(out)
+        let mut series: Vec<RollupSeries> = points
+            .into_iter()
+            .map(|(l, p)| {
+                let buf = samples.remove(&l).unwrap_or_default();
+                (l, p, buf)
+            })
+            .collect();
+        series.extend(samples.into_iter().map(|(l, buf)| (l, Vec::new(), buf)));
+        // Many series: their steps are computed on several threads, joined in order.
+        let run = |part: &mut [RollupSeries]| {
+            part.iter_mut()
+                .map(|(_, p, buf)| f(p, buf))
+                .collect::<Vec<_>>()
+        };
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+            .min(series.len() / 256)
+            .max(1);
+        let per = series.len().div_ceil(workers).max(1);
+        let values: Vec<Option<Vec<Option<f64>>>> = if workers <= 1 {
+            run(&mut series)
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = series
+                    .chunks_mut(per)
+                    .map(|part| sc.spawn(move || run(part)))
+                    .collect();
+                let mut all = Vec::new();
+                for h in handles {
+                    all.extend(h.join().map_err(|_| {
+                        Error::Execution("a rollup step worker thread panicked".into())
+                    })?);
+                }
+                Ok::<_, Error>(all)
+            })?
+        };
+        Ok(series
+            .into_iter()
+            .zip(values)
+            .filter_map(|((l, _, _), v)| Some((project(l, keep), v?)))
+            .collect())
     }
 
     /// Rollup points at `resolution_ms` of the series matching `matchers`, with bucket ends
@@ -302,6 +331,9 @@ fn project(labels: Labels, keep: Option<&[String]>) -> Labels {
 /// A per-series function for [`Storage::select_map_steps`]: given the series' samples (which
 /// it may change), its value at every step of the query, if it has any.
 pub type StepsFn<'a> = dyn Fn(&mut Vec<(i64, f64)>) -> Option<Vec<Option<f64>>> + Sync + 'a;
+
+/// A series' labels, rollup points and raw samples, joined for a rollup step table.
+type RollupSeries = (Labels, Vec<RollupPoint>, Vec<(i64, f64)>);
 
 /// A per-series function for [`Storage::select_rollup_steps`]: given the series' rollup
 /// points and raw samples (which it may change), its value at every step, if any.
