@@ -650,6 +650,22 @@ impl<'a> Evaluator<'a> {
         Some(Ok(table))
     }
 
+    /// A step table's samples at step time `t` of this range query.
+    pub(crate) fn step_vector(&self, table: &StepTable, t: i64, drop_name: bool) -> Vec<Sample> {
+        let k = ((t - self.start) / self.step) as usize;
+        table
+            .iter()
+            .filter_map(|(metric, vals)| {
+                vals.get(k).copied().flatten().map(|v| Sample {
+                    metric: metric.clone(),
+                    t,
+                    v,
+                    drop_name,
+                })
+            })
+            .collect()
+    }
+
     pub(crate) fn storage(&self) -> &'a dyn Storage {
         self.st
     }
@@ -857,18 +873,7 @@ impl<'a> Evaluator<'a> {
 
     pub(crate) fn eval_selector(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>> {
         if let Some(table) = self.selector_steps(vs) {
-            let k = ((t - self.start) / self.step) as usize;
-            return Ok(table?
-                .iter()
-                .filter_map(|(metric, vals)| {
-                    vals.get(k).copied().flatten().map(|v| Sample {
-                        metric: metric.clone(),
-                        t,
-                        v,
-                        drop_name: false,
-                    })
-                })
-                .collect());
+            return Ok(self.step_vector(table?.as_ref(), t, false));
         }
         let r = self.ref_time(&vs.at, &vs.offset, t);
         let lo = r.saturating_sub(self.lookback);

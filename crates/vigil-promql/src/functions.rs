@@ -528,20 +528,11 @@ impl Evaluator<'_> {
                 any.then_some(vals)
             };
             if let Some(table) = self.stream_steps(&m.vs, &g) {
-                let k = ((t - self.start) / self.step) as usize;
-                return Ok(Value::Vector(
-                    table?
-                        .iter()
-                        .filter_map(|(metric, vals)| {
-                            vals.get(k).copied().flatten().map(|v| Sample {
-                                metric: metric.clone(),
-                                t,
-                                v,
-                                drop_name: !keep_name,
-                            })
-                        })
-                        .collect(),
-                ));
+                return Ok(Value::Vector(self.step_vector(
+                    table?.as_ref(),
+                    t,
+                    !keep_name,
+                )));
             }
         }
         // Streamed: each series decoded into a reused buffer and reduced right away.
@@ -654,21 +645,8 @@ impl Evaluator<'_> {
             && let Expr::MatrixSelector(m) = unwrap_parens(a)
             && let Some(table) = self.rollup_steps(&m.vs, ms(m.range), kind)
         {
-            let k = ((t - self.start) / self.step) as usize;
             let keep_name = name == "last_over_time";
-            let v = Value::Vector(
-                table?
-                    .iter()
-                    .filter_map(|(metric, vals)| {
-                        vals.get(k).copied().flatten().map(|v| Sample {
-                            metric: metric.clone(),
-                            t,
-                            v,
-                            drop_name: !keep_name,
-                        })
-                    })
-                    .collect(),
-            );
+            let v = Value::Vector(self.step_vector(table?.as_ref(), t, !keep_name));
             if matches!(name, "rate" | "increase") {
                 self.check_counter_names(a, &v);
             }

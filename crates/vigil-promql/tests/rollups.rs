@@ -111,6 +111,26 @@ fn fill(dbs: &[&Db], clock: &ManualClock) {
     }
 }
 
+/// Stores (rolling up after the given hours, or never) filled with the three days and
+/// maintained past the end.
+fn filled(clock: &ManualClock, after_h: &[Option<u64>]) -> (Vec<tempfile::TempDir>, Vec<Db>) {
+    let dirs: Vec<_> = after_h
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let dbs: Vec<Db> = dirs
+        .iter()
+        .zip(after_h)
+        .map(|(d, h)| open(d.path(), clock, *h))
+        .collect();
+    fill(&dbs.iter().collect::<Vec<_>>(), clock);
+    clock.set(B + 72 * H + 600_000);
+    for db in &dbs {
+        db.maintain().unwrap();
+    }
+    (dirs, dbs)
+}
+
 fn close(func: &str, a: f64, b: f64) -> bool {
     if a.is_nan() || b.is_nan() {
         return a.is_nan() && b.is_nan();
@@ -139,17 +159,10 @@ fn points(m: Matrix) -> Vec<(String, Vec<(i64, f64)>)> {
 #[test]
 fn rollups_answer_over_time_functions_like_raw_samples() {
     let clock = ManualClock::new(B);
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let raw = open(dirs[0].path(), &clock, None);
     // Rolled up from 24 h blocks, and from 2 h blocks whose rollups are merged afterwards
     // (buckets split at the 2 h boundaries put back together).
-    let day = open(dirs[1].path(), &clock, Some(24));
-    let early = open(dirs[2].path(), &clock, Some(2));
-    fill(&[&raw, &day, &early], &clock);
-    clock.set(B + 72 * H + 600_000);
-    for db in [&raw, &day, &early] {
-        db.maintain().unwrap();
-    }
+    let (_dirs, dbs) = filled(&clock, &[None, Some(24), Some(2)]);
+    let (raw, day, early) = (&dbs[0], &dbs[1], &dbs[2]);
     let rollup_blocks = |db: &Db| {
         db.stats()
             .blocks
@@ -159,12 +172,12 @@ fn rollups_answer_over_time_functions_like_raw_samples() {
             .collect::<Vec<_>>()
     };
     assert!(
-        rollup_blocks(&early).contains(&DAY),
+        rollup_blocks(early).contains(&DAY),
         "{:?}",
-        rollup_blocks(&early)
+        rollup_blocks(early)
     );
-    for rolled in [&day, &early] {
-        agree_with_raw(&raw, rolled);
+    for rolled in [day, early] {
+        agree_with_raw(raw, rolled);
     }
 }
 
@@ -172,18 +185,11 @@ fn rollups_answer_over_time_functions_like_raw_samples() {
 #[test]
 fn rollup_tables_answer_aligned_range_queries_like_raw_samples() {
     let clock = ManualClock::new(B);
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let raw = open(dirs[0].path(), &clock, None);
-    let early = open(dirs[1].path(), &clock, Some(2));
-    fill(&[&raw, &early], &clock);
-    clock.set(B + 72 * H + 600_000);
-    for db in [&raw, &early] {
-        db.maintain().unwrap();
-    }
+    let (_dirs, dbs) = filled(&clock, &[None, Some(2)]);
     let engine = Engine::new(EngineOptions::default());
-    let reference = TsdbStorage::new(&raw, "e");
+    let reference = TsdbStorage::new(&dbs[0], "e");
     let st = Counting {
-        inner: TsdbStorage::new(&early, "e"),
+        inner: TsdbStorage::new(&dbs[1], "e"),
         rollup_reads: Cell::new(0),
     };
     assert!(
