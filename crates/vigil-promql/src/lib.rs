@@ -221,6 +221,19 @@ pub trait Storage {
         None
     }
 
+    /// The cover of [`rollup_cover`](Self::rollup_cover) (with `edges`:
+    /// [`rollup_edge_cover`](Self::rollup_edge_cover)) and whether no rollup point holds a
+    /// sample at or after it: then the bucket the cover cuts holds exactly its samples before
+    /// the cover and is read with raw samples from the cover on. The default says not.
+    fn rollup_boundary(&self, resolution_ms: i64, edges: bool) -> Option<(i64, bool)> {
+        let cover = if edges {
+            self.rollup_edge_cover(resolution_ms)
+        } else {
+            self.rollup_cover(resolution_ms)
+        };
+        cover.map(|c| (c, false))
+    }
+
     /// A range query's per-series values read partly from rollups: `f` gets each series'
     /// rollup points at `resolution_ms` with bucket ends in `[buckets.0, buckets.1]` and its
     /// raw samples (staleness markers included) in `[raw.0, raw.1]` (either may be empty) and

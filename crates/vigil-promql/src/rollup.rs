@@ -41,8 +41,10 @@ const ASSUMED_INTERVAL_MS: i64 = 10_000;
 pub(crate) struct Split {
     /// Rollup resolution, ms.
     pub res: i64,
-    /// The newest bucket end whose bucket is complete in the rollups.
+    /// The newest bucket end read from the rollups.
     pub last_whole: i64,
+    /// Raw samples after this time complete the bucket ending at `last_whole`.
+    pub raw_after: i64,
     /// Raw intervals to load, `(after, upto]`, oldest first, disjoint.
     pub raw: Vec<(i64, i64)>,
     /// Bucket ends to load, `(after, upto]`.
@@ -60,6 +62,19 @@ fn ceil_to(t: i64, res: i64) -> i64 {
     }
 }
 
+/// The newest bucket end to read and the time after which raw samples are read, for rollups
+/// holding every sample before `cover`: the last whole bucket and its end; at a `clean`
+/// boundary (no rollup point holds a sample from `cover` on) the bucket `cover` cuts, read
+/// with the raw samples from `cover` on.
+fn edge((cover, clean): (i64, bool), res: i64) -> (i64, i64) {
+    if clean {
+        (ceil_to(cover, res), cover - 1)
+    } else {
+        let w = floor_to(cover - 1, res);
+        (w, w)
+    }
+}
+
 /// Plans reading windows `(r − range, r]` for `r` = `first`, `first + step`, …, `last`
 /// (`step` 0: one window) from rollups at `res` that hold every sample before `cover`.
 /// `None` when some window would get no whole bucket or raw reading would save nothing.
@@ -69,12 +84,12 @@ pub(crate) fn plan_split(
     step: i64,
     range: i64,
     res: i64,
-    cover: i64,
+    cover: (i64, bool),
 ) -> Option<Split> {
-    if range < 2 * res || last < first || cover == i64::MIN {
+    if range < 2 * res || last < first || cover.0 == i64::MIN {
         return None;
     }
-    let last_whole = floor_to(cover - 1, res);
+    let (last_whole, raw_after) = edge(cover, res);
     let b = |r: i64| floor_to(r, res).min(last_whole);
     let (lo_first, lo_last) = (first.checked_sub(range)?, last.checked_sub(range)?);
     // Windows only move forward: if the first has no whole bucket, none has. Later windows
@@ -87,10 +102,14 @@ pub(crate) fn plan_split(
     if !(steps_aligned && lo_first % res == 0) {
         raw.push((lo_first, ceil_to(lo_last, res)));
     }
-    let tail_from = if steps_aligned && first % res == 0 {
+    let tail_from = match if steps_aligned && first % res == 0 {
         last_whole.min(floor_to(last, res))
     } else {
         b(first)
+    } {
+        // The bucket the cover cuts is read up to the cover; raw samples from there.
+        t if t == last_whole => raw_after,
+        t => t,
     };
     if tail_from < last {
         if let Some(&(_, head_end)) = raw.first()
@@ -107,6 +126,7 @@ pub(crate) fn plan_split(
     Some(Split {
         res,
         last_whole,
+        raw_after,
         raw,
         buckets: (ceil_to(lo_first, res), b(last)),
     })
@@ -119,7 +139,7 @@ pub(crate) fn choose_split(
     last: i64,
     step: i64,
     range: i64,
-    cover: impl Fn(i64) -> Option<i64>,
+    cover: impl Fn(i64) -> Option<(i64, bool)>,
 ) -> Option<Split> {
     RESOLUTIONS
         .iter()
@@ -136,8 +156,10 @@ pub(crate) fn choose_split(
 pub(crate) struct TablePlan {
     /// Rollup resolution, ms.
     pub res: i64,
-    /// The newest bucket end whose bucket is complete in the rollups.
+    /// The newest bucket end read from the rollups.
     pub last_whole: i64,
+    /// Raw samples after this time complete the bucket ending at `last_whole`.
+    pub raw_after: i64,
     /// Bucket ends read, `[from, to]`.
     pub buckets: (i64, i64),
     /// Raw samples read, `[from, to]` (empty when `from > to`).
@@ -155,7 +177,7 @@ pub(crate) fn table_plan(
     step: i64,
     range: i64,
     resolutions: &[i64],
-    cover: impl Fn(i64) -> Option<i64>,
+    cover: impl Fn(i64) -> Option<(i64, bool)>,
 ) -> Option<TablePlan> {
     let last = first.checked_add(steps.checked_sub(1)?.checked_mul(step)?)?;
     let lo_first = first.checked_sub(range)?;
@@ -165,11 +187,13 @@ pub(crate) fn table_plan(
             range >= res && range % res == 0 && step % res == 0 && first.rem_euclid(res) == 0
         })
         .filter_map(|&res| {
-            let last_whole = floor_to(cover(res)?.checked_sub(1)?, res);
+            let c = cover(res)?;
+            c.0.checked_sub(1)?;
+            let (last_whole, raw_after) = edge(c, res);
             if last_whole <= lo_first {
                 return None;
             }
-            let raw_from = lo_first.max(last_whole);
+            let raw_from = lo_first.max(raw_after);
             let raw_len = last.saturating_sub(raw_from).max(0);
             if raw_len.saturating_mul(2) > last - lo_first {
                 return None;
@@ -177,6 +201,7 @@ pub(crate) fn table_plan(
             Some(TablePlan {
                 res,
                 last_whole,
+                raw_after,
                 buckets: (lo_first + 1, last.min(last_whole)),
                 raw: (raw_from + 1, last),
             })
@@ -310,7 +335,7 @@ pub(crate) fn step_values(
         .map(|k| {
             let r = first + k * step;
             let lo = r - range;
-            let (bucket_hi, raw_lo) = (r.min(plan.last_whole), lo.max(plan.last_whole));
+            let (bucket_hi, raw_lo) = (r.min(plan.last_whole), lo.max(plan.raw_after));
             while b_lo < pts.len() && pts[b_lo].ts_ms <= lo {
                 b_lo += 1;
             }
@@ -369,6 +394,7 @@ type Merged = (Labels, Vec<(i64, f64)>, Vec<RollupPoint>);
 pub(crate) struct RollupLoad {
     pub res: i64,
     pub last_whole: i64,
+    pub raw_after: i64,
     pub range: i64,
     pub points: Vec<Vec<RollupPoint>>,
 }
@@ -449,7 +475,9 @@ impl Evaluator<'_> {
             }
         };
         let st = self.storage();
-        let Some(split) = choose_split(first, last, step, range, |res| st.rollup_cover(res)) else {
+        let Some(split) = choose_split(first, last, step, range, |res| {
+            st.rollup_boundary(res, false)
+        }) else {
             return Ok(None);
         };
         let mut index: HashMap<Labels, usize> = HashMap::new();
@@ -502,6 +530,7 @@ impl Evaluator<'_> {
         let rl = RollupLoad {
             res: split.res,
             last_whole: split.last_whole,
+            raw_after: split.raw_after,
             range,
             points,
         };
@@ -526,11 +555,7 @@ impl Evaluator<'_> {
                 let steps = (self.end - self.start) / self.step + 1;
                 let st = self.storage();
                 table_plan(first, steps, self.step, range, &RESOLUTIONS, |res| {
-                    if edges {
-                        st.rollup_edge_cover(res)
-                    } else {
-                        st.rollup_cover(res)
-                    }
+                    st.rollup_boundary(res, edges)
                 })
             })
             .flatten();
@@ -600,7 +625,13 @@ impl Evaluator<'_> {
             for p in pts[from..to.max(from)].iter().filter(|p| p.count > 0) {
                 acc.part(u64::from(p.count), p.sum, p.min, p.max, p.last);
             }
-            acc.samples(window(&s.points, b, r));
+            // After the bucket the cover cuts, raw samples from the cover on.
+            let raw_lo = if b == rl.last_whole && a < b {
+                rl.raw_after
+            } else {
+                b
+            };
+            acc.samples(window(&s.points, raw_lo, r));
             if let Some(v) = acc.value(func) {
                 out.push(Sample {
                     metric: s.metric.clone(),
@@ -626,17 +657,33 @@ mod tests {
     fn an_aligned_instant_window_reads_only_the_uncovered_tail() {
         let cover = 10 * DAY + 2 * H;
         let r = 10 * DAY + 5 * H;
-        let s = plan_split(r, r, 0, DAY, H, cover).unwrap();
+        let s = plan_split(r, r, 0, DAY, H, (cover, false)).unwrap();
         assert_eq!(s.raw, vec![(10 * DAY + H, r)]);
         assert_eq!(s.buckets, (9 * DAY + 5 * H, 10 * DAY + H));
         assert_eq!(s.last_whole, 10 * DAY + H);
     }
 
     #[test]
+    fn a_clean_cover_reads_the_bucket_it_cuts_and_raw_samples_from_it() {
+        let cover = 10 * DAY + 2 * H;
+        let r = 10 * DAY + 5 * H;
+        let s = plan_split(r, r, 0, DAY, H, (cover, true)).unwrap();
+        assert_eq!((s.last_whole, s.raw_after), (cover, cover - 1));
+        assert_eq!(s.raw, vec![(cover - 1, r)]);
+        assert_eq!(s.buckets, (9 * DAY + 5 * H, cover));
+        // Unaligned: the bucket ending after the cover holds the samples before it.
+        let s = plan_split(r, r, 0, DAY, H, (cover + 60_000, true)).unwrap();
+        assert_eq!((s.last_whole, s.raw_after), (cover + H, cover + 59_999));
+        let t = table_plan(DAY, 24, H, H, &RESOLUTIONS, |_| Some((cover, true))).unwrap();
+        assert_eq!((t.last_whole, t.raw_after), (cover, cover - 1));
+        assert_eq!(t.raw, (cover, DAY + 23 * H));
+    }
+
+    #[test]
     fn an_unaligned_window_reads_a_raw_head_and_tail() {
         let cover = 10 * DAY;
         let r = 10 * DAY + 5 * H + 123_456;
-        let s = plan_split(r, r, 0, DAY, M5, cover).unwrap();
+        let s = plan_split(r, r, 0, DAY, M5, (cover, false)).unwrap();
         let lo = r - DAY;
         assert_eq!(s.raw, vec![(lo, ceil_to(lo, M5)), (10 * DAY - M5, r)]);
         assert_eq!(s.buckets, (ceil_to(lo, M5), 10 * DAY - M5));
@@ -645,29 +692,32 @@ mod tests {
     #[test]
     fn no_split_when_it_would_not_pay_or_has_no_whole_bucket() {
         // Range shorter than two buckets.
-        assert_eq!(plan_split(DAY, DAY, 0, H, H, DAY), None);
+        assert_eq!(plan_split(DAY, DAY, 0, H, H, (DAY, false)), None);
         // Rollups end before the newest window's first whole bucket.
-        assert_eq!(plan_split(10 * DAY, 10 * DAY, 0, 6 * H, M5, 9 * DAY), None);
+        assert_eq!(
+            plan_split(10 * DAY, 10 * DAY, 0, 6 * H, M5, (9 * DAY, false)),
+            None
+        );
         // Unaligned steps: heads and tails cover everything.
         assert_eq!(
-            plan_split(DAY + 7, 2 * DAY + 7, 60_000, H, M5, 3 * DAY),
+            plan_split(DAY + 7, 2 * DAY + 7, 60_000, H, M5, (3 * DAY, false)),
             None
         );
         // No rollups at all.
-        assert_eq!(plan_split(DAY, DAY, 0, 6 * H, M5, i64::MIN), None);
+        assert_eq!(plan_split(DAY, DAY, 0, 6 * H, M5, (i64::MIN, false)), None);
     }
 
     #[test]
     fn aligned_range_query_steps_read_raw_only_past_the_cover() {
         let cover = 20 * H + 30 * 60_000;
-        let s = plan_split(2 * H, 24 * H, H, H, M5, cover).unwrap();
+        let s = plan_split(2 * H, 24 * H, H, H, M5, (cover, false)).unwrap();
         assert_eq!(s.raw, vec![(20 * H + 25 * 60_000, 24 * H)]);
         assert_eq!(s.buckets, (H, 20 * H + 25 * 60_000));
         // Both resolutions cover every window: the coarser one reads fewer points.
-        let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some(30 * H)).unwrap();
+        let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some((30 * H, false))).unwrap();
         assert_eq!((c.res, c.raw.len()), (H, 0));
         // Where the 1 h rollups stop a whole hour earlier, 5 m reads fewer raw samples.
-        let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some(20 * H)).unwrap();
+        let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some((20 * H, false))).unwrap();
         assert_eq!(c.res, M5);
     }
 

@@ -27,6 +27,12 @@ impl crate::Storage for TsdbStorage<'_> {
             .rollup_cover(resolution_ms)
     }
 
+    fn rollup_boundary(&self, resolution_ms: i64, edges: bool) -> Option<(i64, bool)> {
+        self.db
+            .querier(self.env, i64::MIN, i64::MAX)
+            .rollup_boundary(resolution_ms, edges)
+    }
+
     fn rollup_edge_cover(&self, resolution_ms: i64) -> Option<i64> {
         self.db
             .querier(self.env, i64::MIN, i64::MAX)

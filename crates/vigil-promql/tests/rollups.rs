@@ -44,6 +44,10 @@ impl Storage for Counting<'_> {
         self.inner.rollup_edge_cover(res)
     }
 
+    fn rollup_boundary(&self, res: i64, edges: bool) -> Option<(i64, bool)> {
+        self.inner.rollup_boundary(res, edges)
+    }
+
     fn select_rollups(
         &self,
         m: &[Matcher],

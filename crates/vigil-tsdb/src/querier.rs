@@ -971,6 +971,21 @@ impl Querier {
         self.rollup_cover_with(resolution_ms, true)
     }
 
+    /// The cover (of [`rollup_cover`](Self::rollup_cover), or with `edges` of
+    /// [`rollup_edge_cover`](Self::rollup_edge_cover)) and whether it is a clean boundary:
+    /// no rollup point holds a sample at or after it (every rollup block ends by then). At a
+    /// clean boundary the bucket the cover cuts holds exactly that bucket's samples before
+    /// the cover, so it can be read together with raw samples from the cover on.
+    pub fn rollup_boundary(&self, resolution_ms: i64, edges: bool) -> Option<(i64, bool)> {
+        let cover = self.rollup_cover_with(resolution_ms, edges)?;
+        let clean = self
+            .blocks
+            .iter()
+            .filter(|b| b.meta.resolution_ms == resolution_ms)
+            .all(|b| b.meta.range_end <= cover);
+        Some((cover, clean))
+    }
+
     fn rollup_cover_with(&self, resolution_ms: i64, edges: bool) -> Option<i64> {
         let mut until = self.head.time_range().map_or(i64::MAX, |(mint, _)| mint);
         let mut rollups: Vec<&Arc<Block>> = Vec::new();
