@@ -135,6 +135,28 @@ fn filled(clock: &ManualClock, after_h: &[Option<u64>]) -> (Vec<tempfile::TempDi
     (dirs, dbs)
 }
 
+type Points = Vec<(String, Vec<(i64, f64)>)>;
+
+/// Asserts a range query's raw and rollup answers agree (as `close` for `func`); returns how
+/// many points were compared.
+fn agree(q: &str, func: &str, want: &Points, got: &Points) -> usize {
+    assert_eq!(want.len(), got.len(), "{q}");
+    let mut n = 0;
+    for (w, g) in want.iter().zip(got) {
+        assert_eq!(w.0, g.0, "{q}");
+        assert_eq!(w.1.len(), g.1.len(), "{q} {}", w.0);
+        for (a, b) in w.1.iter().zip(&g.1) {
+            assert!(
+                a.0 == b.0 && close(func, a.1, b.1),
+                "{q} {}: raw {a:?}, rollups {b:?}",
+                w.0
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
 fn close(func: &str, a: f64, b: f64) -> bool {
     if a.is_nan() || b.is_nan() {
         return a.is_nan() && b.is_nan();
@@ -154,7 +176,7 @@ fn vector(v: Value) -> Vec<(String, f64)> {
     out
 }
 
-fn points(m: Matrix) -> Vec<(String, Vec<(i64, f64)>)> {
+fn points(m: Matrix) -> Points {
     m.into_iter()
         .map(|s| (s.metric.to_string(), s.points))
         .collect()
@@ -225,19 +247,7 @@ fn rollup_tables_answer_aligned_range_queries_like_raw_samples() {
         let want = points(engine.range(&reference, q, start, end, step).unwrap());
         let got = points(engine.range(&st, q, start, end, step).unwrap());
         assert!(st.rollup_reads.get() > before, "{q} did not read rollups");
-        assert_eq!(want.len(), got.len(), "{q}");
-        for (w, g) in want.iter().zip(&got) {
-            assert_eq!(w.0, g.0, "{q}");
-            assert_eq!(w.1.len(), g.1.len(), "{q} {}", w.0);
-            for (a, b) in w.1.iter().zip(&g.1) {
-                assert!(
-                    a.0 == b.0 && close("sum_over_time", a.1, b.1),
-                    "{q} {}: raw {a:?}, rollups {b:?}",
-                    w.0
-                );
-                checked += 1;
-            }
-        }
+        checked += agree(q, "sum_over_time", &want, &got);
     }
     assert!(checked > 10_000, "{checked}");
 }
@@ -315,18 +325,7 @@ fn agree_with_raw(raw: &Db, rolled: &Db) {
         ] {
             let want = points(engine.range(&reference, &q, start, end, step).unwrap());
             let got = points(engine.range(&st, &q, start, end, step).unwrap());
-            assert_eq!(want.len(), got.len(), "{q}");
-            for (w, g) in want.iter().zip(&got) {
-                assert_eq!(w.0, g.0, "{q}");
-                assert_eq!(w.1.len(), g.1.len(), "{q} {}", w.0);
-                for (a, b) in w.1.iter().zip(&g.1) {
-                    assert!(
-                        a.0 == b.0 && close(func, a.1, b.1),
-                        "{q} {}: raw {a:?}, rollups {b:?}",
-                        w.0
-                    );
-                }
-            }
+            agree(&q, func, &want, &got);
         }
     }
     assert!(instant_checked > 250);
