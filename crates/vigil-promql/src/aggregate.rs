@@ -95,7 +95,7 @@ impl Evaluator<'_> {
         {
             self.annotations.check_quantile(*q, p);
         }
-        let input = match self.pushed_down(a, &op, t)? {
+        let input = match self.pushed_down(a, &op, param.as_ref(), t)? {
             Pushdown::Groups(keep_name, groups) => {
                 let q = if op == "quantile" {
                     scalar_param()?
@@ -324,12 +324,18 @@ impl Evaluator<'_> {
     /// labels or samples are built. Only for projectable aggregations of a one-argument range
     /// function of a projected selector; otherwise `No` (or `Evaluated` when the function
     /// was evaluated but read the usual way, e.g. from rollups).
-    fn pushed_down(&self, a: &AggregateExpr, op: &str, t: i64) -> Result<Pushdown> {
+    fn pushed_down(
+        &self,
+        a: &AggregateExpr,
+        op: &str,
+        param: Option<&Value>,
+        t: i64,
+    ) -> Result<Pushdown> {
         let Some(LabelModifier::Include(_)) = &a.modifier else {
             return Ok(Pushdown::No);
         };
         if self.start != self.end && self.step > 0 && PROJECTABLE.contains(&op) {
-            return self.over_table(a, op, t);
+            return self.over_table(a, op, param, t);
         }
         let (Expr::Call(c), true) = (
             unwrap_parens(&a.expr),
@@ -363,7 +369,14 @@ impl Evaluator<'_> {
     /// table's rows are grouped once (on the first step) and every step reduces each group's
     /// values for that step straight from the table, in row order (the order the step's
     /// vector would have), so no samples are built and no labels hashed per step.
-    fn over_table(&self, a: &AggregateExpr, op: &str, t: i64) -> Result<Pushdown> {
+    /// `param` is the aggregation's parameter, already evaluated at `t`.
+    fn over_table(
+        &self,
+        a: &AggregateExpr,
+        op: &str,
+        param: Option<&Value>,
+        t: i64,
+    ) -> Result<Pushdown> {
         let key = a as *const AggregateExpr as usize;
         let cached = self.table_groups.borrow().get(&key).cloned();
         let tg = match cached {
@@ -420,15 +433,13 @@ impl Evaluator<'_> {
                 tg
             }
         };
-        let q = match (op, &a.param) {
-            ("quantile", Some(p)) => match self.eval(p, t)? {
-                Value::Scalar(q) => q,
-                _ => {
-                    return Err(Error::BadData(
-                        "quantile: expected a scalar parameter".into(),
-                    ));
-                }
-            },
+        let q = match (op, param) {
+            ("quantile", Some(Value::Scalar(q))) => *q,
+            ("quantile", _) => {
+                return Err(Error::BadData(
+                    "quantile: expected a scalar parameter".into(),
+                ));
+            }
             _ => 0.0,
         };
         let k = ((t - self.start) / self.step) as usize;

@@ -132,6 +132,12 @@ pub(crate) fn plan_split(
     })
 }
 
+/// What reading `raw_ms` of raw samples and the buckets ending in `buckets` costs, weighing
+/// raw samples at one per [`ASSUMED_INTERVAL_MS`] against one per rollup point.
+fn read_cost(raw_ms: i64, buckets: (i64, i64), res: i64) -> i64 {
+    raw_ms / ASSUMED_INTERVAL_MS + (buckets.1 - buckets.0) / res
+}
+
 /// The cheaper split over the resolutions the storage can serve, weighing raw samples at
 /// one per [`ASSUMED_INTERVAL_MS`] against one per rollup point.
 pub(crate) fn choose_split(
@@ -145,10 +151,7 @@ pub(crate) fn choose_split(
         .iter()
         .filter(|&&res| range >= 2 * res)
         .filter_map(|&res| plan_split(first, last, step, range, res, cover(res)?))
-        .min_by_key(|s| {
-            let raw: i64 = s.raw.iter().map(|(a, b)| b - a).sum();
-            raw / ASSUMED_INTERVAL_MS + (s.buckets.1 - s.buckets.0) / s.res
-        })
+        .min_by_key(|s| read_cost(s.raw.iter().map(|(a, b)| b - a).sum(), s.buckets, s.res))
 }
 
 /// How a range query's windows are read as a table (see [`table_plan`]).
@@ -206,10 +209,7 @@ pub(crate) fn table_plan(
                 raw: (raw_from + 1, last),
             })
         })
-        .min_by_key(|p| {
-            let raw = (p.raw.1 - p.raw.0 + 1).max(0);
-            raw / ASSUMED_INTERVAL_MS + (p.buckets.1 - p.buckets.0) / p.res
-        })
+        .min_by_key(|p| read_cost((p.raw.1 - p.raw.0 + 1).max(0), p.buckets, p.res))
 }
 
 /// What a rollup table computes for each window.

@@ -1110,15 +1110,16 @@ impl Querier {
         };
         let mut maps = maps.into_iter();
         let mut all: Found = maps.next().transpose()?.unwrap_or_default();
-        let mut index: hashbrown::HashMap<Labels, usize> = hashbrown::HashMap::new();
+        // Later readers' series are joined by labels (indexed only when there are any).
+        let mut index: hashbrown::HashMap<Labels, usize> = if maps.len() > 0 {
+            all.iter()
+                .enumerate()
+                .map(|(k, (l, _))| (l.clone(), k))
+                .collect()
+        } else {
+            hashbrown::HashMap::new()
+        };
         for m in maps {
-            if index.is_empty() {
-                index = all
-                    .iter()
-                    .enumerate()
-                    .map(|(k, (l, _))| (l.clone(), k))
-                    .collect();
-            }
             for (l, pts) in m? {
                 match index.get(&l) {
                     Some(&k) => all[k].1.extend(pts),
