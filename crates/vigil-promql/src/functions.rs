@@ -590,10 +590,7 @@ impl Evaluator<'_> {
                 }
                 out
             };
-            let workers = std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(4)
-                .min(data.len() / PARALLEL_SERIES);
+            let workers = vigil_tsdb::cores().min(4).min(data.len() / PARALLEL_SERIES);
             if workers <= 1 {
                 return Ok(Value::Vector(run(data)));
             }

@@ -282,11 +282,7 @@ pub trait Storage {
                 .map(|(_, p, buf)| f(p, buf))
                 .collect::<Vec<_>>()
         };
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4)
-            .min(series.len() / 256)
-            .max(1);
+        let workers = vigil_tsdb::cores().min(4).min(series.len() / 256).max(1);
         let per = series.len().div_ceil(workers).max(1);
         let values: Vec<Option<Vec<Option<f64>>>> = if workers <= 1 {
             run(&mut series)

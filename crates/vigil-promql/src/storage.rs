@@ -87,12 +87,16 @@ impl crate::Storage for TsdbStorage<'_> {
         let decoded = AtomicUsize::new(0);
         self.each_part(matchers, mint, maxt, None, |mut part| {
             let mut out = Vec::with_capacity(part.size_hint().1.unwrap_or(0));
+            // Series of one selection tend to hold alike numbers of samples: sized after the
+            // previous one, most buffers never grow (growing copies them).
+            let mut hint = 0;
             loop {
-                let mut samples = Vec::new();
+                let mut samples = Vec::with_capacity(hint);
                 let Some((labels, _)) = read(&mut part, &mut samples, false, &decoded, budget)?
                 else {
                     return Ok(out);
                 };
+                hint = samples.len();
                 out.push(StoredSeries { labels, samples });
             }
         })
@@ -272,9 +276,7 @@ impl TsdbStorage<'_> {
 
 /// Reader threads for one selection: the cores, at most 4.
 fn readers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4)
+    vigil_tsdb::cores().min(4)
 }
 
 /// Runs `per_part` over each part, on a thread each when there is enough work (each series

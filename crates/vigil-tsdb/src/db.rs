@@ -997,6 +997,20 @@ impl Inner {
                     if g.len() > 1 && (w + 1) * r <= newest && !mixed {
                         return Some((g, lvl as u32 + 1));
                     }
+                    // Rollups of a window still filling up merge in pairs of equal span (2 h +
+                    // 2 h, then 4 h + 4 h, …): a long query reads a few chunks per series
+                    // instead of one per 2 h block, and each rollup is rewritten about
+                    // log2(blocks per window) times, not once per new block.
+                    if res != 0
+                        && let Some(pair) = g.windows(2).find(|p| {
+                            let span = |b: &Arc<Block>| b.meta.range_end - b.meta.range_start;
+                            p[0].meta.range_end == p[1].meta.range_start
+                                && span(&p[0]) == span(&p[1])
+                                && p[1].meta.range_end <= newest
+                        })
+                    {
+                        return Some((pair.to_vec(), lvl as u32 + 1));
+                    }
                 }
             }
         }

@@ -60,3 +60,9 @@ pub use options::Options;
 pub use querier::{CounterRun, Groups, Querier, SampleIter, Series, SeriesPart, SeriesSet};
 pub use tombstones::Tombstone;
 pub use wal::SyncPolicy;
+
+/// The cores this process may use (asked once: the answer takes a few system calls).
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

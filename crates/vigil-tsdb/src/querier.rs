@@ -1048,23 +1048,51 @@ impl Querier {
             .collect();
         // Oldest first, so the later part of a split bucket comes second.
         blocks.sort_by_key(|b| b.meta.range_start);
-        // Each reader takes a run of consecutive blocks; their maps are joined in block order.
-        // Series are found by a hash of their label text, so labels are built once per series
-        // a reader meets, not once per block.
+        // Matching series of each block, found once. Each reader takes the series whose label
+        // hash falls to it, across all blocks (so a series' points stay with one reader and
+        // readers' results just concatenate). Series are found by a hash of their label text:
+        // labels are built once per series, not once per block.
+        let ids: Vec<Vec<u32>> = blocks
+            .iter()
+            .map(|b| b.select_ids(&self.env, matchers))
+            .collect();
+        let selected: usize = ids.iter().map(Vec::len).sum();
+        let readers = crate::cores().min(4).min(selected / 256).max(1) as u64;
+        // Points a series can have here: its buffer is sized once, not grown block by block
+        // (each growth copies every point read so far).
+        let span = blocks
+            .iter()
+            .map(|b| b.meta.max_time)
+            .max()
+            .unwrap_or(0)
+            .min(self.maxt)
+            - blocks
+                .iter()
+                .map(|b| b.meta.min_time)
+                .min()
+                .unwrap_or(0)
+                .max(self.rollup_mint);
+        let per_series = usize::try_from(span / resolution_ms.max(1) + 2)
+            .unwrap_or(0)
+            .min(1 << 16);
         type Found = Vec<(Labels, Vec<RollupPoint>)>;
-        let read = |blocks: &[&Arc<Block>]| -> Result<Found> {
+        let read = |reader: u64| -> Result<Found> {
             let mut found: Found = Vec::new();
             let mut index: hashbrown::HashMap<u64, Vec<usize>> = hashbrown::HashMap::new();
             let mut buf = Vec::new();
-            for b in blocks {
-                for i in b.select_ids(&self.env, matchers) {
+            for (b, ids) in blocks.iter().zip(&ids) {
+                for &i in ids {
                     let s = &b.series[i as usize];
-                    let at = index.entry(b.labels_hash(s)).or_default();
+                    let hash = b.labels_hash(s);
+                    if hash % readers != reader {
+                        continue;
+                    }
+                    let at = index.entry(hash).or_default();
                     let k = match at.iter().find(|&&k| b.labels_eq(s, &found[k].0)) {
                         Some(&k) => k,
                         None => {
                             at.push(found.len());
-                            found.push((b.labels(s), Vec::new()));
+                            found.push((b.labels(s), Vec::with_capacity(per_series)));
                             found.len() - 1
                         }
                     };
@@ -1078,22 +1106,28 @@ impl Querier {
                     }
                 }
             }
+            for (_, pts) in found.iter_mut() {
+                pts.retain(|p| p.ts_ms >= self.rollup_mint && p.ts_ms <= self.maxt);
+                // Stable: parts of one bucket stay in block order.
+                pts.sort_by_key(|p| p.ts_ms);
+                pts.dedup_by(|later, earlier| {
+                    if later.ts_ms != earlier.ts_ms {
+                        return false;
+                    }
+                    *earlier = earlier.combine(later);
+                    true
+                });
+            }
+            found.retain(|(_, p)| !p.is_empty());
             Ok(found)
         };
-        let readers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4)
-            .min(blocks.len() / 2)
-            .max(1);
-        let per = blocks.len().div_ceil(readers).max(1);
-        let maps: Vec<Result<Found>> = if readers <= 1 {
-            vec![read(&blocks)]
+        let mut all: Found = Vec::with_capacity(ids.iter().map(Vec::len).max().unwrap_or(0));
+        if readers <= 1 {
+            all = read(0)?;
         } else {
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = blocks
-                    .chunks(per)
-                    .map(|part| sc.spawn(move || read(part)))
-                    .collect();
+            let read = &read;
+            let parts: Vec<Result<Found>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..readers).map(|k| sc.spawn(move || read(k))).collect();
                 handles
                     .into_iter()
                     .map(|h| {
@@ -1106,47 +1140,12 @@ impl Querier {
                         })
                     })
                     .collect()
-            })
-        };
-        let mut maps = maps.into_iter();
-        let mut all: Found = maps.next().transpose()?.unwrap_or_default();
-        // Later readers' series are joined by labels (indexed only when there are any).
-        let mut index: hashbrown::HashMap<Labels, usize> = if maps.len() > 0 {
-            all.iter()
-                .enumerate()
-                .map(|(k, (l, _))| (l.clone(), k))
-                .collect()
-        } else {
-            hashbrown::HashMap::new()
-        };
-        for m in maps {
-            for (l, pts) in m? {
-                match index.get(&l) {
-                    Some(&k) => all[k].1.extend(pts),
-                    None => {
-                        index.insert(l.clone(), all.len());
-                        all.push((l, pts));
-                    }
-                }
+            });
+            for p in parts {
+                all.extend(p?);
             }
         }
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(all
-            .into_iter()
-            .map(|(l, mut pts)| {
-                pts.retain(|p| p.ts_ms >= self.rollup_mint && p.ts_ms <= self.maxt);
-                // Stable: parts of one bucket stay in block order.
-                pts.sort_by_key(|p| p.ts_ms);
-                pts.dedup_by(|later, earlier| {
-                    if later.ts_ms != earlier.ts_ms {
-                        return false;
-                    }
-                    *earlier = earlier.combine(later);
-                    true
-                });
-                (l, pts)
-            })
-            .filter(|(_, p)| !p.is_empty())
-            .collect())
+        Ok(all)
     }
 }

@@ -242,6 +242,61 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
 }
 
 #[test]
+fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        downsample_after: Some(secs(2 * 3600)),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    fill(&db, "prod", "cpu", 2, T0, 16);
+    let rollup_spans = |res: i64| -> Vec<i64> {
+        let mut v: Vec<(i64, i64)> = db
+            .stats()
+            .blocks
+            .iter()
+            .filter(|b| b.resolution_ms == res)
+            .map(|b| (b.range_start, b.range_end - b.range_start))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, span)| span / HOUR).collect()
+    };
+    let points = |res: i64| {
+        db.querier("prod", T0, T0 + DAY)
+            .select_rollups(&[name("cpu")], res)
+            .unwrap()
+    };
+    // As a server would: maintenance every 2 h. Each round rolls up one more 2 h block; the
+    // second pass at the same time merges what the first made, and no point changes.
+    for h in (4..=16).step_by(2) {
+        clock.set(T0 + h * HOUR);
+        db.maintain().unwrap();
+        let before: Vec<_> = ROLLUP_RESOLUTIONS.iter().map(|&r| points(r)).collect();
+        db.maintain().unwrap();
+        let after: Vec<_> = ROLLUP_RESOLUTIONS.iter().map(|&r| points(r)).collect();
+        assert_eq!(before, after, "at hour {h}");
+    }
+    // 14 h rolled up (7 blocks of 2 h) are 8 h + 4 h + 2 h, for both resolutions.
+    for res in ROLLUP_RESOLUTIONS {
+        assert_eq!(rollup_spans(res), vec![8, 4, 2], "resolution {res}");
+    }
+    // Every 5 m bucket is whole, also those the merged blocks' boundaries split (the last
+    // one's fifth sample, at T0 + 14 h, starts the block not yet rolled up).
+    let five = points(ROLLUP_RESOLUTIONS[0]);
+    assert_eq!(five.len(), 2);
+    assert_eq!(five[0].1.len(), 14 * 12 + 1);
+    assert!(five[0].1[1..14 * 12].iter().all(|p| p.count == 5));
+    assert_eq!(five[0].1[14 * 12].count, 4);
+    // The merged rollups keep their edges: queries needing them still read them.
+    let q = db.querier("prod", T0, T0 + DAY);
+    assert_eq!(
+        q.rollup_edge_cover(ROLLUP_RESOLUTIONS[0]),
+        Some(T0 + 14 * HOUR)
+    );
+}
+
+#[test]
 fn deletion_hides_data_at_once_and_is_applied_to_blocks_and_replay() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
