@@ -16,7 +16,8 @@
 //!
 //! With `VIGIL_BENCH_RANGE` the store first gets that much history (env `range`), maintained
 //! as it goes with rollups made of blocks older than `VIGIL_BENCH_DOWNSAMPLE_H` hours
-//! (default 2), and the long-range queries run too: over a day, from rollups where exact.
+//! (default 1, as the store's default), and the long-range queries run too: over a day,
+//! from rollups where exact.
 //!
 //! Prints p50/p99 per query and, as a baseline measured in the same run, the time to decode
 //! every chunk of the selected series alone (`Querier::select` + reading all samples).
@@ -72,7 +73,7 @@ fn main() {
         Some(((r >= 0).then_some(r), it.next()??))
     });
     let clock = ManualClock::new(reused.map_or(start, |(_, last)| last));
-    let downsample_h = env_num("VIGIL_BENCH_DOWNSAMPLE_H", 2) as u64;
+    let downsample_h = env_num("VIGIL_BENCH_DOWNSAMPLE_H", 1) as u64;
     let db = Db::open(
         &dir,
         Options {

@@ -409,6 +409,39 @@ const NATIVE_ONLY: &[&str] = &[
 /// Series per worker below which a range function runs on the calling thread.
 const PARALLEL_SERIES: usize = 20_000;
 
+/// Runs `run` over `0..n` cut into contiguous ranges, on up to 4 cores when each gets at least
+/// `min_per_worker` items (the calling thread takes the first range); results in order.
+pub(crate) fn par_ranges<T: Send>(
+    n: usize,
+    min_per_worker: usize,
+    run: impl Fn(std::ops::Range<usize>) -> Vec<T> + Sync,
+) -> Result<Vec<T>> {
+    let workers = vigil_tsdb::cores()
+        .min(4)
+        .min(n / min_per_worker.max(1))
+        .max(1);
+    if workers <= 1 {
+        return Ok(run(0..n));
+    }
+    let per = n.div_ceil(workers);
+    let run = &run;
+    let parts: Vec<std::thread::Result<Vec<T>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (per..n)
+            .step_by(per)
+            .map(|a| sc.spawn(move || run(a..(a + per).min(n))))
+            .collect();
+        let first = run(0..per);
+        std::iter::once(Ok(first))
+            .chain(handles.into_iter().map(|h| h.join()))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(n);
+    for p in parts {
+        out.extend(p.map_err(|_| Error::Execution("a worker thread panicked".into()))?);
+    }
+    Ok(out)
+}
+
 impl Evaluator<'_> {
     fn scalar_arg(&self, e: &Expr, t: i64) -> Result<f64> {
         match self.eval(e, t)? {
@@ -572,9 +605,9 @@ impl Evaluator<'_> {
             let data = self.loaded(&m.vs);
             let r = self.ref_time(&m.vs.at, &m.vs.offset, t);
             let lo = r.saturating_sub(ms(m.range));
-            let run = |part: &[crate::eval::Loaded]| -> Vec<Sample> {
+            let out = par_ranges(data.len(), PARALLEL_SERIES, |part| {
                 let mut out = Vec::with_capacity(part.len());
-                for s in part {
+                for s in &data[part] {
                     let w = crate::eval::window(&s.points, lo, r);
                     if w.is_empty() {
                         continue;
@@ -589,29 +622,7 @@ impl Evaluator<'_> {
                     }
                 }
                 out
-            };
-            let workers = vigil_tsdb::cores().min(4).min(data.len() / PARALLEL_SERIES);
-            if workers <= 1 {
-                return Ok(Value::Vector(run(data)));
-            }
-            let per = data.len().div_ceil(workers);
-            let parts: Vec<std::thread::Result<Vec<Sample>>> = std::thread::scope(|sc| {
-                let handles: Vec<_> = data
-                    .chunks(per)
-                    .skip(1)
-                    .map(|p| sc.spawn(move || run(p)))
-                    .collect();
-                let first = run(&data[..per]);
-                std::iter::once(Ok(first))
-                    .chain(handles.into_iter().map(|h| h.join()))
-                    .collect()
-            });
-            let mut out = Vec::with_capacity(data.len());
-            for p in parts {
-                out.extend(p.map_err(|_| {
-                    Error::Execution("a range-function worker thread panicked".into())
-                })?);
-            }
+            })?;
             return Ok(Value::Vector(out));
         }
         let mut out = Vec::new();
@@ -1410,4 +1421,17 @@ pub(crate) fn bucket_quantile(
         rank -= co[b - 1].1;
     }
     (start + (end - start) * (rank / count), fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::par_ranges;
+
+    #[test]
+    fn parallel_ranges_cover_every_item_once_in_order() {
+        for n in [0, 1, 255, 256, 511, 512, 1000, 1023, 4097] {
+            let got = par_ranges(n, 256, |r| r.map(|i| i * 3).collect()).unwrap();
+            assert_eq!(got, (0..n).map(|i| i * 3).collect::<Vec<_>>(), "n = {n}");
+        }
+    }
 }

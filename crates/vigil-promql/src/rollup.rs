@@ -502,7 +502,11 @@ impl Evaluator<'_> {
                     series.push((s.labels, Vec::new(), Vec::new()));
                     series.len() - 1
                 });
-                series[i].1.extend(pts);
+                if series[i].1.is_empty() {
+                    series[i].1 = pts;
+                } else {
+                    series[i].1.extend(pts);
+                }
             }
         }
         let (after, upto) = split.buckets;
@@ -616,31 +620,36 @@ impl Evaluator<'_> {
             _ => (r, r),
         };
         let keep_name = func == "last_over_time";
-        let mut out = Vec::new();
-        for (s, pts) in self.loaded(&m.vs).iter().zip(&rl.points) {
-            let mut acc = Acc::default();
-            acc.samples(window(&s.points, lo, a));
-            let from = pts.partition_point(|p| p.ts_ms <= a);
-            let to = pts.partition_point(|p| p.ts_ms <= b);
-            for p in pts[from..to.max(from)].iter().filter(|p| p.count > 0) {
-                acc.part(u64::from(p.count), p.sum, p.min, p.max, p.last);
+        let loaded = self.loaded(&m.vs);
+        // Each series is independent: many are split over the cores.
+        let out = crate::functions::par_ranges(loaded.len(), 256, |part| {
+            let mut out = Vec::with_capacity(part.len());
+            for (s, pts) in loaded[part.clone()].iter().zip(&rl.points[part]) {
+                let mut acc = Acc::default();
+                acc.samples(window(&s.points, lo, a));
+                let from = pts.partition_point(|p| p.ts_ms <= a);
+                let to = pts.partition_point(|p| p.ts_ms <= b);
+                for p in pts[from..to.max(from)].iter().filter(|p| p.count > 0) {
+                    acc.part(u64::from(p.count), p.sum, p.min, p.max, p.last);
+                }
+                // After the bucket the cover cuts, raw samples from the cover on.
+                let raw_lo = if b == rl.last_whole && a < b {
+                    rl.raw_after
+                } else {
+                    b
+                };
+                acc.samples(window(&s.points, raw_lo, r));
+                if let Some(v) = acc.value(func) {
+                    out.push(Sample {
+                        metric: s.metric.clone(),
+                        t,
+                        v,
+                        drop_name: !keep_name,
+                    });
+                }
             }
-            // After the bucket the cover cuts, raw samples from the cover on.
-            let raw_lo = if b == rl.last_whole && a < b {
-                rl.raw_after
-            } else {
-                b
-            };
-            acc.samples(window(&s.points, raw_lo, r));
-            if let Some(v) = acc.value(func) {
-                out.push(Sample {
-                    metric: s.metric.clone(),
-                    t,
-                    v,
-                    drop_name: !keep_name,
-                });
-            }
-        }
+            out
+        })?;
         Ok(Some(Value::Vector(out)))
     }
 }

@@ -140,7 +140,8 @@ pub struct TsdbConfig {
     pub env_retention: BTreeMap<String, String>,
     /// Out-of-order window (default `10m`).
     pub ooo_window: String,
-    /// Age after which rollups are made (default `3d`; `off` disables).
+    /// Age after which rollups are made (default `1h`: as soon as a 2 h block is cut;
+    /// `off` disables).
     pub downsample_after: String,
     /// Rollup retention (default `400d`).
     pub rollup_retention: String,
@@ -155,7 +156,7 @@ impl Default for TsdbConfig {
             retention_bytes: None,
             env_retention: BTreeMap::new(),
             ooo_window: "10m".into(),
-            downsample_after: "3d".into(),
+            downsample_after: "1h".into(),
             rollup_retention: "400d".into(),
         }
     }

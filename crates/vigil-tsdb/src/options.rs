@@ -27,7 +27,9 @@ pub struct Options {
     pub retention_bytes: Option<u64>,
     /// Per-environment retention overriding `retention` (raw and rollups).
     pub env_retention: HashMap<String, Duration>,
-    /// Age after which raw blocks also get 5 m and 1 h rollups (default 3 days; `None` off).
+    /// Age after which raw blocks also get 5 m and 1 h rollups (default 1 h: a block is
+    /// rolled up as it leaves the head, so long-range queries read rollups for all but the
+    /// newest hours; `None` off).
     pub downsample_after: Option<Duration>,
     /// Rollup retention (default 400 days).
     pub rollup_retention: Duration,
@@ -59,7 +61,7 @@ impl Default for Options {
             retention: Duration::from_secs(15 * 86_400),
             retention_bytes: None,
             env_retention: HashMap::new(),
-            downsample_after: Some(Duration::from_secs(3 * 86_400)),
+            downsample_after: Some(Duration::from_secs(3600)),
             rollup_retention: Duration::from_secs(400 * 86_400),
             label_limits: LabelLimits::default(),
             max_series_per_env: None,

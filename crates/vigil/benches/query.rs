@@ -8,10 +8,9 @@
 //! `VIGIL_BENCH_RUNS` sets repetitions per query (default 30); `VIGIL_BENCH_AGENTS` and
 //! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries.
 //!
-//! Vigil runs with `[tsdb] downsample_after = "2h"` (`VIGIL_BENCH_DOWNSAMPLE` overrides it;
-//! `off` disables rollups): the range data is only a day old, and this gives it the 5 m / 1 h
-//! rollups a store that has run for a while has for everything older than 3 days (the
-//! default). Range queries are aligned to their step, as Grafana sends them.
+//! Vigil runs on its defaults: blocks get 5 m / 1 h rollups once they are an hour old
+//! (`[tsdb] downsample_after`; `VIGIL_BENCH_DOWNSAMPLE` overrides it, `off` disables
+//! rollups). Range queries are aligned to their step, as Grafana sends them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -135,12 +134,11 @@ fn wait_ok(addr: &str, path: &str, what: &str) {
 fn start_vigil() -> Target {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vigil.toml");
-    let downsample = std::env::var("VIGIL_BENCH_DOWNSAMPLE").unwrap_or_else(|_| "2h".into());
-    std::fs::write(
-        &cfg,
-        format!("[tsdb]\ndownsample_after = \"{downsample}\"\n"),
-    )
-    .unwrap();
+    let tsdb = match std::env::var("VIGIL_BENCH_DOWNSAMPLE") {
+        Ok(d) => format!("[tsdb]\ndownsample_after = \"{d}\"\n"),
+        Err(_) => String::new(),
+    };
+    std::fs::write(&cfg, tsdb).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args([
             "serve",
