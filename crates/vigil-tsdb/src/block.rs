@@ -64,10 +64,10 @@ pub struct BlockMeta {
     pub xor_bytes_if_all: u64,
     /// What all chunks would have taken pcodec-encoded (chunks under 32 samples count as XOR).
     pub pco_bytes_if_all: u64,
-    /// Distinct shared timestamp columns stored.
+    /// Distinct shared columns stored (timestamps of raw chunks, alike rollup columns).
     #[serde(default)]
     pub ts_columns: u64,
-    /// Bytes of shared timestamp columns (included in `chunk_bytes`).
+    /// Bytes of shared columns (included in `chunk_bytes`).
     #[serde(default)]
     pub ts_column_bytes: u64,
     /// Whether rollups were made from this raw block.
@@ -318,8 +318,9 @@ impl BlockWriter {
         Ok(())
     }
 
-    /// Writes a shared timestamp column (once per distinct column) and returns its offset.
-    fn ts_column(&mut self, col: Vec<u8>) -> Result<u64> {
+    /// Writes a shared column (timestamps, or a rollup column; once per distinct stream) and
+    /// returns its offset.
+    fn shared_column(&mut self, col: Vec<u8>) -> Result<u64> {
         use std::hash::{BuildHasher, Hasher};
         let mut h = foldhash::fast::FixedState::with_seed(7).build_hasher();
         h.write(&col);
@@ -368,7 +369,7 @@ impl BlockWriter {
             return self.write_chunk(Encoding::Xor, first, last, part.len());
         }
         let ts_len = ts.len();
-        let ts_off = self.ts_column(ts)?;
+        let ts_off = self.shared_column(ts)?;
         self.buf.clear();
         codec::encode_shared_ts(part.len(), ts_off, ts_len, &vals, &mut self.buf);
         self.meta.pco_chunks += 1;
@@ -393,9 +394,23 @@ impl BlockWriter {
                 codec::encode_rollup_plain(part, &mut self.buf);
                 Encoding::RollupPlainEdges
             } else {
-                codec::encode_rollup(part, &mut self.buf);
+                let cols = codec::rollup_columns(part);
+                let mut refs = [codec::RollupColumn::Absent; codec::ROLLUP_COLUMNS];
+                for (i, col) in cols.iter().enumerate() {
+                    refs[i] = if codec::rollup_column_shareable(i, part) {
+                        let off = self.shared_column(col.clone())?;
+                        codec::RollupColumn::Shared {
+                            off,
+                            len: col.len(),
+                        }
+                    } else {
+                        codec::RollupColumn::Inline(col)
+                    };
+                }
+                self.buf.clear();
+                codec::encode_rollup_shared(part.len(), &refs, &mut self.buf);
                 self.meta.pco_chunks += 1;
-                Encoding::RollupPcoEdges
+                Encoding::RollupPcoShared
             };
             let m = self.write_chunk(enc, part[0].ts_ms, part[part.len() - 1].ts_ms, part.len())?;
             metas.push(m);
@@ -778,6 +793,19 @@ impl Block {
     }
 
     fn ts_column(&self, off: u64, len: usize, n: usize) -> Result<std::sync::Arc<[i64]>> {
+        self.shared_column(off, len, n, codec::decode_ts_column)
+    }
+
+    /// A shared column of `n` values stored at `off` (`len` bytes), decoded by `decode` (as
+    /// i64s or their bit patterns) and cached: every chunk sharing it is read without decoding
+    /// it again.
+    fn shared_column(
+        &self,
+        off: u64,
+        len: usize,
+        n: usize,
+        decode: impl FnOnce(&[u8], usize) -> std::result::Result<Vec<i64>, codec::DecodeError>,
+    ) -> Result<std::sync::Arc<[i64]>> {
         if let Some(t) = self.ts_cache.lock().get(&off)
             && t.len() == n
         {
@@ -798,7 +826,7 @@ impl Block {
             },
             &mut b,
         )?;
-        let ts: std::sync::Arc<[i64]> = codec::decode_ts_column(&b, n)
+        let ts: std::sync::Arc<[i64]> = decode(&b, n)
             .map_err(|e| Error::corrupt(self.dir.join("chunks"), off, e.0))?
             .into();
         let mut cache = self.ts_cache.lock();
@@ -829,8 +857,34 @@ impl Block {
         out: &mut Vec<RollupPoint>,
     ) -> Result<()> {
         self.read_chunk(c, buf)?;
-        codec::decode_rollup_fields(c.enc, buf, fields, out)
-            .map_err(|e| Error::corrupt(self.dir.join("chunks"), c.off, e.0))
+        let corrupt = |e: codec::DecodeError| Error::corrupt(self.dir.join("chunks"), c.off, e.0);
+        if c.enc != Encoding::RollupPcoShared as u8 {
+            return codec::decode_rollup_fields(c.enc, buf, fields, out).map_err(corrupt);
+        }
+        let (n, cols) =
+            codec::parse_rollup_columns(Encoding::RollupPcoShared, buf).map_err(corrupt)?;
+        let mut inline: [Option<Vec<i64>>; codec::ROLLUP_COLUMNS] = Default::default();
+        let mut shared: [Option<std::sync::Arc<[i64]>>; codec::ROLLUP_COLUMNS] = Default::default();
+        for (i, col) in cols.iter().enumerate() {
+            if !codec::rollup_column_needed(i, fields) {
+                continue;
+            }
+            match *col {
+                codec::RollupColumn::Inline(b) => {
+                    inline[i] = Some(codec::decode_rollup_column(i, b, n).map_err(corrupt)?);
+                }
+                codec::RollupColumn::Shared { off, len } => {
+                    let decode = |b: &[u8], n| codec::decode_rollup_column(i, b, n);
+                    shared[i] = Some(self.shared_column(off, len, n, decode)?);
+                }
+                codec::RollupColumn::Absent => {}
+            }
+        }
+        let mut cols: [Option<&[i64]>; codec::ROLLUP_COLUMNS] = [None; codec::ROLLUP_COLUMNS];
+        for (i, c) in cols.iter_mut().enumerate() {
+            *c = inline[i].as_deref().or(shared[i].as_deref());
+        }
+        codec::assemble_rollup(n, &cols, out).map_err(corrupt)
     }
 
     /// Verifies every chunk's checksum.

@@ -6,9 +6,10 @@
 //! timestamps — all series of one agent). The block writer encodes both ways and keeps the
 //! smaller, so the choice is a measurement made for every chunk; the benchmark prints the totals
 //! of each. [`Encoding::Pco`] (both columns inline) is still read. Rollups (downsampled data) use
-//! [`Encoding::RollupPcoEdges`] (eleven pcodec columns), or [`Encoding::RollupPlainEdges`]
-//! when short; [`Encoding::RollupPco`] and [`Encoding::RollupPlain`] (written before rollups
-//! kept their buckets' edges) are still read.
+//! [`Encoding::RollupPcoShared`] (eleven pcodec columns, those alike across series stored once
+//! per block), or [`Encoding::RollupPlainEdges`] when short; [`Encoding::RollupPcoEdges`]
+//! (every column inline), [`Encoding::RollupPco`] and [`Encoding::RollupPlain`] (written
+//! before rollups kept their buckets' edges) are still read.
 //!
 //! Decoding takes untrusted bytes (checksums are verified by the caller first, but the decoders
 //! still bound every length) and never panics.
@@ -41,6 +42,13 @@ pub enum Encoding {
     /// [`Encoding::RollupPlain`] with each point followed by `[varint ts − first_ts]`
     /// `[f64 LE first][varint ts − last_ts][f64 LE resets][u8 stale_end]`.
     RollupPlainEdges = 7,
+    /// [`Encoding::RollupPcoEdges`]'s eleven columns, each `[u8 0][bytes stream]` (inline) or
+    /// `[u8 1][uvarint offset][uvarint len]`: a stream stored once in the block's chunks file
+    /// (with its CRC, like shared timestamps) and shared by every chunk with the same column.
+    /// The bucket times, counts, edge offsets, all-zero resets and staleness flags are shared
+    /// (alike for every series scraped alike), so a reader of one value decodes one pcodec
+    /// stream per series, not three or more.
+    RollupPcoShared = 8,
 }
 
 /// Whether `enc` (a stored encoding byte) holds rollup points.
@@ -52,6 +60,7 @@ pub fn is_rollup(enc: u8) -> bool {
                 | Encoding::RollupPlain
                 | Encoding::RollupPcoEdges
                 | Encoding::RollupPlainEdges
+                | Encoding::RollupPcoShared
         )
     )
 }
@@ -70,6 +79,7 @@ impl Encoding {
             5 => Some(Self::RollupPlain),
             6 => Some(Self::RollupPcoEdges),
             7 => Some(Self::RollupPlainEdges),
+            8 => Some(Self::RollupPcoShared),
             _ => None,
         }
     }
@@ -379,7 +389,8 @@ pub fn decode(enc: Encoding, buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()
         Encoding::RollupPco
         | Encoding::RollupPlain
         | Encoding::RollupPcoEdges
-        | Encoding::RollupPlainEdges => Err(DecodeError("rollup chunk read as raw samples".into())),
+        | Encoding::RollupPlainEdges
+        | Encoding::RollupPcoShared => Err(DecodeError("rollup chunk read as raw samples".into())),
         Encoding::PcoSharedTs => Err(DecodeError("shared-timestamp chunk needs its block".into())),
     }
 }
@@ -387,36 +398,228 @@ pub fn decode(enc: Encoding, buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()
 /// Encodes rollup points ([`Encoding::RollupPcoEdges`]).
 pub fn encode_rollup(points: &[RollupPoint], out: &mut Vec<u8>) {
     put_uvarint(out, points.len() as u64);
-    let ts: Vec<i64> = points.iter().map(|p| p.ts_ms).collect();
-    put_bytes(out, &pco_i64(&ts));
-    for f in [
-        |p: &RollupPoint| p.min,
-        |p: &RollupPoint| p.max,
-        |p: &RollupPoint| p.sum,
-    ] {
-        let col: Vec<f64> = points.iter().map(f).collect();
-        put_bytes(out, &pco_f64(&col));
+    for col in rollup_columns(points) {
+        put_bytes(out, &col);
     }
-    let counts: Vec<u32> = points.iter().map(|p| p.count).collect();
-    put_bytes(out, &pco_u32(&counts));
-    let last: Vec<f64> = points.iter().map(|p| p.last).collect();
-    put_bytes(out, &pco_f64(&last));
-    let first_off: Vec<i64> = points
+}
+
+/// Columns of a pcodec rollup chunk, in stored order.
+pub const ROLLUP_COLUMNS: usize = 11;
+const C_TS: usize = 0;
+const C_COUNT: usize = 4;
+const C_FIRST_OFF: usize = 6;
+const C_LAST_OFF: usize = 8;
+const C_RESETS: usize = 9;
+const C_STALE: usize = 10;
+
+/// The pcodec streams of `points`' eleven columns: ts, min, max, sum, count, last,
+/// `ts − first_ts`, first, `ts − last_ts`, resets, stale_end (0 or 1).
+pub fn rollup_columns(points: &[RollupPoint]) -> [Vec<u8>; ROLLUP_COLUMNS] {
+    let i64s = |f: fn(&RollupPoint) -> i64| pco_i64(&points.iter().map(f).collect::<Vec<_>>());
+    let f64s = |f: fn(&RollupPoint) -> f64| pco_f64(&points.iter().map(f).collect::<Vec<_>>());
+    let u32s = |f: fn(&RollupPoint) -> u32| pco_u32(&points.iter().map(f).collect::<Vec<_>>());
+    [
+        i64s(|p| p.ts_ms),
+        f64s(|p| p.min),
+        f64s(|p| p.max),
+        f64s(|p| p.sum),
+        u32s(|p| p.count),
+        f64s(|p| p.last),
+        i64s(|p| p.ts_ms.wrapping_sub(p.first_ts)),
+        f64s(|p| p.first),
+        i64s(|p| p.ts_ms.wrapping_sub(p.last_ts)),
+        f64s(|p| p.resets),
+        u32s(|p| u32::from(p.stale_end)),
+    ]
+}
+
+/// Whether column `i` of `points` (see [`rollup_columns`]) is worth storing once per block:
+/// bucket times, counts, edge offsets and staleness flags are alike for series scraped alike;
+/// resets only when there are none (counters that reset are each their own).
+pub fn rollup_column_shareable(i: usize, points: &[RollupPoint]) -> bool {
+    match i {
+        C_TS | C_COUNT | C_FIRST_OFF | C_LAST_OFF | C_STALE => true,
+        C_RESETS => points.iter().all(|p| p.resets.to_bits() == 0),
+        _ => false,
+    }
+}
+
+/// Where a column of a pcodec rollup chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollupColumn<'a> {
+    /// In the chunk: its pcodec stream.
+    Inline(&'a [u8]),
+    /// Stored once in the block's chunks file at this offset, this many bytes (CRC after).
+    Shared {
+        /// Offset in the chunks file.
+        off: u64,
+        /// Stream length.
+        len: usize,
+    },
+    /// Not stored (the chunk predates the column).
+    Absent,
+}
+
+/// Builds an [`Encoding::RollupPcoShared`] chunk of `n` points from its columns.
+pub fn encode_rollup_shared(n: usize, cols: &[RollupColumn<'_>], out: &mut Vec<u8>) {
+    put_uvarint(out, n as u64);
+    for c in cols {
+        match *c {
+            RollupColumn::Inline(b) => {
+                out.push(0);
+                put_bytes(out, b);
+            }
+            RollupColumn::Shared { off, len } => {
+                out.push(1);
+                put_uvarint(out, off);
+                put_uvarint(out, len as u64);
+            }
+            // Never written: every column is stored one way or the other.
+            RollupColumn::Absent => {
+                out.push(0);
+                put_bytes(out, &[]);
+            }
+        }
+    }
+}
+
+/// Parses a pcodec rollup chunk stored as `enc` ([`Encoding::RollupPco`],
+/// [`Encoding::RollupPcoEdges`] or [`Encoding::RollupPcoShared`]): its point count and where
+/// each of its [`ROLLUP_COLUMNS`] columns is.
+pub fn parse_rollup_columns(
+    enc: Encoding,
+    buf: &[u8],
+) -> Result<(usize, [RollupColumn<'_>; ROLLUP_COLUMNS]), DecodeError> {
+    let mut r = Reader::new(buf);
+    let n = r
+        .uvarint()
+        .ok_or_else(|| DecodeError("missing point count".into()))? as usize;
+    if n > buf.len().saturating_mul(64) + 64 {
+        return Err(DecodeError(format!("implausible point count {n}")));
+    }
+    let stored = match enc {
+        Encoding::RollupPco => 6,
+        Encoding::RollupPcoEdges | Encoding::RollupPcoShared => ROLLUP_COLUMNS,
+        e => {
+            return Err(DecodeError(format!(
+                "{e:?} is not a pcodec rollup encoding"
+            )));
+        }
+    };
+    let mut cols = [RollupColumn::Absent; ROLLUP_COLUMNS];
+    for (i, c) in cols.iter_mut().enumerate().take(stored) {
+        let truncated = || DecodeError(format!("rollup column {i} truncated"));
+        let shared = enc == Encoding::RollupPcoShared
+            && match r.u8().ok_or_else(truncated)? {
+                0 => false,
+                1 => true,
+                t => return Err(DecodeError(format!("rollup column {i}: bad tag {t}"))),
+            };
+        *c = if shared {
+            let off = r.uvarint().ok_or_else(truncated)?;
+            let len =
+                usize::try_from(r.uvarint().ok_or_else(truncated)?).map_err(|_| truncated())?;
+            RollupColumn::Shared { off, len }
+        } else {
+            RollupColumn::Inline(r.bytes().ok_or_else(truncated)?)
+        };
+    }
+    Ok((n, cols))
+}
+
+/// Whether a reader of `fields` needs column `i` (time and count always).
+pub fn rollup_column_needed(i: usize, fields: RollupFields) -> bool {
+    let need = [
+        RollupFields::NONE,
+        RollupFields::MIN,
+        RollupFields::MAX,
+        RollupFields::SUM,
+        RollupFields::NONE,
+        RollupFields::LAST,
+        RollupFields::FIRST,
+        RollupFields::FIRST,
+        RollupFields::LAST_TS,
+        RollupFields::RESETS,
+        RollupFields::STALE,
+    ];
+    need.get(i).is_some_and(|&f| fields.has(f))
+}
+
+/// Decodes column `i`'s pcodec stream of exactly `n` values, each as its i64 bit pattern
+/// (floats by their bits, counts and flags widened).
+pub fn decode_rollup_column(i: usize, buf: &[u8], n: usize) -> Result<Vec<i64>, DecodeError> {
+    const NAMES: [&str; ROLLUP_COLUMNS] = [
+        "timestamp",
+        "min",
+        "max",
+        "sum",
+        "count",
+        "last",
+        "first time",
+        "first",
+        "last time",
+        "resets",
+        "stale flag",
+    ];
+    let what = NAMES.get(i).copied().unwrap_or("rollup");
+    Ok(match i {
+        C_TS | C_FIRST_OFF | C_LAST_OFF => decompress_exact::<i64>(buf, n, what)?,
+        C_COUNT | C_STALE => decompress_exact::<u32>(buf, n, what)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        _ => decompress_exact::<f64>(buf, n, what)?
+            .into_iter()
+            .map(|v| v.to_bits() as i64)
+            .collect(),
+    })
+}
+
+/// Appends `n` points from decoded columns (see [`decode_rollup_column`]; `None` for those
+/// not read: NaN, or the no-edges values). The time and count columns must be there.
+pub fn assemble_rollup(
+    n: usize,
+    cols: &[Option<&[i64]>; ROLLUP_COLUMNS],
+    out: &mut Vec<RollupPoint>,
+) -> Result<(), DecodeError> {
+    if let Some((i, c)) = cols
         .iter()
-        .map(|p| p.ts_ms.wrapping_sub(p.first_ts))
-        .collect();
-    put_bytes(out, &pco_i64(&first_off));
-    let first: Vec<f64> = points.iter().map(|p| p.first).collect();
-    put_bytes(out, &pco_f64(&first));
-    let last_off: Vec<i64> = points
-        .iter()
-        .map(|p| p.ts_ms.wrapping_sub(p.last_ts))
-        .collect();
-    put_bytes(out, &pco_i64(&last_off));
-    let resets: Vec<f64> = points.iter().map(|p| p.resets).collect();
-    put_bytes(out, &pco_f64(&resets));
-    let stale: Vec<u32> = points.iter().map(|p| u32::from(p.stale_end)).collect();
-    put_bytes(out, &pco_u32(&stale));
+        .enumerate()
+        .find_map(|(i, c)| c.filter(|c| c.len() != n).map(|c| (i, c)))
+    {
+        return Err(DecodeError(format!(
+            "rollup column {i} has {} values, header says {n}",
+            c.len()
+        )));
+    }
+    let (Some(ts), Some(count)) = (cols[C_TS], cols[C_COUNT]) else {
+        return Err(DecodeError("rollup time or count column missing".into()));
+    };
+    if let Some(c) = count.iter().find(|&&c| u32::try_from(c).is_err()) {
+        return Err(DecodeError(format!("rollup count {c} out of range")));
+    }
+    if cols[C_STALE].is_some_and(|s| s.iter().any(|&b| !(0..=1).contains(&b))) {
+        return Err(DecodeError(
+            "rollup stale flag column holds a value other than 0 or 1".into(),
+        ));
+    }
+    let float =
+        |c: usize, i: usize, none: f64| cols[c].map_or(none, |c| f64::from_bits(c[i] as u64));
+    let nan = f64::NAN;
+    out.extend((0..n).map(|i| RollupPoint {
+        ts_ms: ts[i],
+        min: float(1, i, nan),
+        max: float(2, i, nan),
+        sum: float(3, i, nan),
+        count: count[i] as u32,
+        last: float(5, i, nan),
+        first_ts: cols[C_FIRST_OFF].map_or(NO_EDGES.0, |c| ts[i].wrapping_sub(c[i])),
+        first: float(7, i, NO_EDGES.1),
+        last_ts: cols[C_LAST_OFF].map_or(NO_EDGES.2, |c| ts[i].wrapping_sub(c[i])),
+        resets: float(C_RESETS, i, NO_EDGES.3),
+        stale_end: cols[C_STALE].is_some_and(|c| c[i] == 1),
+    }));
+    Ok(())
 }
 
 /// Encodes a few rollup points plainly ([`Encoding::RollupPlainEdges`]).
@@ -459,8 +662,9 @@ pub fn decode_rollup_fields(
     let edges = match Encoding::from_u8(enc) {
         Some(Encoding::RollupPlain) => false,
         Some(Encoding::RollupPlainEdges) => true,
-        Some(Encoding::RollupPco) => return decode_rollup_columns(buf, false, fields, out),
-        Some(Encoding::RollupPcoEdges) => return decode_rollup_columns(buf, true, fields, out),
+        Some(e @ (Encoding::RollupPco | Encoding::RollupPcoEdges | Encoding::RollupPcoShared)) => {
+            return decode_rollup_columns(e, buf, fields, out);
+        }
         _ => {
             return Err(DecodeError(format!(
                 "encoding {enc} is not a rollup encoding"
@@ -558,82 +762,33 @@ impl RollupFields {
 
 /// Decodes [`Encoding::RollupPcoEdges`] points, appending to `out`.
 pub fn decode_rollup(buf: &[u8], out: &mut Vec<RollupPoint>) -> Result<(), DecodeError> {
-    decode_rollup_columns(buf, true, RollupFields::ALL, out)
+    decode_rollup_columns(Encoding::RollupPcoEdges, buf, RollupFields::ALL, out)
 }
 
-/// Decodes a pcodec column when `need`, else skips it (still checking it is there).
-fn opt_col<T: pco::data_types::Number>(
-    r: &mut Reader<'_>,
-    n: usize,
-    what: &str,
-    need: bool,
-) -> Result<Option<Vec<T>>, DecodeError> {
-    if need {
-        return decode_col(r, n, what).map(Some);
-    }
-    r.bytes()
-        .map(|_| None)
-        .ok_or_else(|| DecodeError(format!("{what} column truncated")))
-}
-
-/// Decodes pcodec rollup columns (five more with `edges`), the values in `fields` only,
+/// Decodes a pcodec rollup chunk with every column inline, the values in `fields` only,
 /// appending to `out`.
 fn decode_rollup_columns(
+    enc: Encoding,
     buf: &[u8],
-    edges: bool,
     fields: RollupFields,
     out: &mut Vec<RollupPoint>,
 ) -> Result<(), DecodeError> {
-    let mut r = Reader::new(buf);
-    let n = r
-        .uvarint()
-        .ok_or_else(|| DecodeError("missing point count".into()))? as usize;
-    if n > buf.len().saturating_mul(64) + 64 {
-        return Err(DecodeError(format!("implausible point count {n}")));
-    }
-    let f = |x: RollupFields| fields.has(x);
-    let ts: Vec<i64> = decode_col(&mut r, n, "timestamp")?;
-    let min: Option<Vec<f64>> = opt_col(&mut r, n, "min", f(RollupFields::MIN))?;
-    let max: Option<Vec<f64>> = opt_col(&mut r, n, "max", f(RollupFields::MAX))?;
-    let sum: Option<Vec<f64>> = opt_col(&mut r, n, "sum", f(RollupFields::SUM))?;
-    let count: Vec<u32> = decode_col(&mut r, n, "count")?;
-    let last: Option<Vec<f64>> = opt_col(&mut r, n, "last", f(RollupFields::LAST))?;
-    let (mut first_off, mut first, mut last_off, mut resets, mut stale) =
-        (None, None, None, None, None);
-    if edges {
-        first_off = opt_col::<i64>(&mut r, n, "first time", f(RollupFields::FIRST))?;
-        first = opt_col::<f64>(&mut r, n, "first", f(RollupFields::FIRST))?;
-        last_off = opt_col::<i64>(&mut r, n, "last time", f(RollupFields::LAST_TS))?;
-        resets = opt_col::<f64>(&mut r, n, "resets", f(RollupFields::RESETS))?;
-        stale = opt_col::<u32>(&mut r, n, "stale flag", f(RollupFields::STALE))?;
-    }
-    if stale.as_ref().is_some_and(|s| s.iter().any(|&b| b > 1)) {
-        return Err(DecodeError(
-            "rollup stale flag column holds a value other than 0 or 1".into(),
-        ));
-    }
-    let at = |c: &Option<Vec<f64>>, i: usize, none: f64| c.as_ref().map_or(none, |c| c[i]);
-    let nan = f64::NAN;
-    out.extend((0..n).map(|i| {
-        RollupPoint {
-            ts_ms: ts[i],
-            min: at(&min, i, nan),
-            max: at(&max, i, nan),
-            sum: at(&sum, i, nan),
-            count: count[i],
-            last: at(&last, i, nan),
-            first_ts: first_off
-                .as_ref()
-                .map_or(NO_EDGES.0, |c| ts[i].wrapping_sub(c[i])),
-            first: at(&first, i, NO_EDGES.1),
-            last_ts: last_off
-                .as_ref()
-                .map_or(NO_EDGES.2, |c| ts[i].wrapping_sub(c[i])),
-            resets: at(&resets, i, NO_EDGES.3),
-            stale_end: stale.as_ref().is_some_and(|c| c[i] == 1),
+    let (n, cols) = parse_rollup_columns(enc, buf)?;
+    let mut decoded: [Option<Vec<i64>>; ROLLUP_COLUMNS] = Default::default();
+    for (i, c) in cols.iter().enumerate() {
+        match *c {
+            RollupColumn::Inline(b) if rollup_column_needed(i, fields) => {
+                decoded[i] = Some(decode_rollup_column(i, b, n)?);
+            }
+            RollupColumn::Shared { .. } => {
+                return Err(DecodeError(
+                    "rollup chunk with shared columns needs its block".into(),
+                ));
+            }
+            _ => {}
         }
-    }));
-    Ok(())
+    }
+    assemble_rollup(n, &decoded.each_ref().map(|c| c.as_deref()), out)
 }
 
 #[cfg(test)]
@@ -823,6 +978,136 @@ mod tests {
         }
     }
 
+    /// Encodes points as [`Encoding::RollupPcoShared`] with its shareable columns kept apart
+    /// (keyed by a made-up offset), as a block writer does.
+    fn encode_with_shared(pts: &[RollupPoint]) -> (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+        let cols = rollup_columns(pts);
+        let mut store = Vec::new();
+        let mut refs = [RollupColumn::Absent; ROLLUP_COLUMNS];
+        for (i, c) in cols.iter().enumerate() {
+            refs[i] = if rollup_column_shareable(i, pts) {
+                store.push((1000 + i as u64, c.clone()));
+                RollupColumn::Shared {
+                    off: 1000 + i as u64,
+                    len: c.len(),
+                }
+            } else {
+                RollupColumn::Inline(c)
+            };
+        }
+        let mut out = Vec::new();
+        encode_rollup_shared(pts.len(), &refs, &mut out);
+        (out, store)
+    }
+
+    /// Reads what [`encode_with_shared`] wrote, as a block reader does.
+    fn decode_with_shared(
+        buf: &[u8],
+        store: &[(u64, Vec<u8>)],
+        fields: RollupFields,
+    ) -> Result<Vec<RollupPoint>, DecodeError> {
+        let (n, cols) = parse_rollup_columns(Encoding::RollupPcoShared, buf)?;
+        let mut decoded: [Option<Vec<i64>>; ROLLUP_COLUMNS] = Default::default();
+        for (i, c) in cols.iter().enumerate() {
+            if !rollup_column_needed(i, fields) {
+                continue;
+            }
+            decoded[i] = match *c {
+                RollupColumn::Inline(b) => Some(decode_rollup_column(i, b, n)?),
+                RollupColumn::Shared { off, len } => {
+                    let (_, b) = store.iter().find(|(o, _)| *o == off).unwrap();
+                    assert_eq!(b.len(), len);
+                    Some(decode_rollup_column(i, b, n)?)
+                }
+                RollupColumn::Absent => None,
+            };
+        }
+        let mut out = Vec::new();
+        assemble_rollup(n, &decoded.each_ref().map(|c| c.as_deref()), &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn shared_rollup_columns_read_only_what_is_asked_and_refuse_bad_columns() {
+        let pts: Vec<RollupPoint> = (0..100i64)
+            .map(|i| RollupPoint {
+                ts_ms: (i + 1) * 300_000,
+                min: i as f64,
+                max: i as f64 + 2.0,
+                sum: 3.0 * i as f64 + 3.0,
+                count: 3,
+                last: i as f64 + 1.0,
+                first_ts: i * 300_000 + 10_000,
+                first: i as f64,
+                last_ts: (i + 1) * 300_000 - 10_000,
+                resets: 0.0,
+                stale_end: i == 7,
+            })
+            .collect();
+        let (out, store) = encode_with_shared(&pts);
+        // Time, count, both edge offsets, the all-zero resets and staleness are shared.
+        assert_eq!(store.len(), 6);
+        let some = decode_with_shared(&out, &store, RollupFields::MAX).unwrap();
+        for (a, b) in some.iter().zip(&pts) {
+            assert_eq!((a.ts_ms, a.count, a.max), (b.ts_ms, b.count, b.max));
+            assert!(a.min.is_nan() && a.sum.is_nan() && a.last.is_nan());
+            assert_eq!((a.first_ts, a.stale_end), (i64::MIN, false));
+        }
+        // Without its block a chunk with shared columns is refused, not misread.
+        let mut back = Vec::new();
+        let e = decode_rollup_as(Encoding::RollupPcoShared as u8, &out, &mut back).unwrap_err();
+        assert!(e.0.contains("needs its block"), "{e}");
+        assert!(back.is_empty());
+        // A bad column tag names the column.
+        let mut bad = out.clone();
+        let tag_at = {
+            let mut r = Reader::new(&bad);
+            r.uvarint().unwrap();
+            r.pos()
+        };
+        bad[tag_at] = 7;
+        let e = parse_rollup_columns(Encoding::RollupPcoShared, &bad).unwrap_err();
+        assert!(e.0.contains("column 0: bad tag 7"), "{e}");
+        // Columns that do not fit the points are refused by name.
+        let ts: Vec<i64> = (0..3).collect();
+        let count = vec![1i64, 2, 3];
+        let mut cols: [Option<&[i64]>; ROLLUP_COLUMNS] = [None; ROLLUP_COLUMNS];
+        cols[C_TS] = Some(&ts);
+        cols[C_COUNT] = Some(&count);
+        let mut out = Vec::new();
+        assert!(assemble_rollup(3, &cols, &mut out).is_ok());
+        let short = [1i64, 2];
+        cols[3] = Some(&short);
+        let e = assemble_rollup(3, &cols, &mut out).unwrap_err();
+        assert!(e.0.contains("column 3 has 2 values"), "{e}");
+        cols[3] = None;
+        let flags = [0i64, 2, 1];
+        cols[C_STALE] = Some(&flags);
+        assert!(
+            assemble_rollup(3, &cols, &mut out)
+                .unwrap_err()
+                .0
+                .contains("stale flag")
+        );
+        cols[C_STALE] = None;
+        let huge = [1i64, 1 << 40, 1];
+        cols[C_COUNT] = Some(&huge);
+        assert!(
+            assemble_rollup(3, &cols, &mut out)
+                .unwrap_err()
+                .0
+                .contains("count")
+        );
+        cols[C_COUNT] = None;
+        assert!(
+            assemble_rollup(3, &cols, &mut out)
+                .unwrap_err()
+                .0
+                .contains("missing")
+        );
+        assert_eq!(out.len(), 3, "failed assemblies append nothing");
+    }
+
     proptest! {
         #[test]
         fn xor_and_pco_roundtrip_any_series(
@@ -884,10 +1169,14 @@ mod tests {
                 decode_rollup_as(enc as u8, &out, &mut back).unwrap();
                 prop_assert_eq!(back.iter().map(key).collect::<Vec<_>>(), pts.iter().map(key).collect::<Vec<_>>());
             }
+            // Shared columns: stored apart, referenced by offset, read back the same.
+            let (out, store) = encode_with_shared(&pts);
+            let back = decode_with_shared(&out, &store, RollupFields::ALL).unwrap();
+            prop_assert_eq!(back.iter().map(key).collect::<Vec<_>>(), pts.iter().map(key).collect::<Vec<_>>());
         }
 
         #[test]
-        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), e in 1u8..8) {
+        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300), e in 1u8..9) {
             let enc = Encoding::from_u8(e).unwrap();
             let mut out = Vec::new();
             let _ = decode(enc, &b, &mut out);
@@ -897,6 +1186,21 @@ mod tests {
             let _ = parse_shared_ts(&b);
             let _ = decode_ts_column(&b, 3);
             let _ = decode_value_prefix(&b, 300, 20);
+            if let Ok((n, cols)) = parse_rollup_columns(Encoding::RollupPcoShared, &b) {
+                let decoded: Vec<Option<Vec<i64>>> = cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match c {
+                        RollupColumn::Inline(x) => decode_rollup_column(i, x, n).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                let mut refs = [None; ROLLUP_COLUMNS];
+                for (r, d) in refs.iter_mut().zip(&decoded) {
+                    *r = d.as_deref();
+                }
+                let _ = assemble_rollup(n, &refs, &mut pts);
+            }
         }
     }
 }

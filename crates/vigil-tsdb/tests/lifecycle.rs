@@ -297,6 +297,62 @@ fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
 }
 
 #[test]
+fn rollup_columns_alike_across_series_are_stored_once_per_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        downsample_after: Some(secs(3600)),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    // 20 series scraped at the same times: bucket ends, counts, first/last sample offsets
+    // and staleness flags are the same for all; values (and, as they go down, resets) not.
+    fill(&db, "prod", "cpu", 20, T0, 24);
+    clock.set(T0 + 2 * DAY);
+    db.maintain().unwrap();
+    let metas: Vec<vigil_tsdb::BlockMeta> = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).unwrap()).unwrap()
+        })
+        .collect();
+    let day = metas
+        .iter()
+        .find(|m| m.resolution_ms == ROLLUP_RESOLUTIONS[0] && m.range_end - m.range_start == DAY)
+        .expect("a day of 5 m rollups");
+    assert_eq!(day.num_series, 20);
+    // One set of shared columns (time, count, two edge offsets, staleness), not one per series.
+    assert!(
+        (5..=10).contains(&day.ts_columns),
+        "{} shared columns",
+        day.ts_columns
+    );
+    // And every point reads back as made from the raw samples.
+    let five = db
+        .querier("prod", T0, T0 + DAY)
+        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
+        .unwrap();
+    assert_eq!(five.len(), 20);
+    for (labels, pts) in &five {
+        let s: i64 = labels.get("s").unwrap().parse().unwrap();
+        assert_eq!(pts.len(), 24 * 12 + 1);
+        for p in &pts[1..] {
+            let end = (p.ts_ms - T0) / 60_000;
+            let vals: Vec<f64> = (end - 4..=end)
+                .filter(|i| *i < 24 * 60)
+                .map(|i| (i % 17) as f64 + s as f64)
+                .collect();
+            assert_eq!(p.count as usize, vals.len());
+            assert_eq!(p.sum, vals.iter().sum::<f64>());
+            assert_eq!(p.last, *vals.last().unwrap());
+            assert_eq!(p.first, vals[0]);
+            assert_eq!(p.first_ts, T0 + (end - 4) * 60_000);
+        }
+    }
+}
+
+#[test]
 fn deletion_hides_data_at_once_and_is_applied_to_blocks_and_replay() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
