@@ -27,6 +27,17 @@ fn fill(db: &Db, env: &str, metric: &str, n: usize, from: i64, hours: i64) {
     }
 }
 
+/// The `meta.json` of every block in the store at `dir`.
+fn block_metas(dir: &std::path::Path) -> Vec<vigil_tsdb::BlockMeta> {
+    std::fs::read_dir(dir.join("blocks"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).unwrap()).unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn head_is_cut_into_2h_blocks_then_compacted_to_a_day() {
     let dir = tempfile::tempdir().unwrap();
@@ -310,13 +321,7 @@ fn rollup_columns_alike_across_series_are_stored_once_per_block() {
     fill(&db, "prod", "cpu", 20, T0, 24);
     clock.set(T0 + 2 * DAY);
     db.maintain().unwrap();
-    let metas: Vec<vigil_tsdb::BlockMeta> = std::fs::read_dir(dir.path().join("blocks"))
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).unwrap()).unwrap()
-        })
-        .collect();
+    let metas = block_metas(dir.path());
     let day = metas
         .iter()
         .find(|m| m.resolution_ms == ROLLUP_RESOLUTIONS[0] && m.range_end - m.range_start == DAY)
@@ -596,13 +601,7 @@ fn fleet_data_shares_timestamp_columns_and_reads_back_exactly() {
     clock.set(T0 + DAY);
     db.maintain().unwrap();
     assert_eq!(db.stats().head_series, 0);
-    let metas: Vec<vigil_tsdb::BlockMeta> = std::fs::read_dir(dir.path().join("blocks"))
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).unwrap()).unwrap()
-        })
-        .collect();
+    let metas = block_metas(dir.path());
     let pco: u64 = metas.iter().map(|m| m.pco_chunks).sum();
     let cols: u64 = metas.iter().map(|m| m.ts_columns).sum();
     assert!(pco > 0, "{metas:#?}");
