@@ -1058,29 +1058,16 @@ impl Querier {
             .collect();
         let selected: usize = ids.iter().map(Vec::len).sum();
         let readers = crate::cores().min(4).min(selected / 256).max(1) as u64;
-        // Points a series can have here: its buffer is sized once, not grown block by block
-        // (each growth copies every point read so far).
-        let span = blocks
-            .iter()
-            .map(|b| b.meta.max_time)
-            .max()
-            .unwrap_or(0)
-            .min(self.maxt)
-            - blocks
-                .iter()
-                .map(|b| b.meta.min_time)
-                .min()
-                .unwrap_or(0)
-                .max(self.rollup_mint);
-        let per_series = usize::try_from(span / resolution_ms.max(1) + 2)
-            .unwrap_or(0)
-            .min(1 << 16);
         type Found = Vec<(Labels, Vec<RollupPoint>)>;
         let read = |reader: u64| -> Result<Found> {
             let mut found: Found = Vec::new();
             let mut index: hashbrown::HashMap<u64, Vec<usize>> = hashbrown::HashMap::new();
-            let mut buf = Vec::new();
-            for (b, ids) in blocks.iter().zip(&ids) {
+            // First the series this reader takes and how many points each has in the range
+            // (from the chunk index), so each buffer is sized once, not grown block by block
+            // (each growth copies every point read so far); then the chunks are decoded.
+            let mut todo: Vec<(usize, u32, usize)> = Vec::new();
+            let mut sizes: Vec<usize> = Vec::new();
+            for (bi, (b, ids)) in blocks.iter().zip(&ids).enumerate() {
                 for &i in ids {
                     let s = &b.series[i as usize];
                     let hash = b.labels_hash(s);
@@ -1092,18 +1079,40 @@ impl Querier {
                         Some(&k) => k,
                         None => {
                             at.push(found.len());
-                            found.push((b.labels(s), Vec::with_capacity(per_series)));
+                            found.push((b.labels(s), Vec::new()));
+                            sizes.push(0);
                             found.len() - 1
                         }
                     };
-                    let pts = &mut found[k].1;
-                    for c in s
+                    // No more than the buckets the range holds, whatever the index says.
+                    sizes[k] += s
                         .chunks
                         .iter()
                         .filter(|c| c.maxt >= self.rollup_mint && c.mint <= self.maxt)
-                    {
-                        b.decode_rollup_fields(c, fields, &mut buf, pts)?;
-                    }
+                        .map(|c| {
+                            let span = c
+                                .maxt
+                                .min(self.maxt)
+                                .saturating_sub(c.mint.max(self.rollup_mint));
+                            let buckets = span / resolution_ms.max(1) + 1;
+                            (c.samples as usize).min(usize::try_from(buckets).unwrap_or(0))
+                        })
+                        .sum::<usize>();
+                    todo.push((bi, i, k));
+                }
+            }
+            for ((_, pts), &n) in found.iter_mut().zip(&sizes) {
+                pts.reserve_exact(n);
+            }
+            let mut buf = Vec::new();
+            for (bi, i, k) in todo {
+                let b = blocks[bi];
+                for c in b.series[i as usize]
+                    .chunks
+                    .iter()
+                    .filter(|c| c.maxt >= self.rollup_mint && c.mint <= self.maxt)
+                {
+                    b.decode_rollup_fields(c, fields, &mut buf, &mut found[k].1)?;
                 }
             }
             for (_, pts) in found.iter_mut() {
