@@ -1084,25 +1084,24 @@ impl Querier {
                             found.len() - 1
                         }
                     };
-                    // No more than the buckets the range holds, whatever the index says.
                     sizes[k] += s
                         .chunks
                         .iter()
                         .filter(|c| c.maxt >= self.rollup_mint && c.mint <= self.maxt)
-                        .map(|c| {
-                            let span = c
-                                .maxt
-                                .min(self.maxt)
-                                .saturating_sub(c.mint.max(self.rollup_mint));
-                            let buckets = span / resolution_ms.max(1) + 1;
-                            (c.samples as usize).min(usize::try_from(buckets).unwrap_or(0))
-                        })
+                        .map(|c| c.samples as usize)
                         .sum::<usize>();
                     todo.push((bi, i, k));
                 }
             }
+            // Chunks at the range's edges also hold points outside it; whatever the index
+            // says, no more than a few times the buckets the range holds.
+            let span = self.maxt.saturating_sub(self.rollup_mint) / resolution_ms.max(1);
+            let most = usize::try_from(span)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(4)
+                .saturating_add(4096);
             for ((_, pts), &n) in found.iter_mut().zip(&sizes) {
-                pts.reserve_exact(n);
+                pts.reserve_exact(n.min(most));
             }
             let mut buf = Vec::new();
             for (bi, i, k) in todo {
