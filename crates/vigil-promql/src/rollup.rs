@@ -622,7 +622,7 @@ impl Evaluator<'_> {
         let keep_name = func == "last_over_time";
         let loaded = self.loaded(&m.vs);
         // Each series is independent: many are split over the cores.
-        let out = crate::functions::par_ranges(loaded.len(), 256, |part| {
+        let out = crate::functions::par_ranges(loaded.len(), 128, |part| {
             let mut out = Vec::with_capacity(part.len());
             for (s, pts) in loaded[part.clone()].iter().zip(&rl.points[part]) {
                 let mut acc = Acc::default();

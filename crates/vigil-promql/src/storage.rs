@@ -159,7 +159,7 @@ impl crate::Storage for TsdbStorage<'_> {
         };
         // Merged in part order: the order the ungrouped read would give.
         let mut out = crate::GroupMerge::default();
-        for r in run_parts(parts, maxt.saturating_sub(mint), per_part) {
+        for r in run_parts(parts, work_ms(&q, mint, maxt), per_part) {
             let (labels, values) = r?;
             for (l, vals) in labels.into_iter().zip(values) {
                 out.add(l, vals);
@@ -267,7 +267,7 @@ impl TsdbStorage<'_> {
             .map_err(|e| Error::Storage(e.to_string()))?;
         let series: usize = parts.iter().map(|p| p.size_hint().1.unwrap_or(0)).sum();
         let mut out = Vec::with_capacity(series);
-        for r in run_parts(parts, maxt.saturating_sub(mint), per_part) {
+        for r in run_parts(parts, work_ms(&q, mint, maxt), per_part) {
             out.extend(r?);
         }
         Ok(out)
@@ -279,8 +279,20 @@ fn readers() -> usize {
     vigil_tsdb::cores().min(4)
 }
 
+/// How much reading a series of `[mint, maxt]` costs, in milliseconds of head samples: the
+/// span, but at least 40 minutes when block chunks are decoded (their set-up costs as much
+/// whatever part of a chunk is read).
+fn work_ms(q: &vigil_tsdb::Querier, mint: i64, maxt: i64) -> i64 {
+    let span = maxt.saturating_sub(mint);
+    if q.reads_blocks() {
+        span.max(40 * 60_000)
+    } else {
+        span
+    }
+}
+
 /// Runs `per_part` over each part, on a thread each when there is enough work (each series
-/// is independent), results in part order. `span_ms`: the time range read.
+/// is independent), results in part order. `span_ms`: the time range read (see [`work_ms`]).
 fn run_parts<T: Send>(
     parts: Vec<SeriesPart>,
     span_ms: i64,

@@ -657,6 +657,17 @@ impl Querier {
         (self.mint, self.maxt)
     }
 
+    /// Whether raw samples in the range are (also) in blocks, not only in the head: reading
+    /// them then decodes block chunks, which costs several microseconds per series whatever
+    /// part of a chunk is wanted.
+    pub fn reads_blocks(&self) -> bool {
+        self.blocks.iter().any(|b| {
+            b.meta.resolution_ms == 0
+                && b.meta.max_time >= self.mint
+                && b.meta.min_time <= self.maxt
+        })
+    }
+
     fn deleted_for(&self, labels: &Labels) -> Vec<(i64, i64)> {
         self.tombstones
             .iter()
