@@ -664,6 +664,16 @@ impl Block {
     }
 
     /// Environments present.
+    /// The oldest sample (or rollup point) time of environment `env` here.
+    pub(crate) fn env_min_time(&self, env: &str) -> Option<i64> {
+        let e = self.id_of(env)?;
+        self.series
+            .iter()
+            .filter(|s| s.env == e)
+            .filter_map(|s| s.chunks.iter().map(|c| c.mint).min())
+            .min()
+    }
+
     pub(crate) fn envs(&self) -> Vec<String> {
         self.postings
             .keys()

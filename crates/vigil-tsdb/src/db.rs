@@ -1127,7 +1127,8 @@ impl Inner {
                 .collect();
             self.replace(&group, None)?;
         }
-        // Per-environment retention shorter than the block's age: rewrite without that data.
+        // Per-environment retention shorter than the block's age: rewrite without that data
+        // (once: the rewritten block's data of that environment starts at the floor).
         let mut rewritten = 0;
         for (env, keep) in &self.opts.env_retention {
             let floor = now.saturating_sub(ms(*keep));
@@ -1135,7 +1136,9 @@ impl Inner {
                 .blocks
                 .read()
                 .iter()
-                .filter(|b| b.meta.min_time < floor && b.envs().iter().any(|e| e == env))
+                .filter(|b| {
+                    b.meta.min_time < floor && b.env_min_time(env).is_some_and(|t| t < floor)
+                })
                 .cloned()
                 .collect();
             for b in affected {
