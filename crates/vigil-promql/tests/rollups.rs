@@ -198,7 +198,7 @@ fn rollups_answer_over_time_functions_like_raw_samples() {
             .collect::<Vec<_>>()
     };
     assert!(
-        rollup_blocks(early).contains(&DAY),
+        rollup_blocks(early).iter().any(|&span| span >= DAY),
         "{:?}",
         rollup_blocks(early)
     );

@@ -26,6 +26,10 @@ use crate::wal::{self, ReplayReport, SyncPolicy, Wal};
 /// Rollup resolutions produced by downsampling.
 pub const ROLLUP_RESOLUTIONS: [i64; 2] = [300_000, 3_600_000];
 
+/// The longest span rollup blocks are compacted to (7 days, epoch-aligned): a week of 5 m
+/// rollups is 2,016 points per series, one chunk.
+pub const ROLLUP_BLOCK_RANGE: i64 = 7 * 86_400_000;
+
 /// What opening the store found and did.
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
@@ -976,8 +980,15 @@ impl Inner {
                     .unwrap_or(i64::MAX)
                     .min(self.head.time_range().map_or(i64::MAX, |(mint, _)| mint))
             };
-            for (lvl, range) in self.opts.block_ranges.iter().enumerate().skip(1) {
-                let r = ms(*range);
+            // Rollups are small: their blocks also merge into weeks (when that is a multiple
+            // of the last block range), so a long range reads few chunks per series and short
+            // rollup chunks, stored plainly, become pcodec columns.
+            let mut ranges: Vec<i64> = self.opts.block_ranges.iter().map(|d| ms(*d)).collect();
+            let top = ranges.last().copied().unwrap_or(ROLLUP_BLOCK_RANGE);
+            if res != 0 && ROLLUP_BLOCK_RANGE > top && ROLLUP_BLOCK_RANGE % top == 0 {
+                ranges.push(ROLLUP_BLOCK_RANGE);
+            }
+            for (lvl, &r) in ranges.iter().enumerate().skip(1) {
                 let mut windows: BTreeMap<i64, Vec<Arc<Block>>> = BTreeMap::new();
                 for b in &v {
                     let w = b.meta.range_start.div_euclid(r);
@@ -1000,12 +1011,15 @@ impl Inner {
                     // Rollups of a window still filling up merge in pairs of equal span (2 h +
                     // 2 h, then 4 h + 4 h, …): a long query reads a few chunks per series
                     // instead of one per 2 h block, and each rollup is rewritten about
-                    // log2(blocks per window) times, not once per new block.
+                    // log2(blocks per window) times, not once per new block. Above the first
+                    // level only whole blocks of the level below pair up (days into weeks).
+                    let unit = ranges[lvl - 1];
                     if res != 0
                         && let Some(pair) = g.windows(2).find(|p| {
                             let span = |b: &Arc<Block>| b.meta.range_end - b.meta.range_start;
                             p[0].meta.range_end == p[1].meta.range_start
                                 && span(&p[0]) == span(&p[1])
+                                && span(&p[0]) % unit == 0
                                 && p[1].meta.range_end <= newest
                         })
                     {

@@ -314,6 +314,57 @@ fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
 }
 
 #[test]
+fn rollups_merge_into_weeks_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        downsample_after: Some(secs(3600)),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    // T0 (2026-01-01) starts an epoch week: nine days are a whole week and two more days.
+    fill(&db, "prod", "cpu", 2, T0, 9 * 24);
+    for h in (2..=9 * 24 + 4).step_by(2) {
+        clock.set(T0 + h * HOUR);
+        db.maintain().unwrap();
+    }
+    let metas = block_metas(dir.path());
+    for res in ROLLUP_RESOLUTIONS {
+        let mut spans: Vec<(i64, i64)> = metas
+            .iter()
+            .filter(|m| m.resolution_ms == res)
+            .map(|m| (m.range_start, (m.range_end - m.range_start) / HOUR))
+            .collect();
+        spans.sort();
+        assert_eq!(
+            spans,
+            vec![(T0, 7 * 24), (T0 + 7 * DAY, 48)],
+            "resolution {res}"
+        );
+    }
+    // The week's 1 h rollups (168 points a series) are pcodec columns, sharing what is alike.
+    let week_1h = metas
+        .iter()
+        .find(|m| m.resolution_ms == ROLLUP_RESOLUTIONS[1] && m.range_start == T0)
+        .unwrap();
+    assert_eq!(week_1h.pco_chunks, 2);
+    assert!(week_1h.ts_columns > 0);
+    // Every bucket reads back whole across the week and the days after it.
+    let q = db.querier("prod", T0, T0 + 10 * DAY);
+    let five = q
+        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
+        .unwrap();
+    let hour = q
+        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[1])
+        .unwrap();
+    for (pts, per_day, full) in [(&five[0].1, 288, 5), (&hour[0].1, 24, 60)] {
+        assert_eq!(pts.len(), 9 * per_day + 1);
+        assert!(pts[1..9 * per_day].iter().all(|p| p.count == full));
+        assert_eq!(pts[9 * per_day].count, full - 1);
+    }
+}
+
+#[test]
 fn rollup_columns_alike_across_series_are_stored_once_per_block() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
