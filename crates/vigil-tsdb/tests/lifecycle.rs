@@ -27,6 +27,18 @@ fn fill(db: &Db, env: &str, metric: &str, n: usize, from: i64, hours: i64) {
     }
 }
 
+/// A fresh store at T0 rolling up blocks `after_secs` old.
+fn rolling_up(after_secs: u64) -> (tempfile::TempDir, ManualClock, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        downsample_after: Some(secs(after_secs)),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    (dir, clock, db)
+}
+
 /// The `meta.json` of every block in the store at `dir`.
 fn block_metas(dir: &std::path::Path) -> Vec<vigil_tsdb::BlockMeta> {
     std::fs::read_dir(dir.join("blocks"))
@@ -260,13 +272,7 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
 
 #[test]
 fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let o = Options {
-        downsample_after: Some(secs(2 * 3600)),
-        ..opts(&clock)
-    };
-    let db = Db::open(dir.path(), o).unwrap();
+    let (dir, clock, db) = rolling_up(2 * 3600);
     fill(&db, "prod", "cpu", 2, T0, 16);
     let rollup_spans = |res: i64| -> Vec<i64> {
         let mut v: Vec<(i64, i64)> = db
@@ -315,13 +321,7 @@ fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
 
 #[test]
 fn rollups_merge_into_weeks_and_read_back_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let o = Options {
-        downsample_after: Some(secs(3600)),
-        ..opts(&clock)
-    };
-    let db = Db::open(dir.path(), o).unwrap();
+    let (dir, clock, db) = rolling_up(3600);
     // T0 (2026-01-01) starts an epoch week: nine days are a whole week and two more days.
     fill(&db, "prod", "cpu", 2, T0, 9 * 24);
     for h in (2..=9 * 24 + 4).step_by(2) {
@@ -366,13 +366,7 @@ fn rollups_merge_into_weeks_and_read_back_whole() {
 
 #[test]
 fn rollup_columns_alike_across_series_are_stored_once_per_block() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let o = Options {
-        downsample_after: Some(secs(3600)),
-        ..opts(&clock)
-    };
-    let db = Db::open(dir.path(), o).unwrap();
+    let (dir, clock, db) = rolling_up(3600);
     // 20 series scraped at the same times: bucket ends, counts, first/last sample offsets
     // and staleness flags are the same for all; values (and, as they go down, resets) not.
     fill(&db, "prod", "cpu", 20, T0, 24);
