@@ -272,7 +272,7 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
 
 #[test]
 fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
-    let (dir, clock, db) = rolling_up(2 * 3600);
+    let (_dir, clock, db) = rolling_up(2 * 3600);
     fill(&db, "prod", "cpu", 2, T0, 16);
     let rollup_spans = |res: i64| -> Vec<i64> {
         let mut v: Vec<(i64, i64)> = db
