@@ -40,6 +40,25 @@ pub struct Matcher {
     /// The value or the (unanchored, as written) regular expression.
     pub value: String,
     re: Option<Regex>,
+    /// Text every value the regular expression matches starts with (may be empty): most
+    /// values of a label are turned down by comparing it, without running the regex.
+    prefix: Box<str>,
+}
+
+/// The literal text every match of the anchored `pattern` starts with: its leading plain
+/// characters (less the last one when a `?`, `*` or `{` makes it optional); empty when the
+/// pattern has an alternation anywhere (`a|b` need not start with `a`) or starts otherwise.
+fn required_prefix(pattern: &str) -> &str {
+    if pattern.contains('|') {
+        return "";
+    }
+    let special = |c: char| "\\.+*?()[]{}^$|".contains(c);
+    let end = pattern.find(special).unwrap_or(pattern.len());
+    let lit = &pattern[..end];
+    match pattern[end..].chars().next() {
+        Some('?' | '*' | '{') => lit.char_indices().last().map_or("", |(i, _)| &lit[..i]),
+        _ => lit,
+    }
 }
 
 /// A matcher that cannot be built.
@@ -73,11 +92,17 @@ impl Matcher {
             ),
             _ => None,
         };
+        let prefix = if re.is_some() {
+            required_prefix(value).into()
+        } else {
+            "".into()
+        };
         Ok(Self {
             op,
             name: name.to_string(),
             value: value.to_string(),
             re,
+            prefix,
         })
     }
 
@@ -88,6 +113,7 @@ impl Matcher {
             name: name.to_string(),
             value: value.to_string(),
             re: None,
+            prefix: "".into(),
         }
     }
 
@@ -96,9 +122,13 @@ impl Matcher {
         match self.op {
             MatchOp::Eq => value == self.value,
             MatchOp::Ne => value != self.value,
-            MatchOp::Re => self.re.as_ref().is_some_and(|r| r.is_match(value)),
-            MatchOp::Nre => !self.re.as_ref().is_some_and(|r| r.is_match(value)),
+            MatchOp::Re => self.regex_matches(value),
+            MatchOp::Nre => !self.regex_matches(value),
         }
+    }
+
+    fn regex_matches(&self, value: &str) -> bool {
+        value.starts_with(&*self.prefix) && self.re.as_ref().is_some_and(|r| r.is_match(value))
     }
 
     /// Whether the matcher accepts a series that lacks the label entirely.
@@ -175,6 +205,50 @@ mod tests {
     fn bad_regex_is_an_error_naming_the_label() {
         let e = Matcher::new(MatchOp::Re, "job", "(").unwrap_err();
         assert!(e.to_string().contains("job"), "{e}");
+    }
+
+    #[test]
+    fn regex_prefixes_are_required_text_only() {
+        for (pattern, prefix) in [
+            ("agent-00[0-4].*", "agent-00"),
+            ("node", "node"),
+            ("nodes?", "node"),
+            ("ab*c", "a"),
+            ("ab+c", "ab"),
+            ("ab{0,2}", "a"),
+            ("ab(cd)?", "ab"),
+            ("ab$", "ab"),
+            ("é?x", ""),
+            ("aé*", "a"),
+            ("a|b", ""),
+            ("ab(c|d)", ""),
+            ("(?i)ab", ""),
+            (".*x", ""),
+            ("\\.x", ""),
+            ("", ""),
+        ] {
+            assert_eq!(required_prefix(pattern), prefix, "{pattern}");
+        }
+    }
+
+    proptest::proptest! {
+        /// With or without its prefix check, a matcher accepts the same values as the
+        /// anchored regular expression alone.
+        #[test]
+        fn prefix_check_never_changes_an_answer(
+            pattern in "[ab.?*+|()\\[\\]{}0-2,é-]{0,8}",
+            values in proptest::collection::vec("[abé.-]{0,6}", 0..12),
+        ) {
+            let Ok(m) = Matcher::new(MatchOp::Re, "x", &pattern) else {
+                return Ok(());
+            };
+            let plain = Regex::new(&format!("^(?s:{pattern})$")).unwrap();
+            let n = Matcher::new(MatchOp::Nre, "x", &pattern).unwrap();
+            for v in values {
+                proptest::prop_assert_eq!(m.matches(&v), plain.is_match(&v), "{} {}", pattern, v);
+                proptest::prop_assert_eq!(n.matches(&v), !plain.is_match(&v));
+            }
+        }
     }
 
     #[test]
