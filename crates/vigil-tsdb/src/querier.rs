@@ -1107,8 +1107,9 @@ impl Querier {
             // Chunks at the range's edges also hold points outside it; whatever the index
             // says, no more than a few times the buckets the range holds.
             let span = self.maxt.saturating_sub(self.rollup_mint) / resolution_ms.max(1);
+            // (An empty range holds none: the bound is then the slack alone.)
             let most = usize::try_from(span)
-                .unwrap_or(usize::MAX)
+                .unwrap_or(0)
                 .saturating_mul(4)
                 .saturating_add(4096);
             for ((_, pts), &n) in found.iter_mut().zip(&sizes) {

@@ -27,6 +27,14 @@ fn fill(db: &Db, env: &str, metric: &str, n: usize, from: i64, hours: i64) {
     }
 }
 
+/// Rollups of metric `metric` in "prod" over `[mint, maxt]`: 5 m, then 1 h.
+type Rollups = Vec<(vigil_model::Labels, Vec<vigil_tsdb::RollupPoint>)>;
+fn both_rollups(db: &Db, metric: &str, mint: i64, maxt: i64) -> (Rollups, Rollups) {
+    let q = db.querier("prod", mint, maxt);
+    let read = |res| q.select_rollups(&[name(metric)], res).unwrap();
+    (read(ROLLUP_RESOLUTIONS[0]), read(ROLLUP_RESOLUTIONS[1]))
+}
+
 /// A fresh store at T0 rolling up blocks `after_secs` old.
 fn rolling_up(after_secs: u64) -> (tempfile::TempDir, ManualClock, Db) {
     let dir = tempfile::tempdir().unwrap();
@@ -185,13 +193,8 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
     fill(&db, "prod", "cpu", 2, T0, 24);
     clock.set(T0 + 2 * DAY + 2 * HOUR);
     db.maintain().unwrap();
+    let (five, hour) = both_rollups(&db, "cpu", T0, T0 + DAY);
     let q = db.querier("prod", T0, T0 + DAY);
-    let five = q
-        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
-        .unwrap();
-    let hour = q
-        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[1])
-        .unwrap();
     assert_eq!(five.len(), 2);
     // Buckets are keyed by their end and hold (end − 5m, end]: the first holds only the sample
     // at T0, the last the final four minutes.
@@ -350,13 +353,7 @@ fn rollups_merge_into_weeks_and_read_back_whole() {
     assert_eq!(week_1h.pco_chunks, 2);
     assert!(week_1h.ts_columns > 0);
     // Every bucket reads back whole across the week and the days after it.
-    let q = db.querier("prod", T0, T0 + 10 * DAY);
-    let five = q
-        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[0])
-        .unwrap();
-    let hour = q
-        .select_rollups(&[name("cpu")], ROLLUP_RESOLUTIONS[1])
-        .unwrap();
+    let (five, hour) = both_rollups(&db, "cpu", T0, T0 + 10 * DAY);
     for (pts, per_day, full) in [(&five[0].1, 288, 5), (&hour[0].1, 24, 60)] {
         assert_eq!(pts.len(), 9 * per_day + 1);
         assert!(pts[1..9 * per_day].iter().all(|p| p.count == full));
