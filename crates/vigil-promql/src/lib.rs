@@ -774,14 +774,26 @@ pub(crate) fn type_name(t: promql_parser::parser::value::ValueType) -> &'static 
 
 /// Formats a float the way Prometheus' API does (Go's `strconv.FormatFloat(v, 'f', -1, 64)`).
 pub fn format_value(v: f64) -> String {
+    let mut out = String::new();
+    push_value(&mut out, v);
+    out
+}
+
+/// Appends [`format_value`]'s text for `v` to `out` without allocating: whole numbers below
+/// 10¹⁵ are written as integers (what the shortest decimal form of such a float is), others
+/// through the float formatter.
+pub fn push_value(out: &mut String, v: f64) {
+    use std::fmt::Write as _;
     if v.is_nan() {
-        "NaN".to_string()
+        out.push_str("NaN");
     } else if v == f64::INFINITY {
-        "+Inf".to_string()
+        out.push_str("+Inf");
     } else if v == f64::NEG_INFINITY {
-        "-Inf".to_string()
+        out.push_str("-Inf");
+    } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        let _ = write!(out, "{}", v as i64);
     } else {
-        format!("{v}")
+        let _ = write!(out, "{v}");
     }
 }
 

@@ -66,7 +66,7 @@ pub fn is_rollup(enc: u8) -> bool {
 }
 
 /// Rollup chunks with fewer points than this are stored as [`Encoding::RollupPlain`].
-pub const ROLLUP_PLAIN_MAX: usize = 64;
+pub const ROLLUP_PLAIN_MAX: usize = 16;
 
 impl Encoding {
     /// Parses the stored byte.

@@ -10,7 +10,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use vigil_model::{EnvId, Labels, Matcher};
-use vigil_promql::{Error as QError, Value, format_value, parse_duration, parse_time};
+use vigil_promql::{Error as QError, Value, parse_duration, parse_time, push_value};
 
 use crate::auth::Need;
 use crate::http::error::ApiError;
@@ -198,10 +198,32 @@ fn push_labels(out: &mut String, l: &Labels) {
 
 fn push_point(out: &mut String, t: i64, v: f64) {
     out.push('[');
-    let _ = write!(out, "{}", t as f64 / 1000.0);
+    push_seconds(out, t);
     out.push_str(",\"");
-    out.push_str(&format_value(v));
+    push_value(out, v);
     out.push_str("\"]");
+}
+
+/// Appends `t_ms / 1000` as Prometheus writes a sample time (the shortest decimal form of the
+/// float: `1700000000`, `1700000000.5`), with integer arithmetic where that form is exact.
+fn push_seconds(out: &mut String, t_ms: i64) {
+    if t_ms.unsigned_abs() >= 1_000_000_000_000_000 {
+        let _ = write!(out, "{}", t_ms as f64 / 1000.0);
+        return;
+    }
+    if t_ms < 0 {
+        out.push('-');
+    }
+    let (secs, mut frac) = (t_ms.unsigned_abs() / 1000, t_ms.unsigned_abs() % 1000);
+    let _ = write!(out, "{secs}");
+    if frac > 0 {
+        let mut digits = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, ".{frac:0digits$}");
+    }
 }
 
 /// `{"status":"success","data":<data>}` from pre-rendered JSON.
@@ -315,12 +337,11 @@ pub async fn query(
     let t = p.time("time", now_ms())?;
     let db = state.db()?;
     let engine = state.0.engine.clone();
-    let (value, notes) = tokio::task::spawn_blocking(move || {
+    let (value, notes) = evaluate(move || {
         let st = vigil_promql::storage::TsdbStorage::new(&db, env.as_str());
         engine.instant_annotated(&st, &q, t)
     })
-    .await
-    .map_err(|e| PromError::from(QError::Storage(e.to_string())))??;
+    .await??;
     Ok(success_annotated(
         render_value(&value, t),
         &notes.warnings,
@@ -369,16 +390,35 @@ pub async fn query_range(
     }
     let db = state.db()?;
     let engine = state.0.engine.clone();
-    let (m, notes) = tokio::task::spawn_blocking(move || {
+    let (m, notes) = evaluate(move || {
         let st = vigil_promql::storage::TsdbStorage::new(&db, env.as_str());
         engine.range_annotated(&st, &q, start, end, step)
     })
-    .await
-    .map_err(|e| PromError::from(QError::Storage(e.to_string())))??;
+    .await??;
     let mut out = String::new();
     render_matrix_into(&mut out, &m);
     out.push('}');
     Ok(success_annotated(out, &notes.warnings, &notes.infos))
+}
+
+/// Runs a query evaluation off the async workers: on this worker thread itself where the
+/// runtime can hand its other tasks to another (no thread hand-off on the way in or out,
+/// which is most of a small query's latency), else on the blocking pool. A panic in the
+/// evaluation is an error, not a dropped connection.
+async fn evaluate<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PromError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let panicked = |_| PromError::from(QError::Execution("query evaluation panicked".into()));
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(panicked)
+        })
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| PromError::from(QError::Storage(e.to_string())))
+    }
 }
 
 /// Parses each `match[]` selector into store matchers.
@@ -609,4 +649,94 @@ pub async fn buildinfo(
         "goVersion": "none (Vigil is written in Rust)",
     });
     Ok(success(data.to_string(), &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The float path the fast one replaces: Prometheus' `float64(t) / 1000`, shortest form.
+    fn seconds_via_float(t: i64) -> String {
+        format!("{}", t as f64 / 1000.0)
+    }
+
+    #[test]
+    fn sample_times_are_written_as_the_float_would_be() {
+        let mut out = String::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut check = |t: i64| {
+            out.clear();
+            push_seconds(&mut out, t);
+            assert_eq!(out, seconds_via_float(t), "t = {t} ms");
+        };
+        for t in [
+            0,
+            1,
+            -1,
+            10,
+            100,
+            999,
+            1000,
+            -1500,
+            1_700_000_000_000,
+            1_700_000_000_120,
+            1_700_000_000_007,
+            999_999_999_999_999,
+            -999_999_999_999_999,
+            1_000_000_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            check(t);
+        }
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Millisecond times of every magnitude, both signs.
+            let t = (x >> (x % 50)) as i64 * if x & 1 == 0 { 1 } else { -1 };
+            check(t);
+        }
+    }
+
+    #[test]
+    fn sample_values_are_written_as_prometheus_formats_them() {
+        let mut out = String::new();
+        for (v, want) in [
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (5.0, "5"),
+            (-42.0, "-42"),
+            (0.1, "0.1"),
+            (1e15, "1000000000000000"),
+            (1e21, "1000000000000000000000"),
+            (123456789.125, "123456789.125"),
+        ] {
+            out.clear();
+            push_value(&mut out, v);
+            assert_eq!(out, want);
+        }
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Any bit pattern, and whole numbers of every size.
+            for v in [
+                f64::from_bits(x),
+                (x >> (x % 64)) as f64,
+                -((x >> 20) as f64),
+            ] {
+                if v.is_nan() || v.is_infinite() {
+                    continue;
+                }
+                out.clear();
+                push_value(&mut out, v);
+                assert_eq!(out, format!("{v}"), "bits {:#x}", v.to_bits());
+            }
+        }
+    }
 }
