@@ -135,8 +135,12 @@ pub(crate) fn plan_split(
 /// What reading `raw_ms` of raw samples and the buckets ending in `buckets` costs, weighing
 /// raw samples at one per [`ASSUMED_INTERVAL_MS`] against one per rollup point.
 fn read_cost(raw_ms: i64, buckets: (i64, i64), res: i64) -> i64 {
-    raw_ms / ASSUMED_INTERVAL_MS + (buckets.1 - buckets.0) / res
+    raw_ms / ASSUMED_INTERVAL_MS + POINT_COST * ((buckets.1 - buckets.0) / res)
 }
+
+/// What reading and combining one rollup point costs against one raw sample: a point is
+/// eleven numbers, decoded column by column, assembled and sorted.
+const POINT_COST: i64 = 3;
 
 /// The cheaper split over the resolutions the storage can serve, weighing raw samples at
 /// one per [`ASSUMED_INTERVAL_MS`] against one per rollup point.
@@ -725,9 +729,15 @@ mod tests {
         // Both resolutions cover every window: the coarser one reads fewer points.
         let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some((30 * H, false))).unwrap();
         assert_eq!((c.res, c.raw.len()), (H, 0));
-        // Where the 1 h rollups stop a whole hour earlier, 5 m reads fewer raw samples.
-        let c = choose_split(2 * H, 24 * H, H, 2 * H, |_| Some((20 * H, false))).unwrap();
+        // Where the 1 h rollups stop hours earlier, 5 m reads fewer raw samples.
+        let cover = |res: i64| Some((if res == H { 16 * H } else { 20 * H }, false));
+        let c = choose_split(2 * H, 24 * H, H, 2 * H, cover).unwrap();
         assert_eq!(c.res, M5);
+        // A day-long window off the hour reads up to an hour of raw head and 23 points of
+        // 1 h rather than minutes of raw head and 287 points of 5 m (a point costs more).
+        let r = 10 * DAY + 5 * H + 59 * 60_000;
+        let c = choose_split(r, r, 0, DAY, |_| Some((10 * DAY + 3 * H, false))).unwrap();
+        assert_eq!((c.res, c.raw[0]), (H, (r - DAY, 9 * DAY + 6 * H)));
     }
 
     #[test]
