@@ -132,8 +132,8 @@ pub(crate) fn plan_split(
     })
 }
 
-/// What reading `raw_ms` of raw samples and the buckets ending in `buckets` costs, weighing
-/// raw samples at one per [`ASSUMED_INTERVAL_MS`] against one per rollup point.
+/// What reading `raw_ms` of raw samples and the buckets ending in `buckets` costs, counting
+/// raw samples at one per [`ASSUMED_INTERVAL_MS`] and [`POINT_COST`] per rollup point.
 fn read_cost(raw_ms: i64, buckets: (i64, i64), res: i64) -> i64 {
     raw_ms / ASSUMED_INTERVAL_MS + POINT_COST * ((buckets.1 - buckets.0) / res)
 }
@@ -142,8 +142,7 @@ fn read_cost(raw_ms: i64, buckets: (i64, i64), res: i64) -> i64 {
 /// eleven numbers, decoded column by column, assembled and sorted.
 const POINT_COST: i64 = 3;
 
-/// The cheaper split over the resolutions the storage can serve, weighing raw samples at
-/// one per [`ASSUMED_INTERVAL_MS`] against one per rollup point.
+/// The cheaper split over the resolutions the storage can serve, by [`read_cost`].
 pub(crate) fn choose_split(
     first: i64,
     last: i64,
