@@ -73,6 +73,21 @@ pub fn is_rollup(enc: u8) -> bool {
 /// slower (range sum of rate over 8,000 series 84 → 133 ms p50).
 pub const ROLLUP_PLAIN_MAX: usize = 64;
 
+/// Most samples (or rollup points) one chunk may hold; a larger count in a chunk header is
+/// damage. Writers cut chunks far below this ([`crate::Options::block_chunk_samples`], 2,160 by
+/// default). The chunk's stored size bounds nothing: pcodec writes a constant column in a few
+/// bytes whatever its length, so a flat gauge's six-hour chunk can be 30 bytes.
+pub const MAX_CHUNK_SAMPLES: usize = 1 << 20;
+
+fn check_count(n: usize, what: &str) -> Result<(), DecodeError> {
+    if n > MAX_CHUNK_SAMPLES {
+        return Err(DecodeError(format!(
+            "implausible {what} count {n} (a chunk holds at most {MAX_CHUNK_SAMPLES})"
+        )));
+    }
+    Ok(())
+}
+
 impl Encoding {
     /// Parses the stored byte.
     pub fn from_u8(b: u8) -> Option<Self> {
@@ -287,9 +302,7 @@ pub fn parse_shared_ts(buf: &[u8]) -> Result<(usize, u64, usize, &[u8]), DecodeE
     let off = r.uvarint().ok_or_else(bad)?;
     let len = r.uvarint().ok_or_else(bad)?;
     let vals = r.bytes().ok_or_else(bad)?;
-    if n > vals.len().saturating_mul(64) + 64 {
-        return Err(DecodeError(format!("implausible sample count {n}")));
-    }
+    check_count(n, "sample")?;
     let len = usize::try_from(len).map_err(|_| bad())?;
     Ok((n, off, len, vals))
 }
@@ -383,9 +396,7 @@ pub fn decode(enc: Encoding, buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()
                 .uvarint()
                 .ok_or_else(|| DecodeError("missing sample count".into()))?
                 as usize;
-            if n > buf.len().saturating_mul(64) + 64 {
-                return Err(DecodeError(format!("implausible sample count {n}")));
-            }
+            check_count(n, "sample")?;
             let ts: Vec<i64> = decode_col(&mut r, n, "timestamp")?;
             let vals: Vec<f64> = decode_col(&mut r, n, "value")?;
             out.extend(ts.into_iter().zip(vals));
@@ -499,9 +510,7 @@ pub fn parse_rollup_columns(
     let n = r
         .uvarint()
         .ok_or_else(|| DecodeError("missing point count".into()))? as usize;
-    if n > buf.len().saturating_mul(64) + 64 {
-        return Err(DecodeError(format!("implausible point count {n}")));
-    }
+    check_count(n, "point")?;
     let stored = match enc {
         Encoding::RollupPco => 6,
         Encoding::RollupPcoEdges | Encoding::RollupPcoShared => ROLLUP_COLUMNS,
@@ -854,6 +863,62 @@ mod tests {
         let back: Vec<(i64, f64)> = t.into_iter().zip(v).collect();
         assert_eq!(bits(&back), bits(&s));
         assert!(decode_ts_column(&ts, n + 1).is_err());
+    }
+
+    /// A flat series compresses to a few bytes whatever its length: its chunks must read
+    /// back (a size-based plausibility check once refused a six-hour chunk of a constant
+    /// gauge and stopped store maintenance).
+    #[test]
+    fn constant_columns_of_full_chunks_read_back() {
+        let n = 2160;
+        let s: Vec<(i64, f64)> = (0..n as i64).map(|i| (i * 10_000, 0.0)).collect();
+        let mut sc = Scratch::default();
+        let vals = encode_value_column(&s, &mut sc);
+        let mut out = Vec::new();
+        encode_shared_ts(n, 0, 0, &vals, &mut out);
+        assert!(
+            vals.len() * 64 + 64 < n,
+            "the column should be tiny: {} bytes",
+            vals.len()
+        );
+        let (m, _, _, v) = parse_shared_ts(&out).unwrap();
+        assert_eq!(m, n);
+        assert_eq!(decode_value_column(v, n).unwrap(), vec![0.0; n]);
+
+        let mut out = Vec::new();
+        encode_pco(&s, &mut sc, &mut out);
+        let mut back = Vec::new();
+        decode(Encoding::Pco, &out, &mut back).unwrap();
+        assert_eq!(bits(&back), bits(&s));
+
+        let pts: Vec<RollupPoint> = (0..n as i64)
+            .map(|i| RollupPoint {
+                ts_ms: i * 300_000,
+                min: 1.0,
+                max: 1.0,
+                sum: 30.0,
+                count: 30,
+                last: 1.0,
+                first_ts: i * 300_000 - 290_000,
+                first: 1.0,
+                last_ts: i * 300_000,
+                resets: 0.0,
+                stale_end: false,
+            })
+            .collect();
+        let mut out = Vec::new();
+        encode_rollup(&pts, &mut out);
+        let mut back = Vec::new();
+        decode_rollup(&out, &mut back).unwrap();
+        assert_eq!(back.len(), n);
+
+        // A damaged count is still refused before anything is allocated for it.
+        let mut bad = Vec::new();
+        encode_shared_ts(MAX_CHUNK_SAMPLES + 1, 0, 0, &vals, &mut bad);
+        assert!(parse_shared_ts(&bad).is_err());
+        let mut bad = Vec::new();
+        put_uvarint(&mut bad, u64::MAX);
+        assert!(decode(Encoding::Pco, &bad, &mut Vec::new()).is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the head into blocks, compaction, downsampling, retention, tombstone clean-up), snapshots
 //! and statistics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,6 +148,9 @@ struct Inner {
     appended: AtomicU64,
     rejected: AtomicU64,
     corrupt_seen: AtomicU64,
+    /// Blocks maintenance found damaged while reading them: compaction and downsampling skip
+    /// them (until a restart), so one bad chunk does not stop maintenance of the rest.
+    damaged: Mutex<HashSet<String>>,
     stop: Mutex<bool>,
     stop_cv: Condvar,
     closed: AtomicBool,
@@ -272,6 +275,7 @@ impl Db {
             appended: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             corrupt_seen: AtomicU64::new(corrupt),
+            damaged: Mutex::new(HashSet::new()),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -694,11 +698,23 @@ impl Inner {
     fn maintain(&self) -> Result<()> {
         let _m = self.maint.lock();
         let t = Instant::now();
-        let cut = self.cut_head()?;
-        let compacted = self.compact()?;
-        let downsampled = self.downsample()?;
-        let expired = self.retention()?;
-        let cleaned = self.clean_tombstones()?;
+        // Every step runs even when one before it fails: retention in particular must not wait
+        // on a compaction that cannot succeed. The first failure is returned.
+        let mut failed = None;
+        let mut step = |r: Result<usize>| {
+            r.unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                0
+            })
+        };
+        let cut = step(self.cut_head());
+        let compacted = step(self.compact());
+        let downsampled = step(self.downsample());
+        let expired = step(self.retention());
+        let cleaned = step(self.clean_tombstones());
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if cut + compacted + downsampled + expired + cleaned > 0 {
             tracing::info!(
                 cut,
@@ -935,12 +951,47 @@ impl Inner {
         Ok(())
     }
 
+    /// Remembers the block among `candidates` that `e` found damaged (all of them when the
+    /// error names none), so maintenance skips it from now on. Returns false, marking nothing,
+    /// when `e` is not damage (an I/O failure is retried on the next pass).
+    fn mark_damaged(&self, e: &Error, candidates: &[Arc<Block>], doing: &str) -> bool {
+        let path = match e {
+            Error::Corrupt { path, .. } | Error::FutureFormat { path, .. } => path,
+            _ => return false,
+        };
+        let named: Vec<&Arc<Block>> = candidates
+            .iter()
+            .filter(|b| path.starts_with(b.dir()))
+            .collect();
+        let hit: Vec<&Arc<Block>> = if named.is_empty() {
+            candidates.iter().collect()
+        } else {
+            named
+        };
+        let mut damaged = self.damaged.lock();
+        for b in hit {
+            if damaged.insert(b.meta.id.clone()) {
+                self.corrupt_seen.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    block = %b.meta.id,
+                    error = %e,
+                    "Block damaged while {doing}: maintenance skips it until restart."
+                );
+            }
+        }
+        true
+    }
+
+    fn is_damaged(&self, b: &Block) -> bool {
+        self.damaged.lock().contains(&b.meta.id)
+    }
+
     fn plan_compaction(&self) -> Option<(Vec<Arc<Block>>, u32)> {
         let blocks = self.blocks.read().clone();
         for res in std::iter::once(0).chain(ROLLUP_RESOLUTIONS) {
             let mut v: Vec<Arc<Block>> = blocks
                 .iter()
-                .filter(|b| b.meta.resolution_ms == res)
+                .filter(|b| b.meta.resolution_ms == res && !self.is_damaged(b))
                 .cloned()
                 .collect();
             v.sort_by_key(|b| b.meta.range_start);
@@ -1034,7 +1085,11 @@ impl Inner {
     fn compact(&self) -> Result<usize> {
         let mut n = 0;
         while let Some((group, level)) = self.plan_compaction() {
-            let new = self.rewrite(&group, level)?;
+            let new = match self.rewrite(&group, level) {
+                Ok(new) => new,
+                Err(e) if self.mark_damaged(&e, &group, "compacting") => continue,
+                Err(e) => return Err(e),
+            };
             self.replace(&group, new)?;
             n += 1;
         }
@@ -1051,44 +1106,56 @@ impl Inner {
             .read()
             .iter()
             .filter(|b| {
-                b.meta.resolution_ms == 0 && !b.meta.downsampled && b.meta.range_end <= cutoff
+                b.meta.resolution_ms == 0
+                    && !b.meta.downsampled
+                    && b.meta.range_end <= cutoff
+                    && !self.is_damaged(b)
             })
             .cloned()
             .collect();
         let mut n = 0;
         for b in todo {
-            let mut made = Vec::new();
-            for res in ROLLUP_RESOLUTIONS {
-                let mut w = BlockWriter::create(
-                    &self.bdir(),
-                    b.meta.range_start,
-                    b.meta.range_end,
-                    res,
-                    b.meta.level,
-                    self.opts.block_chunk_samples,
-                )?;
-                let (mut bytes, mut raw, mut pts) = (Vec::new(), Vec::new(), Vec::new());
-                for ((env, labels), si) in b.series_map() {
-                    raw.clear();
-                    for c in b.series[si as usize].chunks.iter() {
-                        b.decode_chunk(c, &mut bytes, &mut raw)?;
-                    }
-                    rollup(&raw, res, &mut pts);
-                    w.add_rollup_series(&env, &labels, &pts)?;
-                }
-                if let Some(meta) = w.finish(vec![b.meta.id.clone()], false)? {
-                    made.push(Arc::new(Block::open(&self.bdir().join(&meta.id))?));
-                }
+            match self.downsample_block(&b) {
+                Ok(()) => n += 1,
+                Err(e) if self.mark_damaged(&e, std::slice::from_ref(&b), "rolling it up") => {}
+                Err(e) => return Err(e),
             }
-            let mut meta: BlockMeta = b.meta.clone();
-            meta.downsampled = true;
-            write_meta(b.dir(), &meta)?;
-            let reopened = Arc::new(Block::open(b.dir())?);
-            made.push(reopened);
-            self.swap_blocks(std::slice::from_ref(&b.meta.id), made);
-            n += 1;
         }
         Ok(n)
+    }
+
+    /// Writes `b`'s 5 m and 1 h rollup blocks and marks it rolled up.
+    fn downsample_block(&self, b: &Arc<Block>) -> Result<()> {
+        let mut made = Vec::new();
+        for res in ROLLUP_RESOLUTIONS {
+            let mut w = BlockWriter::create(
+                &self.bdir(),
+                b.meta.range_start,
+                b.meta.range_end,
+                res,
+                b.meta.level,
+                self.opts.block_chunk_samples,
+            )?;
+            let (mut bytes, mut raw, mut pts) = (Vec::new(), Vec::new(), Vec::new());
+            for ((env, labels), si) in b.series_map() {
+                raw.clear();
+                for c in b.series[si as usize].chunks.iter() {
+                    b.decode_chunk(c, &mut bytes, &mut raw)?;
+                }
+                rollup(&raw, res, &mut pts);
+                w.add_rollup_series(&env, &labels, &pts)?;
+            }
+            if let Some(meta) = w.finish(vec![b.meta.id.clone()], false)? {
+                made.push(Arc::new(Block::open(&self.bdir().join(&meta.id))?));
+            }
+        }
+        let mut meta: BlockMeta = b.meta.clone();
+        meta.downsampled = true;
+        write_meta(b.dir(), &meta)?;
+        let reopened = Arc::new(Block::open(b.dir())?);
+        made.push(reopened);
+        self.swap_blocks(std::slice::from_ref(&b.meta.id), made);
+        Ok(())
     }
 
     fn retention(&self) -> Result<usize> {
@@ -1104,10 +1171,12 @@ impl Inner {
                 } else {
                     rollup_floor
                 };
-                // A raw block waiting for its rollups is kept until they exist.
+                // A raw block waiting for its rollups is kept until they exist (or cannot:
+                // a damaged block expires like any other).
                 let waiting = b.meta.resolution_ms == 0
                     && self.opts.downsample_after.is_some()
-                    && !b.meta.downsampled;
+                    && !b.meta.downsampled
+                    && !self.is_damaged(b);
                 b.meta.range_end <= floor && !waiting
             })
             .map(|b| b.meta.id.clone())

@@ -102,8 +102,10 @@ impl Options {
         if self.head_chunk_samples == 0 || self.head_chunk_samples > crate::chunk::MAX_SAMPLES {
             return bad("head_chunk_samples", "must be 1..=65535");
         }
-        if self.block_chunk_samples == 0 {
-            return bad("block_chunk_samples", "must be positive");
+        if self.block_chunk_samples == 0
+            || self.block_chunk_samples > crate::codec::MAX_CHUNK_SAMPLES
+        {
+            return bad("block_chunk_samples", "must be 1..=1048576");
         }
         Ok(())
     }

@@ -118,6 +118,53 @@ fn flipped_byte_in_chunk_data_is_a_read_error_not_a_panic() {
 }
 
 #[test]
+fn a_damaged_chunk_stops_maintenance_of_its_block_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    setup(dir.path(), &clock);
+    let victim = blocks(dir.path())[0].clone();
+    let c = victim.join("chunks");
+    let mut b = fs::read(&c).unwrap();
+    b[20] ^= 0xff;
+    fs::write(&c, b).unwrap();
+    let db = Db::open(
+        dir.path(),
+        vigil_tsdb::Options {
+            downsample_after: Some(std::time::Duration::from_secs(3600)),
+            ..opts(&clock)
+        },
+    )
+    .unwrap();
+    assert_eq!(db.open_report().quarantined.len(), 0);
+    // The damage is counted (and logged with the block's id); the healthy block is still
+    // rolled up.
+    db.maintain().unwrap();
+    let rollups = |db: &Db| {
+        db.stats()
+            .blocks
+            .iter()
+            .filter(|b| b.resolution_ms != 0)
+            .count()
+    };
+    assert_eq!(rollups(&db), 2, "{:?}", db.stats().blocks);
+    assert_eq!(db.stats().corrupt_files_seen, 1);
+    // Later passes skip the damaged block instead of failing on it every time, and the rest of
+    // the store keeps being maintained: new data is cut into blocks and rolled up.
+    db.maintain().unwrap();
+    let l = labels("m", &[("s", "0")]);
+    let more: Vec<(i64, f64)> = (5 * 60..9 * 60)
+        .map(|i| (T0 + i * 60_000, i as f64))
+        .collect();
+    write(&db, "prod", &l, &more);
+    let before = db.stats().blocks.len();
+    clock.set(T0 + 12 * HOUR);
+    db.maintain().unwrap();
+    assert!(db.stats().blocks.len() > before, "{:?}", db.stats().blocks);
+    assert!(rollups(&db) > 2, "{:?}", db.stats().blocks);
+    assert!(victim.exists(), "the damaged block is kept, not deleted");
+}
+
+#[test]
 fn future_block_version_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);

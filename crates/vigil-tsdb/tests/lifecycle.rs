@@ -561,6 +561,55 @@ fn second_open_of_the_same_directory_is_refused() {
     assert!(matches!(e, Error::Locked { .. }), "{e}");
 }
 
+/// A flat gauge's full six-hour chunk in a merged block compresses to a few bytes; it must read
+/// back and roll up (a size-based count check once refused it and stopped maintenance).
+#[test]
+fn flat_series_in_merged_blocks_read_back_and_roll_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let db = open(dir.path(), &clock);
+    let (flat, wavy) = (labels("flat", &[]), labels("wavy", &[]));
+    let steps = 8 * 360;
+    for i in 0..steps {
+        let t = T0 + i * 10_000;
+        let mut b = vigil_tsdb::WriteBatch::new(vigil_model::EnvId::new("prod").unwrap());
+        b.add_series(&flat, &[(t, 0.0)], &Default::default())
+            .unwrap();
+        b.add_series(&wavy, &[(t, (i % 13) as f64)], &Default::default())
+            .unwrap();
+        db.write(&b).unwrap();
+    }
+    // A sample the next day closes the first day's window, so its blocks merge.
+    write(&db, "prod", &wavy, &[(T0 + DAY + 60_000, 1.0)]);
+    clock.set(T0 + DAY + 4 * HOUR);
+    db.maintain().unwrap();
+    let metas = block_metas(dir.path());
+    let day = metas.iter().find(|m| m.range_start == T0).unwrap();
+    assert_eq!(
+        (day.level, day.num_samples),
+        (2, 2 * steps as u64),
+        "{metas:#?}"
+    );
+    assert!(day.ts_columns > 0, "{metas:#?}");
+    db.close().unwrap();
+
+    let o = Options {
+        downsample_after: Some(secs(3600)),
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    db.maintain().unwrap();
+    assert_eq!(db.stats().corrupt_files_seen, 0);
+    let got = read(&db, "prod", &[name("flat")], i64::MIN, i64::MAX);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.len(), steps as usize);
+    assert!(got[0].1.iter().all(|&(_, v)| v == 0f64.to_bits()));
+    let (five, hour) = both_rollups(&db, "flat", T0, T0 + DAY);
+    let count = |r: &Rollups| r[0].1.iter().map(|p| p.count as i64).sum::<i64>();
+    assert_eq!((count(&five), count(&hour)), (steps, steps));
+    db.blocks_verify_all().unwrap();
+}
+
 #[test]
 fn bad_options_are_refused_with_the_option_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -571,6 +620,12 @@ fn bad_options_are_refused_with_the_option_named() {
     };
     let e = Db::open(dir.path(), o).unwrap_err();
     assert!(e.to_string().contains("ooo_window"), "{e}");
+    let o = Options {
+        block_chunk_samples: vigil_tsdb::codec::MAX_CHUNK_SAMPLES + 1,
+        ..opts(&clock)
+    };
+    let e = Db::open(dir.path(), o).unwrap_err();
+    assert!(e.to_string().contains("block_chunk_samples"), "{e}");
 }
 
 #[test]
