@@ -78,7 +78,9 @@ pub(crate) fn go_max(a: f64, b: f64) -> f64 {
     }
 }
 
-/// Prometheus' quantile over a set of values (sorted in place, NaN first).
+/// Prometheus' quantile over a set of values (reordered in place): the values of ranks
+/// ⌊q·(n−1)⌋ and the one above, NaN ranking lowest, interpolated linearly. The two ranks are
+/// found by selection (O(n)), not by sorting: it is the same pair of values.
 pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
     if values.is_empty() || q.is_nan() {
         return f64::NAN;
@@ -89,18 +91,25 @@ pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+    let order = |a: &f64, b: &f64| match (a.is_nan(), b.is_nan()) {
         (true, true) => std::cmp::Ordering::Equal,
         (true, false) => std::cmp::Ordering::Less,
         (false, true) => std::cmp::Ordering::Greater,
         _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
-    });
+    };
     let n = values.len() as f64;
     let rank = q * (n - 1.0);
-    let lower = rank.floor().max(0.0);
-    let upper = (lower + 1.0).min(n - 1.0);
+    let lower = rank.floor().max(0.0) as usize;
     let weight = rank - rank.floor();
-    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+    let (_, lo, above) = values.select_nth_unstable_by(lower, order);
+    let lo = *lo;
+    // The next rank is the smallest value above (ties with `lo` included).
+    let hi = above
+        .iter()
+        .copied()
+        .reduce(|m, v| if order(&v, &m).is_lt() { v } else { m })
+        .unwrap_or(lo);
+    lo * (1.0 - weight) + hi * weight
 }
 
 /// How many counter resets (a value below the one before) a series has before a position,
@@ -1425,7 +1434,72 @@ pub(crate) fn bucket_quantile(
 
 #[cfg(test)]
 mod tests {
-    use super::par_ranges;
+    use super::{par_ranges, quantile};
+
+    /// The quantile by sorting, as Prometheus computes it.
+    fn sorted_quantile(q: f64, values: &[f64]) -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+            (true, true) => std::cmp::Ordering::Equal,
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+            _ => a.partial_cmp(b).unwrap(),
+        });
+        let n = v.len() as f64;
+        let rank = q * (n - 1.0);
+        let lower = rank.floor().max(0.0);
+        let upper = (lower + 1.0).min(n - 1.0);
+        let weight = rank - rank.floor();
+        v[lower as usize] * (1.0 - weight) + v[upper as usize] * weight
+    }
+
+    #[test]
+    fn quantile_by_selection_equals_quantile_by_sorting() {
+        // A small deterministic generator: values from a pool with ties, NaN and infinities.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pool = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.0,
+            1.0,
+            -2.5,
+            1e300,
+            7.25,
+        ];
+        for case in 0..20_000 {
+            let n = 1 + (next() % 40) as usize;
+            let vals: Vec<f64> = (0..n)
+                .map(|_| match next() % 3 {
+                    0 => pool[(next() % pool.len() as u64) as usize],
+                    _ => (next() % 1000) as f64 / 7.0 - 50.0,
+                })
+                .collect();
+            let q = match case % 5 {
+                0 => 0.0,
+                1 => 1.0,
+                2 => 0.5,
+                _ => (next() % 10_001) as f64 / 10_000.0,
+            };
+            let want = sorted_quantile(q, &vals);
+            let got = quantile(q, &mut vals.clone());
+            assert!(
+                want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()) || want == got,
+                "q = {q}, values {vals:?}: {got} != {want}"
+            );
+        }
+        assert!(quantile(0.5, &mut []).is_nan());
+        assert_eq!(quantile(-1.0, &mut [1.0]), f64::NEG_INFINITY);
+        assert_eq!(quantile(2.0, &mut [1.0]), f64::INFINITY);
+    }
 
     #[test]
     fn parallel_ranges_cover_every_item_once_in_order() {
