@@ -10,7 +10,8 @@
 //!
 //! Vigil runs on its defaults: blocks get 5 m / 1 h rollups once they are an hour old
 //! (`[tsdb] downsample_after`; `VIGIL_BENCH_DOWNSAMPLE` overrides it, `off` disables
-//! rollups). Range queries are aligned to their step, as Grafana sends them.
+//! rollups). Range queries are aligned to their step, as Grafana sends them. Before each
+//! target's turn at a query the others are let go quiet (at most 10 s).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -373,6 +374,25 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// Waits (at most 10 s) until no target used more than 4 % of a core in the last half second,
+/// so the target measured next does not share the cores with another one's leftover work (a
+/// Go collector after a heavy query, a merge). Each target's own background work during its
+/// runs still counts against it.
+fn settle(targets: &[Target]) {
+    let t0 = Instant::now();
+    let ticks = || -> Vec<u64> { targets.iter().map(|t| cpu_ticks(t.child.id())).collect() };
+    let mut prev = ticks();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = ticks();
+        let busy = now.iter().zip(&prev).any(|(n, p)| n.saturating_sub(*p) > 2);
+        prev = now;
+        if !busy || t0.elapsed() > Duration::from_secs(10) {
+            return;
+        }
+    }
+}
+
 /// Waits until the process used under 5 % of a core for 35 s in a row (longer than Vigil's
 /// 30 s maintenance period; at most 10 min).
 fn wait_idle(t: &Target) {
@@ -571,6 +591,9 @@ fn main() {
         let mut p99s = Vec::new();
         let mut counts = Vec::new();
         for t in &targets {
+            if targets.len() > 1 {
+                settle(&targets);
+            }
             let (_, n) = run_query(t, q); // warm-up
             counts.push(n);
             let mut lat: Vec<Duration> = (0..runs).map(|_| run_query(t, q).0).collect();
