@@ -92,8 +92,9 @@ fn truncated_chunks_file_quarantines_the_block() {
     assert_eq!(count(&db), 5 * 3 * 60);
 }
 
-#[test]
-fn flipped_byte_in_chunk_data_is_a_read_error_not_a_panic() {
+/// The store of [`setup`] with one byte of its first block's chunk data flipped (the block
+/// still opens; reading that chunk fails its checksum). Returns that block's folder too.
+fn setup_flipped_chunk() -> (tempfile::TempDir, ManualClock, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     setup(dir.path(), &clock);
@@ -102,6 +103,12 @@ fn flipped_byte_in_chunk_data_is_a_read_error_not_a_panic() {
     let mut b = fs::read(&c).unwrap();
     b[20] ^= 0xff;
     fs::write(&c, b).unwrap();
+    (dir, clock, victim)
+}
+
+#[test]
+fn flipped_byte_in_chunk_data_is_a_read_error_not_a_panic() {
+    let (dir, clock, _) = setup_flipped_chunk();
     let db = open(dir.path(), &clock);
     let q = db.querier("prod", i64::MIN, i64::MAX);
     let mut errors = 0;
@@ -119,14 +126,7 @@ fn flipped_byte_in_chunk_data_is_a_read_error_not_a_panic() {
 
 #[test]
 fn a_damaged_chunk_stops_maintenance_of_its_block_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    setup(dir.path(), &clock);
-    let victim = blocks(dir.path())[0].clone();
-    let c = victim.join("chunks");
-    let mut b = fs::read(&c).unwrap();
-    b[20] ^= 0xff;
-    fs::write(&c, b).unwrap();
+    let (dir, clock, victim) = setup_flipped_chunk();
     let db = Db::open(
         dir.path(),
         vigil_tsdb::Options {
