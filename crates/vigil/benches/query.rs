@@ -153,8 +153,10 @@ fn start_vigil() -> Target {
         .arg("--config")
         .arg(&cfg)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .env("VIGIL_LOG", "warn")
+        .stderr(std::fs::File::create(dir.path().join("vigil.log")).unwrap())
+        // The store's maintenance passes are logged, to tell whether one overlapped queries.
+        .env("VIGIL_LOG", "warn,vigil_tsdb=info")
+        .env("VIGIL_LOG_FORMAT", "text")
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -582,6 +584,8 @@ fn main() {
     }
     println!("{header}");
     let mut worst_vigil_p99: f64 = 0.0;
+    let vigil_log = targets[0]._dir.path().join("vigil.log");
+    let log_at = std::fs::metadata(&vigil_log).map_or(0, |m| m.len());
     let only = std::env::var("VIGIL_BENCH_ONLY").ok();
     for q in &queries {
         if only.as_deref().is_some_and(|o| !q.name.contains(o)) {
@@ -614,4 +618,18 @@ fn main() {
         println!("{row}");
     }
     println!("worst Vigil p99: {worst_vigil_p99:.1} ms");
+    // Store work that ran while queries were measured (blocks cut, compacted or rolled up as
+    // the wall clock moved on) makes that run's figures noisier: say so.
+    let log = std::fs::read(&vigil_log).unwrap_or_default();
+    let during = String::from_utf8_lossy(log.get(log_at as usize..).unwrap_or_default());
+    for l in during.lines().filter(|l| l.contains("maintenance")) {
+        // Without the terminal colours the log is written with.
+        let mut plain = String::new();
+        let mut it = l.split('\u{1b}');
+        plain.push_str(it.next().unwrap_or_default());
+        for part in it {
+            plain.push_str(part.split_once('m').map_or("", |(_, rest)| rest));
+        }
+        println!("vigil store maintenance during the queries: {plain}");
+    }
 }
