@@ -959,17 +959,12 @@ impl Inner {
             Error::Corrupt { path, .. } | Error::FutureFormat { path, .. } => path,
             _ => return false,
         };
-        let named: Vec<&Arc<Block>> = candidates
-            .iter()
-            .filter(|b| path.starts_with(b.dir()))
-            .collect();
-        let hit: Vec<&Arc<Block>> = if named.is_empty() {
-            candidates.iter().collect()
-        } else {
-            named
-        };
+        let named = candidates.iter().any(|b| path.starts_with(b.dir()));
         let mut damaged = self.damaged.lock();
-        for b in hit {
+        for b in candidates
+            .iter()
+            .filter(|b| !named || path.starts_with(b.dir()))
+        {
             if damaged.insert(b.meta.id.clone()) {
                 self.corrupt_seen.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(

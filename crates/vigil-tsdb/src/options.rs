@@ -105,7 +105,10 @@ impl Options {
         if self.block_chunk_samples == 0
             || self.block_chunk_samples > crate::codec::MAX_CHUNK_SAMPLES
         {
-            return bad("block_chunk_samples", "must be 1..=1048576");
+            return bad(
+                "block_chunk_samples",
+                &format!("must be 1..={}", crate::codec::MAX_CHUNK_SAMPLES),
+            );
         }
         Ok(())
     }

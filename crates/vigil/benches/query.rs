@@ -623,13 +623,6 @@ fn main() {
     let log = std::fs::read(&vigil_log).unwrap_or_default();
     let during = String::from_utf8_lossy(log.get(log_at as usize..).unwrap_or_default());
     for l in during.lines().filter(|l| l.contains("maintenance")) {
-        // Without the terminal colours the log is written with.
-        let mut plain = String::new();
-        let mut it = l.split('\u{1b}');
-        plain.push_str(it.next().unwrap_or_default());
-        for part in it {
-            plain.push_str(part.split_once('m').map_or("", |(_, rest)| rest));
-        }
-        println!("vigil store maintenance during the queries: {plain}");
+        println!("vigil store maintenance during the queries: {l}");
     }
 }
