@@ -10,14 +10,15 @@
 //! are decoded from raw chunks — for windows aligned to the resolution (as Grafana aligns
 //! range queries) there is no head, and the tail is the part the rollups do not cover yet.
 
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
 use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
 use vigil_model::{Labels, Matcher, is_stale_marker};
 use vigil_tsdb::{RollupFields, RollupPoint};
 
 use crate::eval::{Evaluator, Loaded, ms, offset_ms, unwrap_parens, window};
 use crate::functions::kahan_inc;
-use crate::{Error, Result, Sample, Value};
+use crate::{Error, Result, Sample, StoredSeries, Value};
 
 /// The range functions rollups can answer.
 pub(crate) const FUNCS: [&str; 7] = [
@@ -357,14 +358,12 @@ pub(crate) fn step_values(
             let live = samples.iter().filter(|s| !is_stale_marker(s.1));
             let v = match kind {
                 StepKind::Over(func) => {
-                    let mut acc = Acc::default();
+                    let mut acc = Acc::new(func);
                     for p in buckets.iter().filter(|p| p.count > 0) {
                         acc.part(u64::from(p.count), p.sum, p.min, p.max, p.last);
                     }
-                    for &(_, v) in live {
-                        acc.part(1, v, v, v, v);
-                    }
-                    acc.value(func)
+                    acc.values(live.map(|&(_, v)| v));
+                    acc.value()
                 }
                 StepKind::Change { counter, rate } => {
                     let mut c = Change::default();
@@ -402,9 +401,20 @@ pub(crate) struct RollupLoad {
     pub points: Vec<Vec<RollupPoint>>,
 }
 
-/// Running combination of raw samples and whole buckets, in time order.
-#[derive(Default)]
-struct Acc {
+/// Which of [`Acc`]'s running values a function reads: only that one is kept up per sample.
+#[derive(Clone, Copy, PartialEq)]
+enum Want {
+    Sum,
+    Min,
+    Max,
+    /// Count and last only (they are always kept).
+    Neither,
+}
+
+/// Running combination of raw samples and whole buckets, in time order, for one of [`FUNCS`].
+struct Acc<'f> {
+    func: &'f str,
+    want: Want,
     count: u64,
     sum: f64,
     comp: f64,
@@ -413,33 +423,89 @@ struct Acc {
     last: f64,
 }
 
-impl Acc {
+impl<'f> Acc<'f> {
+    fn new(func: &'f str) -> Self {
+        let want = match func {
+            "avg_over_time" | "sum_over_time" => Want::Sum,
+            "min_over_time" => Want::Min,
+            "max_over_time" => Want::Max,
+            _ => Want::Neither,
+        };
+        Acc {
+            func,
+            want,
+            count: 0,
+            sum: 0.0,
+            comp: 0.0,
+            min: None,
+            max: None,
+            last: 0.0,
+        }
+    }
+
+    /// Adds a whole bucket: its count, sum, min, max and last.
     fn part(&mut self, count: u64, sum: f64, min: f64, max: f64, last: f64) {
         self.count += count;
-        (self.sum, self.comp) = kahan_inc(sum, self.sum, self.comp);
-        // `min_over_time`'s rule: NaN only while nothing else was seen.
+        self.last = last;
+        match self.want {
+            Want::Sum => (self.sum, self.comp) = kahan_inc(sum, self.sum, self.comp),
+            Want::Min => self.min(min),
+            Want::Max => self.max(max),
+            Want::Neither => {}
+        }
+    }
+
+    /// `min_over_time`'s rule: NaN only while nothing else was seen.
+    fn min(&mut self, v: f64) {
         self.min = Some(
             self.min
-                .map_or(min, |m| if min < m || m.is_nan() { min } else { m }),
+                .map_or(v, |m| if v < m || m.is_nan() { v } else { m }),
         );
+    }
+
+    fn max(&mut self, v: f64) {
         self.max = Some(
             self.max
-                .map_or(max, |m| if max > m || m.is_nan() { max } else { m }),
+                .map_or(v, |m| if v > m || m.is_nan() { v } else { m }),
         );
-        self.last = last;
+    }
+
+    /// Adds raw sample values, in time order.
+    fn values(&mut self, vs: impl Iterator<Item = f64>) {
+        match self.want {
+            Want::Sum => {
+                for v in vs {
+                    self.count += 1;
+                    self.last = v;
+                    (self.sum, self.comp) = kahan_inc(v, self.sum, self.comp);
+                }
+            }
+            Want::Min => vs.for_each(|v| {
+                self.count += 1;
+                self.last = v;
+                self.min(v);
+            }),
+            Want::Max => vs.for_each(|v| {
+                self.count += 1;
+                self.last = v;
+                self.max(v);
+            }),
+            Want::Neither => vs.for_each(|v| {
+                self.count += 1;
+                self.last = v;
+            }),
+        }
     }
 
     fn samples(&mut self, w: &[(i64, f64)]) {
-        for &(_, v) in w {
-            self.part(1, v, v, v, v);
-        }
+        self.values(w.iter().map(|&(_, v)| v));
     }
 
-    fn value(&self, func: &str) -> Option<f64> {
+    fn value(&self) -> Option<f64> {
         if self.count == 0 {
             return None;
         }
-        Some(match func {
+        Some(match self.func {
             "avg_over_time" => (self.sum + self.comp) / self.count as f64,
             "count_over_time" => self.count as f64,
             "last_over_time" => self.last,
@@ -483,8 +549,33 @@ impl Evaluator<'_> {
         }) else {
             return Ok(None);
         };
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let (after, upto) = split.buckets;
+        let fields = fields_of(&StepKind::of(func).unwrap_or(StepKind::Over(func)));
+        let mut read = 0usize;
+        let raws = split
+            .raw
+            .iter()
+            .map(|&(after, upto)| {
+                let got = st.select(matchers, after + 1, upto, budget.saturating_sub(read))?;
+                read += got.iter().map(|s| s.samples.len()).sum::<usize>();
+                Ok(got)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rollups = st.select_rollups(matchers, after + 1, upto, split.res, fields)?;
+        // Series are matched up by their labels, hashed once and never cloned.
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let mut index: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
         let mut series: Vec<Merged> = Vec::new();
+        // The series' place in `series`, added (without samples or points) if new.
+        let mut slot = |labels: Labels, series: &mut Vec<Merged>| -> usize {
+            let h = hasher.hash_one(&labels);
+            if let Some(&i) = index.find(h, |&i| series[i].0 == labels) {
+                return i;
+            }
+            series.push((labels, Vec::new(), Vec::new()));
+            index.insert_unique(h, series.len() - 1, |&i| hasher.hash_one(&series[i].0));
+            series.len() - 1
+        };
         let mut loaded = 0usize;
         let over = |n: usize| -> Result<()> {
             if n > budget {
@@ -492,35 +583,30 @@ impl Evaluator<'_> {
             }
             Ok(())
         };
-        for &(after, upto) in &split.raw {
-            for s in st.select(matchers, after + 1, upto, budget.saturating_sub(loaded))? {
-                let pts: Vec<(i64, f64)> = s
-                    .samples
-                    .into_iter()
-                    .filter(|&(_, v)| !is_stale_marker(v))
-                    .collect();
-                loaded += pts.len();
+        for got in raws {
+            for StoredSeries {
+                labels,
+                mut samples,
+            } in got
+            {
+                samples.retain(|&(_, v)| !is_stale_marker(v));
+                loaded += samples.len();
                 over(loaded)?;
-                let i = *index.entry(s.labels.clone()).or_insert_with(|| {
-                    series.push((s.labels, Vec::new(), Vec::new()));
-                    series.len() - 1
-                });
-                if series[i].1.is_empty() {
-                    series[i].1 = pts;
+                let i = slot(labels, &mut series);
+                let raw = &mut series[i].1;
+                // Raw pieces come oldest first; the first is taken as it is.
+                if raw.is_empty() {
+                    *raw = samples;
                 } else {
-                    series[i].1.extend(pts);
+                    raw.extend_from_slice(&samples);
                 }
             }
         }
-        let (after, upto) = split.buckets;
-        let fields = fields_of(&StepKind::of(func).unwrap_or(StepKind::Over(func)));
-        for (labels, pts) in st.select_rollups(matchers, after + 1, upto, split.res, fields)? {
+        for (labels, pts) in rollups {
             loaded += pts.len();
             over(loaded)?;
-            match index.get(&labels) {
-                Some(&i) => series[i].2 = pts,
-                None => series.push((labels, Vec::new(), pts)),
-            }
+            let i = slot(labels, &mut series);
+            series[i].2 = pts;
         }
         let mut data = Vec::with_capacity(series.len());
         let mut points = Vec::with_capacity(series.len());
@@ -628,7 +714,7 @@ impl Evaluator<'_> {
         let out = crate::functions::par_ranges(loaded.len(), 128, |part| {
             let mut out = Vec::with_capacity(part.len());
             for (s, pts) in loaded[part.clone()].iter().zip(&rl.points[part]) {
-                let mut acc = Acc::default();
+                let mut acc = Acc::new(func);
                 acc.samples(window(&s.points, lo, a));
                 let from = pts.partition_point(|p| p.ts_ms <= a);
                 let to = pts.partition_point(|p| p.ts_ms <= b);
@@ -642,7 +728,7 @@ impl Evaluator<'_> {
                     b
                 };
                 acc.samples(window(&s.points, raw_lo, r));
-                if let Some(v) = acc.value(func) {
+                if let Some(v) = acc.value() {
                     out.push(Sample {
                         metric: s.metric.clone(),
                         t,
@@ -742,15 +828,32 @@ mod tests {
     #[test]
     fn parts_combine_like_the_raw_functions() {
         let raw = [(1, 3.0), (2, f64::NAN), (3, -1.0)];
-        let mut acc = Acc::default();
-        acc.samples(&raw[..1]);
-        acc.part(1, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
-        acc.samples(&raw[2..]);
-        assert_eq!(acc.value("count_over_time"), Some(3.0));
-        assert_eq!(acc.value("max_over_time"), Some(3.0));
-        assert_eq!(acc.value("min_over_time"), Some(-1.0));
-        assert_eq!(acc.value("last_over_time"), Some(-1.0));
-        assert!(acc.value("sum_over_time").unwrap().is_nan());
-        assert_eq!(Acc::default().value("present_over_time"), None);
+        let value = |func| {
+            let mut acc = Acc::new(func);
+            acc.samples(&raw[..1]);
+            acc.part(1, f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+            acc.samples(&raw[2..]);
+            acc.value()
+        };
+        assert_eq!(value("count_over_time"), Some(3.0));
+        assert_eq!(value("max_over_time"), Some(3.0));
+        assert_eq!(value("min_over_time"), Some(-1.0));
+        assert_eq!(value("last_over_time"), Some(-1.0));
+        assert_eq!(value("present_over_time"), Some(1.0));
+        assert!(value("sum_over_time").unwrap().is_nan());
+        assert!(value("avg_over_time").unwrap().is_nan());
+        for func in FUNCS {
+            assert_eq!(Acc::new(func).value(), None, "{func}");
+        }
+        // NaN first: min and max take the next number.
+        let mut acc = Acc::new("min_over_time");
+        acc.values([f64::NAN, 2.0, 5.0].into_iter());
+        assert_eq!(acc.value(), Some(2.0));
+        let mut acc = Acc::new("max_over_time");
+        acc.values([f64::NAN, 2.0, 5.0].into_iter());
+        assert_eq!(acc.value(), Some(5.0));
+        let mut acc = Acc::new("avg_over_time");
+        acc.values([1e16, 1.0, -1e16, 1.0].into_iter());
+        assert_eq!(acc.value(), Some(0.5));
     }
 }
