@@ -1,7 +1,9 @@
 //! Label matchers (`=`, `!=`, `=~`, `!~`) with Prometheus semantics: regular expressions are
 //! fully anchored, and a missing label matches as the empty string.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use regex::Regex;
 
@@ -61,6 +63,34 @@ fn required_prefix(pattern: &str) -> &str {
     }
 }
 
+/// Compiled regular expressions by pattern, so a dashboard's queries, asked again and again,
+/// do not compile the same ones each time (building a regex's automata costs far more than
+/// matching a few thousand label values with it). Emptied when full.
+static COMPILED: Mutex<Option<HashMap<String, Regex>>> = Mutex::new(None);
+
+/// At most this many patterns are kept in [`COMPILED`].
+const COMPILED_MAX: usize = 512;
+
+/// `pattern` compiled anchored at both ends, from [`COMPILED`] when it was compiled before.
+fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
+    // A poisoned lock only means another thread panicked mid-insert: the map is still whole.
+    let cache = || COMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(re) = cache().as_ref().and_then(|m| m.get(pattern)) {
+        return Ok(re.clone());
+    }
+    // Compiled without the lock held: other queries' lookups do not wait for it.
+    let re = regex::RegexBuilder::new(&format!("^(?s:{pattern})$"))
+        .size_limit(1 << 22)
+        .build()?;
+    let mut cache = cache();
+    let map = cache.get_or_insert_with(HashMap::new);
+    if map.len() >= COMPILED_MAX {
+        map.clear();
+    }
+    map.insert(pattern.to_string(), re.clone());
+    Ok(re)
+}
+
 /// A matcher that cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MatcherError {
@@ -80,16 +110,13 @@ impl Matcher {
     /// Builds a matcher; regular expressions are anchored at both ends as in Prometheus.
     pub fn new(op: MatchOp, name: &str, value: &str) -> Result<Self, MatcherError> {
         let re = match op {
-            MatchOp::Re | MatchOp::Nre => Some(
-                regex::RegexBuilder::new(&format!("^(?s:{value})$"))
-                    .size_limit(1 << 22)
-                    .build()
-                    .map_err(|e| MatcherError::BadRegex {
-                        name: name.to_string(),
-                        pattern: value.to_string(),
-                        reason: e.to_string(),
-                    })?,
-            ),
+            MatchOp::Re | MatchOp::Nre => {
+                Some(compiled(value).map_err(|e| MatcherError::BadRegex {
+                    name: name.to_string(),
+                    pattern: value.to_string(),
+                    reason: e.to_string(),
+                })?)
+            }
             _ => None,
         };
         let prefix = if re.is_some() {
@@ -129,6 +156,12 @@ impl Matcher {
 
     fn regex_matches(&self, value: &str) -> bool {
         value.starts_with(&*self.prefix) && self.re.as_ref().is_some_and(|r| r.is_match(value))
+    }
+
+    /// Text every value a `=~` / `!~` matcher's regex matches starts with (empty when there
+    /// is none, and for the other operators).
+    pub fn required_prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Whether the matcher accepts a series that lacks the label entirely.
@@ -205,6 +238,22 @@ mod tests {
     fn bad_regex_is_an_error_naming_the_label() {
         let e = Matcher::new(MatchOp::Re, "job", "(").unwrap_err();
         assert!(e.to_string().contains("job"), "{e}");
+    }
+
+    #[test]
+    fn compiled_patterns_are_kept_boundedly_and_match_as_fresh_ones() {
+        for round in 0..2 {
+            for i in 0..COMPILED_MAX + 50 {
+                let m = Matcher::new(MatchOp::Re, "a", &format!("x{i}|y.*")).unwrap();
+                assert!(m.matches(&format!("x{i}")), "round {round}, pattern {i}");
+                assert!(m.matches("yes"));
+                assert!(!m.matches(&format!("x{i}z")));
+                let len = COMPILED.lock().unwrap().as_ref().map_or(0, HashMap::len);
+                assert!(len <= COMPILED_MAX, "{len} patterns kept");
+            }
+        }
+        let e = Matcher::new(MatchOp::Re, "a", "(").unwrap_err();
+        assert!(e.to_string().contains("invalid regular expression"), "{e}");
     }
 
     #[test]

@@ -5,18 +5,36 @@
 //! block (keys are ids in the block's own symbol table); [`EnvPostings::select`] takes the two
 //! small functions that translate between strings and ids.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use parking_lot::Mutex;
 
 use vigil_model::{MatchOp, Matcher};
 
 /// Postings of one environment.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub(crate) struct EnvPostings {
     /// (name id, value id) → sorted refs.
     pub(crate) by_label: BTreeMap<(u32, u32), Vec<u32>>,
     /// Every ref in the environment, sorted.
     pub(crate) all: Vec<u32>,
+    /// Per label name id, its value ids in the order of their text: made when a regex with a
+    /// required prefix first asks about the name, so that it looks only at the values with
+    /// that prefix (found by binary search) instead of every value's text.
+    text_order: Mutex<HashMap<u32, TextOrder>>,
 }
+
+/// Value ids of one label name sorted by their text, and those added since.
+#[derive(Debug, Default)]
+struct TextOrder {
+    sorted: Vec<u32>,
+    added: Vec<u32>,
+}
+
+/// New values are folded into a name's text order once there are more than this many…
+const ADDED_FOLD_MIN: usize = 64;
+/// …and more than one per this many sorted ones (a fold re-sorts the whole list).
+const ADDED_FOLD_RATIO: usize = 16;
 
 fn insert_sorted(v: &mut Vec<u32>, r: u32) {
     match v.last() {
@@ -110,8 +128,19 @@ impl EnvPostings {
     /// Adds a series.
     pub(crate) fn add(&mut self, sref: u32, labels: &[(u32, u32)]) {
         insert_sorted(&mut self.all, sref);
+        let orders = self.text_order.get_mut();
         for &(n, v) in labels {
-            insert_sorted(self.by_label.entry((n, v)).or_default(), sref);
+            match self.by_label.entry((n, v)) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    insert_sorted(e.get_mut(), sref);
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(vec![sref]);
+                    if let Some(t) = orders.get_mut(&n) {
+                        t.added.push(v);
+                    }
+                }
+            }
         }
     }
 
@@ -121,6 +150,8 @@ impl EnvPostings {
             return;
         }
         self.all = subtract(&self.all, refs);
+        // Values may go with their last series; text orders are made again when asked for.
+        self.text_order.get_mut().clear();
         self.by_label.retain(|_, v| {
             *v = subtract(v, refs);
             !v.is_empty()
@@ -171,6 +202,13 @@ impl EnvPostings {
                     .filter_map(|a| id_of(a).and_then(|v| self.by_label.get(&(n, v))))
                     .map(|l| l.as_slice())
                     .collect()
+            } else if m.op == MatchOp::Re && !m.required_prefix().is_empty() {
+                self.with_prefix(n, m.required_prefix(), str_of)
+                    .into_iter()
+                    .filter(|&v| m.matches(str_of(v)))
+                    .filter_map(|v| self.by_label.get(&(n, v)))
+                    .map(|l| l.as_slice())
+                    .collect()
             } else {
                 self.values_of(n)
                     .filter(|(v, _)| m.matches(str_of(*v)))
@@ -202,9 +240,45 @@ impl EnvPostings {
         r
     }
 
+    /// Value ids of label name `n` whose text starts with `prefix`, found in the name's text
+    /// order (made on first use, new values folded in as they accumulate).
+    fn with_prefix<'s>(&self, n: u32, prefix: &str, str_of: &dyn Fn(u32) -> &'s str) -> Vec<u32> {
+        let by_text = |a: &u32, b: &u32| str_of(*a).cmp(str_of(*b));
+        let mut orders = self.text_order.lock();
+        let t = orders.entry(n).or_insert_with(|| {
+            let mut sorted: Vec<u32> = self.values_of(n).map(|(v, _)| v).collect();
+            sorted.sort_unstable_by(by_text);
+            TextOrder {
+                sorted,
+                added: Vec::new(),
+            }
+        });
+        if t.added.len() > ADDED_FOLD_MIN && t.added.len() * ADDED_FOLD_RATIO > t.sorted.len() {
+            // Two sorted runs: the stable sort merges them in one pass.
+            t.added.sort_unstable_by(by_text);
+            t.sorted.append(&mut t.added);
+            t.sorted.sort_by(by_text);
+        }
+        let from = t.sorted.partition_point(|&v| str_of(v) < prefix);
+        let len = t.sorted[from..].partition_point(|&v| str_of(v).starts_with(prefix));
+        let added = t.added.iter().filter(|&&v| str_of(v).starts_with(prefix));
+        t.sorted[from..from + len]
+            .iter()
+            .chain(added)
+            .copied()
+            .collect()
+    }
+
     /// Approximate heap bytes.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.all.capacity() * 4
+        let orders: usize = self
+            .text_order
+            .lock()
+            .values()
+            .map(|t| (t.sorted.capacity() + t.added.capacity()) * 4 + 64)
+            .sum();
+        orders
+            + self.all.capacity() * 4
             + self
                 .by_label
                 .values()
@@ -293,6 +367,42 @@ mod tests {
     }
 
     #[test]
+    fn new_values_wait_then_fold_into_the_text_order() {
+        let mut f = Fx {
+            p: EnvPostings::default(),
+            ids: HashMap::new(),
+            strs: Vec::new(),
+        };
+        let re = |p: &str| Matcher::new(MatchOp::Re, "n", p).unwrap();
+        for r in 0..10 {
+            f.add(r, &[("n", &format!("x{:03}", 100 - r))]);
+        }
+        assert_eq!(f.sel(&[re("x09.*")]), vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let n = f.ids["n"];
+        let sizes = |f: &Fx| {
+            let o = f.p.text_order.lock();
+            (o[&n].sorted.len(), o[&n].added.len())
+        };
+        assert_eq!(sizes(&f), (10, 0));
+        for r in 10..50 {
+            f.add(r, &[("n", &format!("x{:03}", 200 - r))]);
+        }
+        // Forty new values wait beside the ten sorted ones…
+        assert_eq!(sizes(&f), (10, 40));
+        assert_eq!(f.sel(&[re("x1[5-6].")]), (31..50).collect::<Vec<u32>>());
+        for r in 50..80 {
+            f.add(r, &[("n", &format!("x{:03}", 200 - r))]);
+        }
+        // …and past sixty-four they are folded in.
+        assert_eq!(f.sel(&[re("x1[2-3].")]), (61..80).collect::<Vec<u32>>());
+        assert_eq!(sizes(&f), (80, 0));
+        f.p.remove_sorted(&[0]);
+        assert!(f.p.text_order.lock().is_empty());
+        // x100 went with series 0; x091…x099 do not start with x1.
+        assert_eq!(f.sel(&[re("x1.*")]), (10..80).collect::<Vec<u32>>());
+    }
+
+    #[test]
     fn set_ops() {
         assert_eq!(intersect(&[1, 3, 5, 7], &[3, 4, 5]), vec![3, 5]);
         assert_eq!(subtract(&[1, 3, 5, 7], &[3, 4, 5]), vec![1, 7]);
@@ -301,6 +411,49 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Regexes with a required prefix (answered from the names' text order) select what
+        /// matching every series' value does, while series come and go between selections
+        /// (new values waiting to be folded in, folded in, orders dropped on removal).
+        #[test]
+        fn prefix_selection_agrees_with_brute_force(
+            ops in proptest::collection::vec((0usize..5, 0usize..400, 0usize..6), 1..400),
+        ) {
+            let patterns = ["agent-0.*", "agent-01[0-5]", "agent-1.*|agent-2", "a.*", "agent-00?7", "b"];
+            let value = |a: usize| match a {
+                0..=299 => format!("agent-{a:03}"),
+                300..=349 => format!("a{a}"),
+                _ => format!("b{}", a % 3),
+            };
+            let mut f = Fx { p: EnvPostings::default(), ids: HashMap::new(), strs: Vec::new() };
+            let mut live: std::collections::BTreeMap<u32, String> = Default::default();
+            let mut next = 0u32;
+            for (kind, a, b) in ops {
+                match kind {
+                    0 | 1 => {
+                        let v = value(a);
+                        f.add(next, &[("n", v.as_str())]);
+                        live.insert(next, v);
+                        next += 1;
+                    }
+                    2 | 3 => {
+                        let m = Matcher::new(MatchOp::Re, "n", patterns[b]).unwrap();
+                        let want: Vec<u32> = live
+                            .iter()
+                            .filter(|(_, v)| m.matches(v))
+                            .map(|(r, _)| *r)
+                            .collect();
+                        proptest::prop_assert_eq!(f.sel(&[m]), want, "{}", patterns[b]);
+                    }
+                    _ => {
+                        let r = a as u32 % next.max(1);
+                        if live.remove(&r).is_some() {
+                            f.p.remove_sorted(&[r]);
+                        }
+                    }
+                }
+            }
+        }
+
         /// Selection agrees with matching every series' labels one by one, whatever the
         /// matchers' order, kinds and sizes (single lists, alternatives, regexes, negations).
         #[test]
