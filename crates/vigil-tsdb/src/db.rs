@@ -1054,22 +1054,33 @@ impl Inner {
                     if g.len() > 1 && (w + 1) * r <= newest && !mixed {
                         return Some((g, lvl as u32 + 1));
                     }
-                    // Rollups of a window still filling up merge in pairs of equal span (2 h +
-                    // 2 h, then 4 h + 4 h, …): a long query reads a few chunks per series
-                    // instead of one per 2 h block, and each rollup is rewritten about
-                    // log2(blocks per window) times, not once per new block. Above the first
-                    // level only whole blocks of the level below pair up (days into weeks).
+                    // Rollups of a window still filling up merge into one block as they come
+                    // (2 h + 2 h, then 4 h + 2 h, …): a query over the last day reads at most
+                    // three rollup chunks per series (the day before's block, today's so far,
+                    // the newest) instead of one per 2 h block. Rollups are small: rewriting
+                    // the day's so far at each step costs little. Above the first level only
+                    // whole blocks of the level below merge (days into weeks).
                     let unit = ranges[lvl - 1];
-                    if res != 0
-                        && let Some(pair) = g.windows(2).find(|p| {
-                            let span = |b: &Arc<Block>| b.meta.range_end - b.meta.range_start;
-                            p[0].meta.range_end == p[1].meta.range_start
-                                && span(&p[0]) == span(&p[1])
-                                && span(&p[0]) % unit == 0
-                                && p[1].meta.range_end <= newest
-                        })
-                    {
-                        return Some((pair.to_vec(), lvl as u32 + 1));
+                    if res != 0 {
+                        let span = |b: &Arc<Block>| b.meta.range_end - b.meta.range_start;
+                        let mut run: Vec<Arc<Block>> = Vec::new();
+                        for b in &g {
+                            let joins = run
+                                .last()
+                                .is_some_and(|l| l.meta.range_end == b.meta.range_start);
+                            if span(b) % unit != 0 || b.meta.range_end > newest || !joins {
+                                if run.len() > 1 {
+                                    break;
+                                }
+                                run.clear();
+                            }
+                            if span(b) % unit == 0 && b.meta.range_end <= newest {
+                                run.push(b.clone());
+                            }
+                        }
+                        if run.len() > 1 {
+                            return Some((run, lvl as u32 + 1));
+                        }
                     }
                 }
             }

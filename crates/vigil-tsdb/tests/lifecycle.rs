@@ -274,7 +274,7 @@ fn downsampling_makes_5m_and_1h_rollups_that_outlive_raw_data() {
 }
 
 #[test]
-fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
+fn rollups_of_a_day_still_filling_merge_into_one_block_without_changing_a_point() {
     let (_dir, clock, db) = rolling_up(2 * 3600);
     fill(&db, "prod", "cpu", 2, T0, 16);
     let rollup_spans = |res: i64| -> Vec<i64> {
@@ -303,9 +303,10 @@ fn rollups_of_a_day_still_filling_merge_in_pairs_without_changing_a_point() {
         let after: Vec<_> = ROLLUP_RESOLUTIONS.iter().map(|&r| points(r)).collect();
         assert_eq!(before, after, "at hour {h}");
     }
-    // 14 h rolled up (7 blocks of 2 h) are 8 h + 4 h + 2 h, for both resolutions.
+    // 14 h rolled up (7 blocks of 2 h, each merged in as it came) are one block, for both
+    // resolutions.
     for res in ROLLUP_RESOLUTIONS {
-        assert_eq!(rollup_spans(res), vec![8, 4, 2], "resolution {res}");
+        assert_eq!(rollup_spans(res), vec![14], "resolution {res}");
     }
     // Every 5 m bucket is whole, also those the merged blocks' boundaries split (the last
     // one's fifth sample, at T0 + 14 h, starts the block not yet rolled up).
