@@ -389,16 +389,21 @@ pub(crate) fn step_values(
     any.then_some(vals)
 }
 
-/// A series' raw samples and rollup points while they are gathered.
-type Merged = (Labels, Vec<(i64, f64)>, Vec<RollupPoint>);
+/// A series while it is gathered: labels, raw samples of its first raw piece, of the later
+/// ones, rollup points.
+type Merged = (Labels, Vec<(i64, f64)>, Vec<(i64, f64)>, Vec<RollupPoint>);
 
-/// One selector's rollup points, parallel to its loaded raw series.
+/// One selector's rollup points and later raw samples, parallel to its loaded raw series
+/// (which hold the first raw piece read: the window's head, or its tail when it has none).
 pub(crate) struct RollupLoad {
     pub res: i64,
     pub last_whole: i64,
     pub raw_after: i64,
     pub range: i64,
     pub points: Vec<Vec<RollupPoint>>,
+    /// Raw samples after the first piece's (the tail after a head): kept apart, not
+    /// appended, which would copy the first piece into a larger buffer.
+    pub later: Vec<Vec<(i64, f64)>>,
 }
 
 /// Which of [`Acc`]'s running values a function reads: only that one is kept up per sample.
@@ -572,7 +577,7 @@ impl Evaluator<'_> {
             if let Some(&i) = index.find(h, |&i| series[i].0 == labels) {
                 return i;
             }
-            series.push((labels, Vec::new(), Vec::new()));
+            series.push((labels, Vec::new(), Vec::new(), Vec::new()));
             index.insert_unique(h, series.len() - 1, |&i| hasher.hash_one(&series[i].0));
             series.len() - 1
         };
@@ -593,12 +598,14 @@ impl Evaluator<'_> {
                 loaded += samples.len();
                 over(loaded)?;
                 let i = slot(labels, &mut series);
-                let raw = &mut series[i].1;
-                // Raw pieces come oldest first; the first is taken as it is.
-                if raw.is_empty() {
-                    *raw = samples;
+                let (_, first, later, _) = &mut series[i];
+                // Raw pieces come oldest first, each taken as it is.
+                if first.is_empty() {
+                    *first = samples;
+                } else if later.is_empty() {
+                    *later = samples;
                 } else {
-                    raw.extend_from_slice(&samples);
+                    later.extend_from_slice(&samples);
                 }
             }
         }
@@ -606,19 +613,21 @@ impl Evaluator<'_> {
             loaded += pts.len();
             over(loaded)?;
             let i = slot(labels, &mut series);
-            series[i].2 = pts;
+            series[i].3 = pts;
         }
         let mut data = Vec::with_capacity(series.len());
         let mut points = Vec::with_capacity(series.len());
-        for (labels, raw, pts) in series {
-            if raw.is_empty() && pts.is_empty() {
+        let mut later = Vec::with_capacity(series.len());
+        for (labels, first, more, pts) in series {
+            if first.is_empty() && pts.is_empty() {
                 continue;
             }
             data.push(Loaded {
                 metric: std::sync::Arc::new(labels),
-                points: raw,
+                points: first,
             });
             points.push(pts);
+            later.push(more);
         }
         let rl = RollupLoad {
             res: split.res,
@@ -626,6 +635,7 @@ impl Evaluator<'_> {
             raw_after: split.raw_after,
             range,
             points,
+            later,
         };
         Ok(Some((data, rl, loaded)))
     }
@@ -713,9 +723,15 @@ impl Evaluator<'_> {
         // Each series is independent: many are split over the cores.
         let out = crate::functions::par_ranges(loaded.len(), 128, |part| {
             let mut out = Vec::with_capacity(part.len());
-            for (s, pts) in loaded[part.clone()].iter().zip(&rl.points[part]) {
+            let series = loaded[part.clone()].iter().zip(&rl.points[part.clone()]);
+            for ((s, pts), later) in series.zip(&rl.later[part]) {
                 let mut acc = Acc::new(func);
-                acc.samples(window(&s.points, lo, a));
+                // Raw samples in (from, to], from both pieces, in time order.
+                let raw = |acc: &mut Acc, from: i64, to: i64| {
+                    acc.samples(window(&s.points, from, to));
+                    acc.samples(window(later, from, to));
+                };
+                raw(&mut acc, lo, a);
                 let from = pts.partition_point(|p| p.ts_ms <= a);
                 let to = pts.partition_point(|p| p.ts_ms <= b);
                 for p in pts[from..to.max(from)].iter().filter(|p| p.count > 0) {
@@ -727,7 +743,7 @@ impl Evaluator<'_> {
                 } else {
                     b
                 };
-                acc.samples(window(&s.points, raw_lo, r));
+                raw(&mut acc, raw_lo, r);
                 if let Some(v) = acc.value() {
                     out.push(Sample {
                         metric: s.metric.clone(),
