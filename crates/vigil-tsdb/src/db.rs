@@ -1063,20 +1063,24 @@ impl Inner {
                     let unit = ranges[lvl - 1];
                     if res != 0 {
                         let span = |b: &Arc<Block>| b.meta.range_end - b.meta.range_start;
+                        let fits =
+                            |b: &Arc<Block>| span(b) % unit == 0 && b.meta.range_end <= newest;
+                        // The first run of two or more adjacent blocks that fit.
                         let mut run: Vec<Arc<Block>> = Vec::new();
                         for b in &g {
                             let joins = run
                                 .last()
                                 .is_some_and(|l| l.meta.range_end == b.meta.range_start);
-                            if span(b) % unit != 0 || b.meta.range_end > newest || !joins {
+                            if !(fits(b) && joins) {
                                 if run.len() > 1 {
                                     break;
                                 }
                                 run.clear();
+                                if !fits(b) {
+                                    continue;
+                                }
                             }
-                            if span(b) % unit == 0 && b.meta.range_end <= newest {
-                                run.push(b.clone());
-                            }
+                            run.push(b.clone());
                         }
                         if run.len() > 1 {
                             return Some((run, lvl as u32 + 1));
