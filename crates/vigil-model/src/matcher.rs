@@ -71,6 +71,13 @@ static COMPILED: Mutex<Option<HashMap<String, Regex>>> = Mutex::new(None);
 /// At most this many patterns are kept in [`COMPILED`].
 const COMPILED_MAX: usize = 512;
 
+/// Only regexes that compile within this size are kept, so what [`COMPILED`] holds stays
+/// small (a few tens of MB at most) whatever patterns callers send.
+const KEPT_SIZE_LIMIT: usize = 1 << 16;
+
+/// Any regex must compile within this size.
+const SIZE_LIMIT: usize = 1 << 22;
+
 /// `pattern` compiled anchored at both ends, from [`COMPILED`] when it was compiled before.
 fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
     // A poisoned lock only means another thread panicked mid-insert: the map is still whole.
@@ -79,9 +86,15 @@ fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
         return Ok(re.clone());
     }
     // Compiled without the lock held: other queries' lookups do not wait for it.
-    let re = regex::RegexBuilder::new(&format!("^(?s:{pattern})$"))
-        .size_limit(1 << 22)
-        .build()?;
+    let build = |limit| {
+        regex::RegexBuilder::new(&format!("^(?s:{pattern})$"))
+            .size_limit(limit)
+            .build()
+    };
+    let Ok(re) = build(KEPT_SIZE_LIMIT) else {
+        // Too large to keep (or not a regex: then this says why).
+        return build(SIZE_LIMIT);
+    };
     let mut cache = cache();
     let map = cache.get_or_insert_with(HashMap::new);
     if map.len() >= COMPILED_MAX {
@@ -254,6 +267,17 @@ mod tests {
         }
         let e = Matcher::new(MatchOp::Re, "a", "(").unwrap_err();
         assert!(e.to_string().contains("invalid regular expression"), "{e}");
+        // A large regex still works, but is not kept.
+        let big = "[a-z]{1500}";
+        let m = Matcher::new(MatchOp::Re, "a", big).unwrap();
+        assert!(m.matches(&"q".repeat(1500)));
+        assert!(!m.matches(&"q".repeat(1499)));
+        let kept = COMPILED
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|c| c.contains_key(big));
+        assert!(!kept, "a regex over the kept size limit was kept");
     }
 
     #[test]
