@@ -20,8 +20,10 @@ pub(crate) struct EnvPostings {
     pub(crate) all: Vec<u32>,
     /// Per label name id, its value ids in the order of their text: made when a regex with a
     /// required prefix first asks about the name, so that it looks only at the values with
-    /// that prefix (found by binary search) instead of every value's text.
-    text_order: Mutex<HashMap<u32, TextOrder>>,
+    /// that prefix (found by binary search) instead of every value's text. `None` for a name
+    /// with more than [`TEXT_ORDER_MAX`] values: sorting those under the index's read lock
+    /// would hold up new series too long, so its values are scanned.
+    text_order: Mutex<HashMap<u32, Option<TextOrder>>>,
 }
 
 /// Value ids of one label name sorted by their text, and those added since.
@@ -30,6 +32,9 @@ struct TextOrder {
     sorted: Vec<u32>,
     added: Vec<u32>,
 }
+
+/// Names with more values than this get no text order.
+const TEXT_ORDER_MAX: usize = 1 << 17;
 
 /// New values are folded into a name's text order once there are more than this many…
 const ADDED_FOLD_MIN: usize = 64;
@@ -136,7 +141,7 @@ impl EnvPostings {
                 }
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert(vec![sref]);
-                    if let Some(t) = orders.get_mut(&n) {
+                    if let Some(Some(t)) = orders.get_mut(&n) {
                         t.added.push(v);
                     }
                 }
@@ -202,8 +207,11 @@ impl EnvPostings {
                     .filter_map(|a| id_of(a).and_then(|v| self.by_label.get(&(n, v))))
                     .map(|l| l.as_slice())
                     .collect()
-            } else if m.op == MatchOp::Re && !m.required_prefix().is_empty() {
-                self.with_prefix(n, m.required_prefix(), str_of)
+            } else if let Some(prefixed) = (m.op == MatchOp::Re && !m.required_prefix().is_empty())
+                .then(|| self.with_prefix(n, m.required_prefix(), str_of))
+                .flatten()
+            {
+                prefixed
                     .into_iter()
                     .filter(|&v| m.matches(str_of(v)))
                     .filter_map(|v| self.by_label.get(&(n, v)))
@@ -241,18 +249,30 @@ impl EnvPostings {
     }
 
     /// Value ids of label name `n` whose text starts with `prefix`, found in the name's text
-    /// order (made on first use, new values folded in as they accumulate).
-    fn with_prefix<'s>(&self, n: u32, prefix: &str, str_of: &dyn Fn(u32) -> &'s str) -> Vec<u32> {
+    /// order (made on first use, new values folded in as they accumulate); `None` when the
+    /// name has too many values to keep one (see [`TEXT_ORDER_MAX`]).
+    fn with_prefix<'s>(
+        &self,
+        n: u32,
+        prefix: &str,
+        str_of: &dyn Fn(u32) -> &'s str,
+    ) -> Option<Vec<u32>> {
         let by_text = |a: &u32, b: &u32| str_of(*a).cmp(str_of(*b));
         let mut orders = self.text_order.lock();
-        let t = orders.entry(n).or_insert_with(|| {
-            let mut sorted: Vec<u32> = self.values_of(n).map(|(v, _)| v).collect();
-            sorted.sort_unstable_by(by_text);
-            TextOrder {
-                sorted,
-                added: Vec::new(),
-            }
-        });
+        let t = orders
+            .entry(n)
+            .or_insert_with(|| {
+                let mut sorted: Vec<u32> = self.values_of(n).map(|(v, _)| v).collect();
+                if sorted.len() > TEXT_ORDER_MAX {
+                    return None;
+                }
+                sorted.sort_unstable_by(by_text);
+                Some(TextOrder {
+                    sorted,
+                    added: Vec::new(),
+                })
+            })
+            .as_mut()?;
         if t.added.len() > ADDED_FOLD_MIN && t.added.len() * ADDED_FOLD_RATIO > t.sorted.len() {
             // Two sorted runs: the stable sort merges them in one pass.
             t.added.sort_unstable_by(by_text);
@@ -262,11 +282,13 @@ impl EnvPostings {
         let from = t.sorted.partition_point(|&v| str_of(v) < prefix);
         let len = t.sorted[from..].partition_point(|&v| str_of(v).starts_with(prefix));
         let added = t.added.iter().filter(|&&v| str_of(v).starts_with(prefix));
-        t.sorted[from..from + len]
-            .iter()
-            .chain(added)
-            .copied()
-            .collect()
+        Some(
+            t.sorted[from..from + len]
+                .iter()
+                .chain(added)
+                .copied()
+                .collect(),
+        )
     }
 
     /// Approximate heap bytes.
@@ -275,6 +297,7 @@ impl EnvPostings {
             .text_order
             .lock()
             .values()
+            .flatten()
             .map(|t| (t.sorted.capacity() + t.added.capacity()) * 4 + 64)
             .sum();
         orders
@@ -381,7 +404,8 @@ mod tests {
         let n = f.ids["n"];
         let sizes = |f: &Fx| {
             let o = f.p.text_order.lock();
-            (o[&n].sorted.len(), o[&n].added.len())
+            let t = o[&n].as_ref().unwrap();
+            (t.sorted.len(), t.added.len())
         };
         assert_eq!(sizes(&f), (10, 0));
         for r in 10..50 {
@@ -400,6 +424,22 @@ mod tests {
         assert!(f.p.text_order.lock().is_empty());
         // x100 went with series 0; x091…x099 do not start with x1.
         assert_eq!(f.sel(&[re("x1.*")]), (10..80).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn names_with_too_many_values_are_scanned_without_a_text_order() {
+        let mut f = Fx {
+            p: EnvPostings::default(),
+            ids: HashMap::new(),
+            strs: Vec::new(),
+        };
+        let many = TEXT_ORDER_MAX as u32 + 1;
+        for r in 0..many {
+            f.add(r, &[("n", &format!("v{r:07}"))]);
+        }
+        let m = Matcher::new(MatchOp::Re, "n", "v000001.").unwrap();
+        assert_eq!(f.sel(&[m]), (10..20).collect::<Vec<u32>>());
+        assert!(f.p.text_order.lock()[&f.ids["n"]].is_none());
     }
 
     #[test]
