@@ -40,6 +40,23 @@ impl Source {
         }
     }
 
+    /// About how many of this source's samples fall in `[mint, maxt]` (by the share of its
+    /// time span inside), to size a read's buffer once.
+    fn samples_within(&self, mint: i64, maxt: i64) -> usize {
+        let n = match self {
+            Source::Head(HeadChunk::Xor { bytes, .. }) => crate::chunk::sample_count(bytes),
+            Source::Head(HeadChunk::Samples(s)) => s.len(),
+            Source::Block { chunk, .. } => chunk.samples as usize,
+        };
+        let (lo, hi) = (self.min_time(), self.max_time());
+        if mint <= lo && maxt >= hi {
+            return n;
+        }
+        let inside = maxt.min(hi).saturating_sub(mint.max(lo)).max(0) as u128 + 1;
+        let span = hi.saturating_sub(lo).max(0) as u128 + 1;
+        (n as u128 * inside / span) as usize + 1
+    }
+
     /// Priority on equal timestamps: higher wins.
     fn rank(&self) -> u8 {
         match self {
@@ -71,6 +88,9 @@ impl Source {
         }
     }
 }
+
+/// The most samples [`SampleIter::read_all`] reserves room for ahead of decoding (16 MiB).
+const READ_RESERVE_MAX: usize = 1 << 20;
 
 /// A consistent read view over one environment and time range.
 #[derive(Debug, Clone)]
@@ -589,6 +609,15 @@ impl SampleIter {
         }
         out.extend_from_slice(&self.buf[self.pos..]);
         self.pos = self.buf.len();
+        // One allocation for the whole read rather than one doubling per chunk. The counts
+        // come from chunk headers and the index, so the hint is capped: a damaged count must
+        // not reserve gigabytes.
+        let hint: usize = self
+            .pending
+            .iter()
+            .map(|s| s.samples_within(self.mint, self.maxt))
+            .sum();
+        out.reserve(hint.min(READ_RESERVE_MAX));
         while let Some(first) = self.pending.pop() {
             if self
                 .pending
@@ -1167,5 +1196,27 @@ impl Querier {
         }
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_size_hints_follow_the_share_of_time_in_range() {
+        let s: Vec<(i64, f64)> = (0..100).map(|i| (i * 10, i as f64)).collect();
+        let src = Source::Head(HeadChunk::Samples(Arc::new(s)));
+        assert_eq!(src.samples_within(0, 990), 100);
+        assert_eq!(src.samples_within(i64::MIN, i64::MAX), 100);
+        assert!((49..=52).contains(&src.samples_within(0, 494)));
+        assert!(src.samples_within(2_000, 3_000) <= 1);
+        // Extreme times neither overflow nor promise more than the source holds.
+        let wide = Source::Head(HeadChunk::Samples(Arc::new(vec![
+            (i64::MIN, 0.0),
+            (i64::MAX, 1.0),
+        ])));
+        assert!(wide.samples_within(0, 10) <= 2);
+        assert_eq!(wide.samples_within(i64::MIN, i64::MAX), 2);
     }
 }

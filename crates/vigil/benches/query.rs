@@ -6,7 +6,8 @@
 //! queries, 100 agents × 6 h for range queries). `VIGIL_BENCH_FULL=1` runs the scale
 //! (10,000 agents; 1,000 agents × 24 h). `VIGIL_BENCH_PEERS=0` skips the peers (`vm` or `prometheus`: only that one);
 //! `VIGIL_BENCH_RUNS` sets repetitions per query (default 30); `VIGIL_BENCH_AGENTS` and
-//! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries.
+//! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries;
+//! `VIGIL_BENCH_BASE=<path to another vigil binary>` adds that build as target `vigil-base`.
 //!
 //! Vigil runs on its defaults: blocks get 5 m / 1 h rollups once they are an hour old
 //! (`[tsdb] downsample_after`; `VIGIL_BENCH_DOWNSAMPLE` overrides it, `off` disables
@@ -132,7 +133,8 @@ fn wait_ok(addr: &str, path: &str, what: &str) {
     }
 }
 
-fn start_vigil() -> Target {
+/// Starts `bin` (this build's `vigil`, or another build to compare with) as target `name`.
+fn start_vigil(bin: &str, name: &'static str) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vigil.toml");
     let tsdb = match std::env::var("VIGIL_BENCH_DOWNSAMPLE") {
@@ -140,7 +142,7 @@ fn start_vigil() -> Target {
         Err(_) => String::new(),
     };
     std::fs::write(&cfg, tsdb).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let mut child = Command::new(bin)
         .args([
             "serve",
             "--listen",
@@ -176,7 +178,7 @@ fn start_vigil() -> Target {
     std::thread::spawn(move || for _ in lines {});
     wait_ok(&addr, "/readyz", "vigil");
     Target {
-        name: "vigil",
+        name,
         addr,
         child,
         _dir: dir,
@@ -496,7 +498,12 @@ fn main() {
         range_hours = h;
     }
 
-    let mut targets = vec![start_vigil()];
+    let mut targets = vec![start_vigil(env!("CARGO_BIN_EXE_vigil"), "vigil")];
+    // VIGIL_BENCH_BASE: another `vigil` binary (an older build) run side by side, to
+    // compare builds on the same data in the same run.
+    if let Ok(base) = std::env::var("VIGIL_BENCH_BASE") {
+        targets.push(start_vigil(&base, "vigil-base"));
+    }
     if peers {
         for (bin, f) in [
             ("/usr/bin/victoria-metrics", start_vm as fn(&str) -> Target),
@@ -608,7 +615,9 @@ fn main() {
         }
         worst_vigil_p99 = worst_vigil_p99.max(p99s[0]);
         for (i, p) in p99s.iter().enumerate().skip(1) {
-            row.push_str(&format!("  {}: {:.2}", &targets[i].name[..4], p99s[0] / p));
+            let n = targets[i].name;
+            let short = n.strip_prefix("vigil-").unwrap_or(&n[..4]);
+            row.push_str(&format!("  {short}: {:.2}", p99s[0] / p));
         }
         if counts.iter().any(|&c| c != counts[0]) {
             row.push_str(&format!("  (series counts differ: {counts:?})"));
