@@ -341,7 +341,7 @@ fn long_range(engine: &Engine, db: &Db, rend: i64, runs: usize, only: Option<&st
         };
         assert_eq!(n, n2, "{name}: rollups and raw disagree on the series");
         println!(
-            "{name:<28} {:>9.1} / {:>7.1} {:>9.1} / {:>7.1} {n:>8}",
+            "{name:<28} {:>9.3} / {:>7.3} {:>9.3} / {:>7.3} {n:>8}",
             pct(&mut with, 0.5),
             pct(&mut with, 0.99),
             pct(&mut without, 0.5),

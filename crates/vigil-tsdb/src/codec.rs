@@ -367,8 +367,15 @@ fn pco_i64(v: &[i64]) -> Vec<u8> {
     pco::standalone::simple_compress(v, &pco_config()).unwrap_or_default()
 }
 
+/// The pcodec level of value columns: 4 rather than pcodec's default 8. On the reference
+/// fleet's data a block's value columns come out 0.5 % larger and a series' samples decode
+/// about a third faster: fewer bins mean smaller tables to build per chunk, and building them
+/// is most of the cost for chunks of a few thousand samples.
+const VALUE_LEVEL: usize = 4;
+
 fn pco_f64(v: &[f64]) -> Vec<u8> {
-    pco::standalone::simple_compress(v, &pco_config()).unwrap_or_default()
+    let config = pco_config().with_compression_level(VALUE_LEVEL);
+    pco::standalone::simple_compress(v, &config).unwrap_or_default()
 }
 
 fn pco_u32(v: &[u32]) -> Vec<u8> {
