@@ -7,7 +7,9 @@
 //! (10,000 agents; 1,000 agents × 24 h). `VIGIL_BENCH_PEERS=0` skips the peers (`vm` or `prometheus`: only that one);
 //! `VIGIL_BENCH_RUNS` sets repetitions per query (default 30); `VIGIL_BENCH_AGENTS` and
 //! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries;
-//! `VIGIL_BENCH_BASE=<path to another vigil binary>` adds that build as target `vigil-base`.
+//! `VIGIL_BENCH_BASE=<path to another vigil binary>` adds that build as target `vigil-base`;
+//! `VIGIL_BENCH_KEEPALIVE=1` sends the queries on kept-alive connections (default: a new
+//! connection per query).
 //!
 //! Vigil runs on its defaults: blocks get 5 m / 1 h rollups once they are an hour old
 //! (`[tsdb] downsample_after`; `VIGIL_BENCH_DOWNSAMPLE` overrides it, `off` disables
@@ -44,7 +46,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns status and body.
+/// One HTTP/1.1 request; returns status and body. A fresh connection per request, closed
+/// after it, unless `VIGIL_BENCH_KEEPALIVE=1`: then GETs (the queries) reuse one kept-alive
+/// connection per target and thread, as Grafana does.
 fn http(
     addr: &str,
     method: &str,
@@ -52,21 +56,58 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).ok();
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static CONNS: RefCell<HashMap<String, BufReader<TcpStream>>> = RefCell::new(HashMap::new());
+    }
+    let keep = method == "GET" && std::env::var("VIGIL_BENCH_KEEPALIVE").is_ok_and(|v| v == "1");
+    let connect = || {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).ok();
+        BufReader::new(s)
+    };
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{}Content-Length: {}\r\n",
+        if keep { "" } else { "Connection: close\r\n" },
         body.len()
     );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut r = BufReader::new(s);
+    if !keep {
+        return exchange(&mut connect(), &head, body, false).expect("request");
+    }
+    let mut r = CONNS
+        .with(|c| c.borrow_mut().remove(addr))
+        .unwrap_or_else(connect);
+    let out = match exchange(&mut r, &head, body, true) {
+        Ok(out) => out,
+        Err(_) => {
+            // A kept connection the server has closed meanwhile fails once; retry on a new one.
+            r = connect();
+            exchange(&mut r, &head, body, true).expect("request")
+        }
+    };
+    CONNS.with(|c| c.borrow_mut().insert(addr.to_string(), r));
+    out
+}
+
+/// Writes one request on `r`'s connection and reads the response: its status and body
+/// (by Content-Length or chunked; until the server closes only when `keep` is false).
+fn exchange(
+    r: &mut BufReader<TcpStream>,
+    head: &str,
+    body: &[u8],
+    keep: bool,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    r.get_mut().write_all(head.as_bytes())?;
+    r.get_mut().write_all(body)?;
     let mut line = String::new();
-    r.read_line(&mut line).unwrap();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let status = line
         .split_whitespace()
         .nth(1)
@@ -76,7 +117,7 @@ fn http(
     let mut chunked = false;
     loop {
         line.clear();
-        r.read_line(&mut line).unwrap();
+        r.read_line(&mut line)?;
         let l = line.trim_end();
         if l.is_empty() {
             break;
@@ -94,22 +135,28 @@ fn http(
     if chunked {
         loop {
             line.clear();
-            r.read_line(&mut line).unwrap();
+            r.read_line(&mut line)?;
             let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
             if n == 0 {
+                line.clear();
+                r.read_line(&mut line)?;
                 break;
             }
             let mut c = vec![0u8; n + 2];
-            r.read_exact(&mut c).unwrap();
+            r.read_exact(&mut c)?;
             out.extend_from_slice(&c[..n]);
         }
     } else if let Some(n) = len {
         out.resize(n, 0);
-        r.read_exact(&mut out).unwrap();
+        r.read_exact(&mut out)?;
+    } else if keep {
+        return Err(std::io::Error::other(
+            "response without a length on a kept-alive connection",
+        ));
     } else {
-        r.read_to_end(&mut out).unwrap();
+        r.read_to_end(&mut out)?;
     }
-    (status, out)
+    Ok((status, out))
 }
 
 fn wait_ok(addr: &str, path: &str, what: &str) {
