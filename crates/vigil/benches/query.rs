@@ -61,7 +61,11 @@ fn http(
     thread_local! {
         static CONNS: RefCell<HashMap<String, BufReader<TcpStream>>> = RefCell::new(HashMap::new());
     }
-    let keep = method == "GET" && std::env::var("VIGIL_BENCH_KEEPALIVE").is_ok_and(|v| v == "1");
+    // Read once, not inside every timed request.
+    static KEEPALIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let keep = method == "GET"
+        && *KEEPALIVE
+            .get_or_init(|| std::env::var("VIGIL_BENCH_KEEPALIVE").is_ok_and(|v| v == "1"));
     let connect = || {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).ok();
