@@ -9,7 +9,8 @@
 //! `VIGIL_BENCH_RANGE=AGENTSxHOURS` override the scale; `VIGIL_BENCH_ONLY` picks queries;
 //! `VIGIL_BENCH_BASE=<path to another vigil binary>` adds that build as target `vigil-base`;
 //! `VIGIL_BENCH_KEEPALIVE=1` sends the queries on kept-alive connections (default: a new
-//! connection per query).
+//! connection per query); `VIGIL_BENCH_HOLD=1` loads the targets and keeps them up for
+//! profiling by hand instead of measuring.
 //!
 //! Vigil runs on its defaults: blocks get 5 m / 1 h rollups once they are an hour old
 //! (`[tsdb] downsample_after`; `VIGIL_BENCH_DOWNSAMPLE` overrides it, `off` disables
@@ -468,6 +469,25 @@ fn wait_idle(t: &Target) {
     eprintln!("{} idle after {:.0} s", t.name, t0.elapsed().as_secs_f64());
 }
 
+/// `VIGIL_BENCH_HOLD=1`: the loaded targets stay up for profiling by hand. Prints where each
+/// one listens and keeps its data; never returns. Killing the bench (SIGKILL) leaves the
+/// targets and their folders behind, so another `vigil` build can be started on the same
+/// folder (`vigil serve --data-dir <dir>/vigil --auth-enabled false`).
+fn hold(targets: &[Target]) -> ! {
+    for t in targets {
+        println!(
+            "holding {} on {} (pid {}, data under {})",
+            t.name,
+            t.addr,
+            t.child.id(),
+            t._dir.path().display()
+        );
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -605,6 +625,9 @@ fn main() {
     for t in &targets {
         wait_idle(t);
     }
+    if std::env::var("VIGIL_BENCH_HOLD").is_ok_and(|v| v == "1") {
+        hold(&targets);
+    }
 
     let at = live_end + 1_500;
     let rat = range_end + 1_500;
@@ -662,7 +685,10 @@ fn main() {
             let p50 = pct(&mut lat, 0.5);
             let p99 = pct(&mut lat, 0.99);
             p99s.push(p99);
-            row.push_str(&format!(" {:>10.1} / {:>9.1}", p50, p99));
+            // Sub-10 ms figures get two decimals: a tenth of a millisecond is most of a
+            // small query.
+            let d = if p99 < 10.0 { 2 } else { 1 };
+            row.push_str(&format!(" {:>10.d$} / {:>9.d$}", p50, p99));
         }
         worst_vigil_p99 = worst_vigil_p99.max(p99s[0]);
         for (i, p) in p99s.iter().enumerate().skip(1) {
