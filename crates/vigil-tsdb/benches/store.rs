@@ -369,6 +369,8 @@ fn bench_size(rows: &mut Vec<Row>) {
     db.maintain().unwrap();
     let st = db.stats();
     let (mut xor_all, mut pco_all, mut chunks_bytes) = (0u64, 0u64, 0u64);
+    let mut raw_chunks = [0u64; 3]; // decimal, pcodec, XOR
+
     let mut level = 0;
     for b in std::fs::read_dir(dir.path().join("blocks"))
         .unwrap()
@@ -379,6 +381,14 @@ fn bench_size(rows: &mut Vec<Row>) {
         xor_all += m["xor_bytes_if_all"].as_u64().unwrap();
         pco_all += m["pco_bytes_if_all"].as_u64().unwrap();
         chunks_bytes += m["chunk_bytes"].as_u64().unwrap();
+        if m["resolution_ms"].as_u64() == Some(0) {
+            for (n, k) in raw_chunks
+                .iter_mut()
+                .zip(["decimal_chunks", "pco_chunks", "xor_chunks"])
+            {
+                *n += m[k].as_u64().unwrap_or(0);
+            }
+        }
         level = level.max(m["level"].as_u64().unwrap());
     }
     let disk = du(&dir.path().join("blocks"));
@@ -420,6 +430,18 @@ fn bench_size(rows: &mut Vec<Row>) {
         "  chunks if all pcodec, bytes/sample",
         format!("{:.3}", pco_all as f64 / total as f64),
         format!("pco/xor = {:.2}", pco_all as f64 / xor_all as f64),
+    );
+    let all_raw = raw_chunks.iter().sum::<u64>().max(1) as f64;
+    row(
+        rows,
+        "  raw chunks decimal / pcodec / XOR, %",
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            raw_chunks[0] as f64 / all_raw * 100.0,
+            raw_chunks[1] as f64 / all_raw * 100.0,
+            raw_chunks[2] as f64 / all_raw * 100.0
+        ),
+        "decimal kept when ≤ 1.25× pcodec's size",
     );
     if let Some(mut p) = vm_proc {
         let _ = http(vm_addr, "GET", "/internal/force_flush", b"");

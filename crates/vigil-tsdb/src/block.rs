@@ -22,10 +22,15 @@ use crate::postings::EnvPostings;
 use crate::wal::sync_dir;
 
 /// Newest block format version this build writes and reads.
-pub const BLOCK_VERSION: u32 = 1;
+pub const BLOCK_VERSION: u32 = 2;
 const INDEX_MAGIC: &[u8; 4] = b"VGIX";
 const CHUNKS_MAGIC: &[u8; 4] = b"VGCK";
 const CHUNKS_HEADER: u64 = 8;
+
+/// How much larger than pcodec's a decimal value column may be and still be chosen: 1.25
+/// (measured 2026-12-07, 100 agents × 24 h of the reference fleet: 43 % of raw chunks are
+/// decimal, the store 1.184 → 1.200 bytes/sample, one series' day read 2.1× faster).
+const DECIMAL_SLACK: f64 = 1.25;
 
 /// What `meta.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,6 +61,9 @@ pub struct BlockMeta {
     pub xor_chunks: u64,
     /// Chunks stored pcodec-encoded.
     pub pco_chunks: u64,
+    /// Chunks whose values are stored as a decimal column (block format 2).
+    #[serde(default)]
+    pub decimal_chunks: u64,
     /// Size of the `chunks` file.
     pub chunk_bytes: u64,
     /// Size of the `index` file.
@@ -160,6 +168,7 @@ fn empty_meta() -> BlockMeta {
         num_chunks: 0,
         xor_chunks: 0,
         pco_chunks: 0,
+        decimal_chunks: 0,
         chunk_bytes: 0,
         index_bytes: 0,
         xor_bytes_if_all: 0,
@@ -348,8 +357,10 @@ impl BlockWriter {
         Ok(off)
     }
 
-    /// Encodes one chunk of raw samples with the smaller of XOR, or pcodec values with a
-    /// pcodec timestamp column shared by all series with the same timestamps.
+    /// Encodes one chunk of raw samples with the smaller of XOR, or pcodec (or decimal)
+    /// values with a pcodec timestamp column shared by all series with the same timestamps.
+    /// A decimal column is kept over a smaller pcodec one when it is at most
+    /// [`DECIMAL_SLACK`] larger: it decodes about four times faster.
     fn add_chunk(&mut self, part: &[(i64, f64)]) -> Result<ChunkMeta> {
         self.buf.clear();
         codec::encode_xor(part, &mut self.buf);
@@ -362,8 +373,14 @@ impl BlockWriter {
             return self.write_chunk(Encoding::Xor, first, last, part.len());
         }
         let ts = codec::encode_ts_column(part, &mut self.scratch);
-        let vals = codec::encode_value_column(part, &mut self.scratch);
-        self.meta.pco_bytes_if_all += (ts.len() + vals.len() + 6) as u64;
+        let pco = codec::encode_value_column(part, &mut self.scratch);
+        self.meta.pco_bytes_if_all += (ts.len() + pco.len() + 6) as u64;
+        let (enc, vals) = match codec::encode_decimal_column(part, &mut self.scratch) {
+            Some(d) if d.len() as f64 <= pco.len() as f64 * DECIMAL_SLACK + 8.0 => {
+                (Encoding::DecimalSharedTs, d)
+            }
+            _ => (Encoding::PcoSharedTs, pco),
+        };
         if vals.len() + 12 >= xor_len {
             self.meta.xor_chunks += 1;
             return self.write_chunk(Encoding::Xor, first, last, part.len());
@@ -372,8 +389,12 @@ impl BlockWriter {
         let ts_off = self.shared_column(ts)?;
         self.buf.clear();
         codec::encode_shared_ts(part.len(), ts_off, ts_len, &vals, &mut self.buf);
-        self.meta.pco_chunks += 1;
-        self.write_chunk(Encoding::PcoSharedTs, first, last, part.len())
+        if enc == Encoding::DecimalSharedTs {
+            self.meta.decimal_chunks += 1;
+        } else {
+            self.meta.pco_chunks += 1;
+        }
+        self.write_chunk(enc, first, last, part.len())
     }
 
     /// Adds a series of rollup points (sorted by bucket).
@@ -763,11 +784,11 @@ impl Block {
             )
         })?;
         let corrupt = |e: codec::DecodeError| Error::corrupt(self.dir.join("chunks"), c.off, e.0);
-        if enc != Encoding::PcoSharedTs {
+        if !matches!(enc, Encoding::PcoSharedTs | Encoding::DecimalSharedTs) {
             return codec::decode(enc, buf, out).map_err(corrupt);
         }
         let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(buf).map_err(corrupt)?;
-        let values = codec::decode_value_column(vals, n).map_err(corrupt)?;
+        let values = codec::decode_shared_values(enc, vals, n, n).map_err(corrupt)?;
         let ts = self.ts_column(ts_off, ts_len, n)?;
         out.extend(ts.iter().copied().zip(values));
         Ok(())
@@ -784,9 +805,14 @@ impl Block {
         buf: &mut Vec<u8>,
         out: &mut Vec<(i64, f64)>,
     ) -> Result<()> {
-        if c.enc != Encoding::PcoSharedTs as u8 || (mint <= c.mint && maxt >= c.maxt) {
-            return self.decode_chunk(c, buf, out);
-        }
+        let enc = match Encoding::from_u8(c.enc) {
+            Some(e @ (Encoding::PcoSharedTs | Encoding::DecimalSharedTs))
+                if mint > c.mint || maxt < c.maxt =>
+            {
+                e
+            }
+            _ => return self.decode_chunk(c, buf, out),
+        };
         self.read_chunk(c, buf)?;
         let corrupt = |e: codec::DecodeError| Error::corrupt(self.dir.join("chunks"), c.off, e.0);
         let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(buf).map_err(corrupt)?;
@@ -795,7 +821,7 @@ impl Block {
             ts.partition_point(|&t| t < mint),
             ts.partition_point(|&t| t <= maxt),
         );
-        let values = codec::decode_value_prefix(vals, n, b).map_err(corrupt)?;
+        let values = codec::decode_shared_values(enc, vals, n, b).map_err(corrupt)?;
         if a < b {
             out.extend(ts[a..b].iter().copied().zip(values[a..b].iter().copied()));
         }

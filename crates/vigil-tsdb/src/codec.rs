@@ -49,6 +49,10 @@ pub enum Encoding {
     /// (alike for every series scraped alike), so a reader of one value decodes one pcodec
     /// stream per series, not three or more.
     RollupPcoShared = 8,
+    /// [`Encoding::PcoSharedTs`]'s layout with the values as a [`crate::decimal`] column
+    /// (integers times a power of ten, bit-packed deltas) instead of pcodec: used where the
+    /// values are short decimals, which decode about four times faster this way.
+    DecimalSharedTs = 9,
 }
 
 /// Whether `enc` (a stored encoding byte) holds rollup points.
@@ -100,6 +104,7 @@ impl Encoding {
             6 => Some(Self::RollupPcoEdges),
             7 => Some(Self::RollupPlainEdges),
             8 => Some(Self::RollupPcoShared),
+            9 => Some(Self::DecimalSharedTs),
             _ => None,
         }
     }
@@ -312,6 +317,37 @@ pub fn decode_ts_column(buf: &[u8], n: usize) -> Result<Vec<i64>, DecodeError> {
     decompress_exact(buf, n, "timestamp")
 }
 
+/// Decodes the value column of a shared-timestamp chunk (`enc` is [`Encoding::PcoSharedTs`]
+/// or [`Encoding::DecimalSharedTs`]) holding exactly `n` values; only the first `take` are
+/// returned (as many more may be decoded as pcodec's batches of 256 cover).
+pub fn decode_shared_values(
+    enc: Encoding,
+    buf: &[u8],
+    n: usize,
+    take: usize,
+) -> Result<Vec<f64>, DecodeError> {
+    if enc == Encoding::DecimalSharedTs {
+        let mut out = Vec::new();
+        crate::decimal::decode_prefix(buf, n, take, &mut out)
+            .map_err(|e| DecodeError(e.to_string()))?;
+        return Ok(out);
+    }
+    if take >= n {
+        decode_value_column(buf, n)
+    } else {
+        decode_value_prefix(buf, n, take)
+    }
+}
+
+/// A decimal value column for `samples`' values, if they are short decimals
+/// ([`crate::decimal`]); at most one value in 16 may need keeping verbatim.
+pub fn encode_decimal_column(samples: &[(i64, f64)], s: &mut Scratch) -> Option<Vec<u8>> {
+    s.vals.clear();
+    s.vals.extend(samples.iter().map(|x| x.1));
+    let mut out = Vec::new();
+    crate::decimal::encode(&s.vals, 16, &mut out).then_some(out)
+}
+
 /// Decodes a pcodec value stream holding exactly `n` values.
 pub fn decode_value_column(buf: &[u8], n: usize) -> Result<Vec<f64>, DecodeError> {
     decompress_exact(buf, n, "value")
@@ -414,7 +450,9 @@ pub fn decode(enc: Encoding, buf: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()
         | Encoding::RollupPcoEdges
         | Encoding::RollupPlainEdges
         | Encoding::RollupPcoShared => Err(DecodeError("rollup chunk read as raw samples".into())),
-        Encoding::PcoSharedTs => Err(DecodeError("shared-timestamp chunk needs its block".into())),
+        Encoding::PcoSharedTs | Encoding::DecimalSharedTs => {
+            Err(DecodeError("shared-timestamp chunk needs its block".into()))
+        }
     }
 }
 

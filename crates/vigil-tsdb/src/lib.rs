@@ -38,6 +38,7 @@ mod block;
 pub mod chunk;
 pub mod codec;
 mod db;
+pub mod decimal;
 pub mod encoding;
 mod error;
 mod head;

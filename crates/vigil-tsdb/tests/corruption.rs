@@ -172,7 +172,7 @@ fn future_block_version_is_refused_with_a_clear_error() {
     let meta = blocks(dir.path())[0].join("meta.json");
     let s = fs::read_to_string(&meta)
         .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 7");
+        .replace("\"format_version\": 2", "\"format_version\": 7");
     fs::write(&meta, s).unwrap();
     let e = Db::open(dir.path(), opts(&clock)).unwrap_err();
     assert!(matches!(e, Error::FutureFormat { found: 7, .. }), "{e}");

@@ -706,9 +706,14 @@ fn fleet_data_shares_timestamp_columns_and_reads_back_exactly() {
     db.maintain().unwrap();
     assert_eq!(db.stats().head_series, 0);
     let metas = block_metas(dir.path());
-    let pco: u64 = metas.iter().map(|m| m.pco_chunks).sum();
+    let pco: u64 = metas.iter().map(|m| m.pco_chunks + m.decimal_chunks).sum();
     let cols: u64 = metas.iter().map(|m| m.ts_columns).sum();
     assert!(pco > 0, "{metas:#?}");
+    let decimal: u64 = metas.iter().map(|m| m.decimal_chunks).sum();
+    assert!(
+        decimal > 0,
+        "the fleet's short decimals use decimal columns: {metas:#?}"
+    );
     // One timestamp column per agent per block (plus at most a few where series differ).
     assert!(
         cols <= (agents * metas.len()) as u64 * 2,
