@@ -373,9 +373,9 @@ impl BlockWriter {
             return self.write_chunk(Encoding::Xor, first, last, part.len());
         }
         let ts = codec::encode_ts_column(part, &mut self.scratch);
-        let pco = codec::encode_value_column(part, &mut self.scratch);
+        let (pco, decimal) = codec::encode_value_columns(part, &mut self.scratch);
         self.meta.pco_bytes_if_all += (ts.len() + pco.len() + 6) as u64;
-        let (enc, vals) = match codec::encode_decimal_column(part, &mut self.scratch) {
+        let (enc, vals) = match decimal {
             Some(d) if d.len() as f64 <= pco.len() as f64 * DECIMAL_SLACK + 8.0 => {
                 (Encoding::DecimalSharedTs, d)
             }

@@ -339,13 +339,14 @@ pub fn decode_shared_values(
     }
 }
 
-/// A decimal value column for `samples`' values, if they are short decimals
-/// ([`crate::decimal`]); at most one value in 16 may need keeping verbatim.
-pub fn encode_decimal_column(samples: &[(i64, f64)], s: &mut Scratch) -> Option<Vec<u8>> {
-    s.vals.clear();
-    s.vals.extend(samples.iter().map(|x| x.1));
-    let mut out = Vec::new();
-    crate::decimal::encode(&s.vals, 16, &mut out).then_some(out)
+/// The values of `samples` as a pcodec stream and, if they are short decimals, as a
+/// [`crate::decimal`] column too (at most one value in 16 kept verbatim); the writer keeps one.
+pub fn encode_value_columns(samples: &[(i64, f64)], s: &mut Scratch) -> (Vec<u8>, Option<Vec<u8>>) {
+    let pco = encode_value_column(samples, s);
+    let mut dec = Vec::new();
+    // `encode_value_column` left the values in `s.vals`.
+    let dec = crate::decimal::encode(&s.vals, 16, &mut dec).then_some(dec);
+    (pco, dec)
 }
 
 /// Decodes a pcodec value stream holding exactly `n` values.

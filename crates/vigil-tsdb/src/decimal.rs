@@ -221,6 +221,13 @@ fn decode_into(buf: &[u8], n: usize, take: usize, out: &mut Vec<f64>) -> Result<
     if take == 0 {
         return Ok(());
     }
+    // Every group takes at least two bytes: bounds what is allocated below by the input.
+    if (take - 1).div_ceil(GROUP) > r.remaining() / 2 {
+        return Err(err(format!(
+            "{} bytes cannot hold {take} values",
+            buf.len()
+        )));
+    }
     let mut acc = r.varint().ok_or_else(|| err("first value missing"))?;
     let base_len = out.len();
     out.resize(base_len + take, 0.0);
@@ -412,6 +419,13 @@ mod tests {
                 .contains("scale 16")
         );
         assert!(decode(&b, 301, &mut out).is_err());
+        // A header claiming a huge count is refused before anything is allocated for it.
+        let mut huge = vec![2u8];
+        put_uvarint(&mut huge, 1 << 40);
+        huge.extend_from_slice(&[0, 0]);
+        let e = decode(&huge, 1 << 40, &mut out).unwrap_err();
+        assert!(e.0.contains("cannot hold"), "{e}");
+        assert!(out.is_empty());
     }
 
     proptest! {
