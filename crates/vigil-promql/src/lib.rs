@@ -781,29 +781,99 @@ pub fn format_value(v: f64) -> String {
 
 /// Appends [`format_value`]'s text for `v` to `out` without allocating: the shortest decimal
 /// form that reads back as `v`, never in exponent notation (Go's `FormatFloat(v, 'f', -1, 64)`,
-/// which is also what `{v}` prints). Whole numbers below 10¹⁵ are written as integers; others
-/// through a shortest-digits formatter several times faster than `{v}`, which remains the
-/// fallback for the magnitudes it would write with an exponent.
+/// which is also what `{v}` prints). The usual values ([`short_value`]'s) are written with
+/// integer arithmetic; others through a shortest-digits formatter several times faster than
+/// `{v}`, which remains the fallback for the magnitudes it would write with an exponent.
 pub fn push_value(out: &mut String, v: f64) {
     use std::fmt::Write as _;
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
-        out.push_str(itoa::Buffer::new().format(v as i64));
+    let mut buf = [0u8; SHORT_VALUE_MAX];
+    if let Some(s) = short_value(v, &mut buf) {
+        out.push_str(s);
+        return;
+    }
+    let mut b = zmij::Buffer::new();
+    let s = b.format_finite(v);
+    if s.contains('e') {
+        let _ = write!(out, "{v}");
     } else {
-        let mut b = zmij::Buffer::new();
-        let s = b.format_finite(v);
-        if s.contains('e') {
-            let _ = write!(out, "{v}");
+        // Whole numbers come out as `1000000000000000.0`; `{v}` has no `.0`.
+        out.push_str(s.strip_suffix(".0").unwrap_or(s));
+    }
+}
+
+/// The most bytes [`short_value`] writes.
+pub const SHORT_VALUE_MAX: usize = 24;
+
+/// [`format_value`]'s text for the values a monitoring system mostly holds, written into
+/// `buf` with integer arithmetic only: `NaN`, `±Inf`, whole numbers below 10¹⁵ and numbers
+/// below 10⁹ with at most three decimals (`0.45`, `-12.5`). `None` for any other value
+/// (`-0`, `0.1 + 0.2`, `1e-7`), which [`push_value`] formats in full.
+pub fn short_value(v: f64, buf: &mut [u8; SHORT_VALUE_MAX]) -> Option<&str> {
+    let text: &[u8] = if v.is_nan() {
+        b"NaN"
+    } else if v == f64::INFINITY {
+        b"+Inf"
+    } else if v == f64::NEG_INFINITY {
+        b"-Inf"
+    } else {
+        let a = v.abs();
+        let neg = v.is_sign_negative();
+        // Through `i64`, not `u64`: the signed conversions are single instructions.
+        let (m, k) = if a < 1e15 && (a as i64) as f64 == a {
+            if a == 0.0 && neg {
+                return None;
+            }
+            (a as i64 as u64, 0)
         } else {
-            // Whole numbers come out as `1000000000000000.0`; `{v}` has no `.0`.
-            out.push_str(s.strip_suffix(".0").unwrap_or(s));
+            short_decimal(a)?
+        };
+        let mut n = 0;
+        if neg {
+            buf[0] = b'-';
+            n = 1;
+        }
+        let p = POW10[k as usize];
+        let mut ib = itoa::Buffer::new();
+        let int = ib.format(m / p).as_bytes();
+        buf[n..n + int.len()].copy_from_slice(int);
+        n += int.len();
+        if k > 0 {
+            buf[n] = b'.';
+            let mut f = m % p;
+            for d in buf[n + 1..=n + k as usize].iter_mut().rev() {
+                *d = b'0' + (f % 10) as u8;
+                f /= 10;
+            }
+            n += 1 + k as usize;
+        }
+        return std::str::from_utf8(&buf[..n]).ok();
+    };
+    buf[..text.len()].copy_from_slice(text);
+    std::str::from_utf8(&buf[..text.len()]).ok()
+}
+
+const POW10: [u64; 4] = [1, 10, 100, 1000];
+
+/// A non-integer `a ≥ 0` as `m × 10^-k` with the fewest decimals `k` in 1..=3, when that
+/// decimal reads back as exactly `a`. Below 10⁹ a float's spacing is under 10⁻³, so at most
+/// one `k`-decimal number reads back as `a`, and the first `k` that works gives the shortest
+/// form: the text Go's shortest formatting writes.
+fn short_decimal(a: f64) -> Option<(u64, u32)> {
+    if a.is_nan() || a >= 1e9 {
+        return None;
+    }
+    for k in 1..=3u32 {
+        let p = POW10[k as usize] as f64;
+        // Truncating `x + 0.5` rounds (no libm call, unlike `round`); a decimal that reads
+        // back as `a` lies far closer to `a · 10^k` than ½, so ties cannot matter.
+        let m = (a * p + 0.5) as i64;
+        // Both operands are exact, so the division is the correctly rounded value of the
+        // decimal, which is what parsing the decimal yields.
+        if m as f64 / p == a {
+            return Some((m as u64, k));
         }
     }
+    None
 }
 
 /// Labels shared between samples of the same series across steps.
@@ -831,6 +901,66 @@ mod tests {
 
     fn err(q: &str) -> String {
         parse(q).unwrap_err().to_string()
+    }
+
+    /// The short-decimal fast path writes what a shortest-digits formatter writes, on
+    /// decimals up to the 10⁹ edge, on their float neighbours and on arbitrary bits.
+    #[test]
+    fn short_decimals_format_as_shortest_digits() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut fast = 0;
+        for i in 0..200_000u64 {
+            let r = next();
+            let v = match i % 4 {
+                0 => (r % 1_000_000_000_000) as f64 / [10.0, 100.0, 1000.0][(r >> 60) as usize % 3],
+                1 => {
+                    f64::from_bits(((r % 2_000_000_000) as f64 / 1000.0).to_bits() + (r >> 62) - 1)
+                }
+                2 => f64::from_bits(r),
+                _ => (r % 100_000) as f64 / 1000.0 - 50.0,
+            };
+            if !v.is_finite() || v.abs() >= 1e15 {
+                continue;
+            }
+            let v = if r & 1 == 1 { -v } else { v };
+            if short_value(v, &mut [0; SHORT_VALUE_MAX]).is_none() {
+                continue;
+            }
+            fast += 1;
+            // Where the fast path answers only one decimal of its length reads back as `v`,
+            // so any shortest-digits formatter agrees with it (ties aside, which need more).
+            assert_eq!(
+                format_value(v),
+                format!("{v}"),
+                "{v:e} ({:#x})",
+                v.to_bits()
+            );
+        }
+        assert!(fast > 50_000, "the fast path ran only {fast} times");
+        for (v, s) in [
+            (0.45, "0.45"),
+            (-12.5, "-12.5"),
+            (0.001, "0.001"),
+            (999999999.999, "999999999.999"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (-0.0, "-0"),
+            (0.0, "0"),
+            (-3.0, "-3"),
+            (999999999999999.0, "999999999999999"),
+            (1e15, "1000000000000000"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (f64::INFINITY, "+Inf"),
+            (1e-7, "0.0000001"),
+        ] {
+            assert_eq!(format_value(v), s);
+        }
     }
 
     struct Empty;

@@ -10,7 +10,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use vigil_model::{EnvId, Labels, Matcher};
-use vigil_promql::{Error as QError, Value, parse_duration, parse_time, push_value};
+use vigil_promql::{
+    Error as QError, SHORT_VALUE_MAX, Value, parse_duration, parse_time, push_value, short_value,
+};
 
 use crate::auth::Need;
 use crate::http::error::ApiError;
@@ -205,26 +207,46 @@ fn push_labels(out: &mut String, l: &Labels) {
     out.push('}');
 }
 
+/// Appends `[<t in seconds>,"<v>"]`. The usual point (a time below 10¹⁵ ms, a
+/// [`short_value`]) is assembled on the stack and appended at once.
 fn push_point(out: &mut String, t: i64, v: f64) {
-    out.push('[');
-    push_seconds(out, t);
-    out.push_str(",\"");
-    push_value(out, v);
-    out.push_str("\"]");
+    let mut vb = [0u8; SHORT_VALUE_MAX];
+    match short_value(v, &mut vb) {
+        Some(text) if t.unsigned_abs() < 1_000_000_000_000_000 => {
+            let mut b = [0u8; 32 + SHORT_VALUE_MAX];
+            b[0] = b'[';
+            let mut n = 1 + seconds_into(&mut b[1..], t);
+            b[n..n + 2].copy_from_slice(b",\"");
+            n += 2;
+            b[n..n + text.len()].copy_from_slice(text.as_bytes());
+            n += text.len();
+            b[n..n + 2].copy_from_slice(b"\"]");
+            n += 2;
+            out.push_str(std::str::from_utf8(&b[..n]).unwrap_or_default());
+        }
+        _ => {
+            out.push('[');
+            push_seconds(out, t);
+            out.push_str(",\"");
+            push_value(out, v);
+            out.push_str("\"]");
+        }
+    }
 }
 
-/// Appends `t_ms / 1000` as Prometheus writes a sample time (the shortest decimal form of the
-/// float: `1700000000`, `1700000000.5`), with integer arithmetic where that form is exact.
-fn push_seconds(out: &mut String, t_ms: i64) {
-    if t_ms.unsigned_abs() >= 1_000_000_000_000_000 {
-        let _ = write!(out, "{}", t_ms as f64 / 1000.0);
-        return;
-    }
+/// Writes `t_ms / 1000` as [`push_seconds`] does into `b` (at least 24 bytes) for
+/// `|t_ms| < 10¹⁸`, returning the length.
+fn seconds_into(b: &mut [u8], t_ms: i64) -> usize {
+    let mut n = 0;
     if t_ms < 0 {
-        out.push('-');
+        b[0] = b'-';
+        n = 1;
     }
     let (secs, frac) = (t_ms.unsigned_abs() / 1000, t_ms.unsigned_abs() % 1000);
-    out.push_str(itoa::Buffer::new().format(secs));
+    let mut ib = itoa::Buffer::new();
+    let d = ib.format(secs).as_bytes();
+    b[n..n + d.len()].copy_from_slice(d);
+    n += d.len();
     if frac > 0 {
         let digits = [
             b'.',
@@ -239,8 +261,22 @@ fn push_seconds(out: &mut String, t_ms: i64) {
         } else {
             4
         };
-        out.push_str(std::str::from_utf8(&digits[..keep]).unwrap_or_default());
+        b[n..n + keep].copy_from_slice(&digits[..keep]);
+        n += keep;
     }
+    n
+}
+
+/// Appends `t_ms / 1000` as Prometheus writes a sample time (the shortest decimal form of the
+/// float: `1700000000`, `1700000000.5`), with integer arithmetic where that form is exact.
+fn push_seconds(out: &mut String, t_ms: i64) {
+    if t_ms.unsigned_abs() >= 1_000_000_000_000_000 {
+        let _ = write!(out, "{}", t_ms as f64 / 1000.0);
+        return;
+    }
+    let mut b = [0u8; 24];
+    let n = seconds_into(&mut b, t_ms);
+    out.push_str(std::str::from_utf8(&b[..n]).unwrap_or_default());
 }
 
 /// `{"status":"success","data":<data>}` from pre-rendered JSON.
@@ -439,24 +475,46 @@ pub async fn query_range(
     Ok(finish_success(out, &notes.warnings, &notes.infos))
 }
 
-/// Runs a query evaluation off the async workers: on this worker thread itself where the
-/// runtime can hand its other tasks to another (no thread hand-off on the way in or out,
-/// which is most of a small query's latency), else on the blocking pool. A panic in the
-/// evaluation is an error, not a dropped connection.
+/// Runs a query evaluation so that it cannot starve the async workers. While no other
+/// evaluation is doing so, it runs right here on this worker (most queries take well under a
+/// millisecond, and handing the worker's core to another thread costs a good part of
+/// that); the runtime's other workers carry on serving meanwhile, so at most one worker is
+/// ever busy with a query. Any evaluation that finds that slot taken gives up this worker's
+/// core for its duration (`block_in_place`), and a runtime with a single worker or a
+/// current-thread runtime always evaluates off its workers. A panic in the evaluation is an
+/// error, not a dropped connection.
 async fn evaluate<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, PromError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::runtime::{Handle, RuntimeFlavor};
-    let panicked = |_| PromError::from(QError::Execution("query evaluation panicked".into()));
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(|| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(panicked)
-        })
-    } else {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| PromError::from(QError::Storage(e.to_string())))
+    /// Set while an evaluation runs inline on a worker.
+    static INLINE: AtomicBool = AtomicBool::new(false);
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            INLINE.store(false, Ordering::Release);
+        }
     }
+    fn run<T>(f: impl FnOnce() -> T) -> Result<T, PromError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .map_err(|_| PromError::from(QError::Execution("query evaluation panicked".into())))
+    }
+    let handle = Handle::current();
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| PromError::from(QError::Storage(e.to_string())));
+    }
+    if handle.metrics().num_workers() > 1
+        && INLINE
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    {
+        let _release = Release;
+        return run(f);
+    }
+    tokio::task::block_in_place(|| run(f))
 }
 
 /// Parses each `match[]` selector into store matchers.
@@ -761,6 +819,36 @@ mod tests {
             let t = (x >> (x % 50)) as i64 * if x & 1 == 0 { 1 } else { -1 };
             check(t);
         }
+    }
+
+    /// A point assembled on the stack reads exactly as one written piece by piece.
+    #[test]
+    fn points_read_as_their_time_and_value_written_apart() {
+        let mut x: u64 = 0x853c_49e6_748f_ea9b;
+        let (mut fast, mut slow) = (String::new(), String::new());
+        for i in 0..100_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let t = (x >> (x % 50)) as i64 * if x & 2 == 0 { 1 } else { -1 };
+            let v = match i % 3 {
+                0 => (x % 10_000_000) as f64 / 1000.0,
+                1 => f64::from_bits(x.rotate_left(17)),
+                _ => (x % 100_000) as f64 - 50_000.0,
+            };
+            fast.clear();
+            push_point(&mut fast, t, v);
+            slow.clear();
+            slow.push('[');
+            push_seconds(&mut slow, t);
+            slow.push_str(",\"");
+            push_value(&mut slow, v);
+            slow.push_str("\"]");
+            assert_eq!(fast, slow, "t = {t}, v = {v:e}");
+        }
+        fast.clear();
+        push_point(&mut fast, 1_700_000_000_500, 0.25);
+        assert_eq!(fast, r#"[1700000000.5,"0.25"]"#);
     }
 
     #[test]
