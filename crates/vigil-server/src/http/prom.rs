@@ -821,6 +821,61 @@ mod tests {
         }
     }
 
+    /// However many evaluations run at once, they never hold every worker: with one running
+    /// inline (here blocked until the end), a second is handed off the worker it started on,
+    /// so a plain async task still gets to run and unblock it. If both ran inline on the
+    /// two workers, the async task could not run and the second would time out.
+    #[test]
+    fn evaluations_leave_a_worker_for_async_tasks() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (release_a, a_waits) = mpsc::channel::<()>();
+            let (a_started, started) = tokio::sync::oneshot::channel::<()>();
+            let a = tokio::spawn(evaluate(move || {
+                let _ = a_started.send(());
+                a_waits.recv_timeout(Duration::from_secs(30)).is_ok()
+            }));
+            started.await.unwrap();
+            let (release_b, b_waits) = mpsc::channel::<()>();
+            let b = tokio::spawn(evaluate(move || {
+                b_waits.recv_timeout(Duration::from_secs(30)).is_ok()
+            }));
+            let c = tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                release_b.send(()).unwrap();
+            });
+            c.await.unwrap();
+            assert!(
+                b.await.unwrap().unwrap(),
+                "the second evaluation was never released"
+            );
+            release_a.send(()).unwrap();
+            assert!(a.await.unwrap().unwrap());
+        });
+    }
+
+    /// A panicking evaluation is an error, and does not keep the inline slot.
+    #[test]
+    fn a_panicking_evaluation_is_an_error() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..3 {
+                let r = evaluate(|| -> u8 { panic!("boom") }).await;
+                assert!(r.is_err());
+            }
+            assert_eq!(evaluate(|| 7).await.ok(), Some(7));
+        });
+    }
+
     /// A point assembled on the stack reads exactly as one written piece by piece.
     #[test]
     fn points_read_as_their_time_and_value_written_apart() {
