@@ -218,8 +218,11 @@ fn push_point(out: &mut String, t: i64, v: f64) {
             let mut n = 1 + seconds_into(&mut b[1..], t);
             b[n..n + 2].copy_from_slice(b",\"");
             n += 2;
-            b[n..n + text.len()].copy_from_slice(text.as_bytes());
-            n += text.len();
+            // The whole value buffer, a fixed-size copy (no `memmove` call); the bytes past
+            // the text are overwritten or cut off below.
+            let len = text.len();
+            b[n..n + SHORT_VALUE_MAX].copy_from_slice(&vb);
+            n += len;
             b[n..n + 2].copy_from_slice(b"\"]");
             n += 2;
             out.push_str(std::str::from_utf8(&b[..n]).unwrap_or_default());
