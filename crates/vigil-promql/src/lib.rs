@@ -787,8 +787,8 @@ pub fn format_value(v: f64) -> String {
 pub fn push_value(out: &mut String, v: f64) {
     use std::fmt::Write as _;
     let mut buf = [0u8; SHORT_VALUE_MAX];
-    if let Some(s) = short_value(v, &mut buf) {
-        out.push_str(s);
+    if let Some(n) = short_value(v, &mut buf) {
+        out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
         return;
     }
     let mut b = zmij::Buffer::new();
@@ -804,11 +804,11 @@ pub fn push_value(out: &mut String, v: f64) {
 /// The most bytes [`short_value`] writes.
 pub const SHORT_VALUE_MAX: usize = 24;
 
-/// [`format_value`]'s text for the values a monitoring system mostly holds, written into
-/// `buf` with integer arithmetic only: `NaN`, `±Inf`, whole numbers below 10¹⁵ and numbers
+/// Writes [`format_value`]'s text for the values a monitoring system mostly holds at the
+/// start of `buf`, with integer arithmetic only, and returns its length (the text is ASCII): `NaN`, `±Inf`, whole numbers below 10¹⁵ and numbers
 /// below 10⁹ with at most three decimals (`0.45`, `-12.5`). `None` for any other value
 /// (`-0`, `0.1 + 0.2`, `1e-7`), which [`push_value`] formats in full.
-pub fn short_value(v: f64, buf: &mut [u8; SHORT_VALUE_MAX]) -> Option<&str> {
+pub fn short_value(v: f64, buf: &mut [u8; SHORT_VALUE_MAX]) -> Option<usize> {
     let text: &[u8] = if v.is_nan() {
         b"NaN"
     } else if v == f64::INFINITY {
@@ -846,10 +846,10 @@ pub fn short_value(v: f64, buf: &mut [u8; SHORT_VALUE_MAX]) -> Option<&str> {
             }
             n += 1 + k as usize;
         }
-        return std::str::from_utf8(&buf[..n]).ok();
+        return Some(n);
     };
     buf[..text.len()].copy_from_slice(text);
-    std::str::from_utf8(&buf[..text.len()]).ok()
+    Some(text.len())
 }
 
 const POW10: [u64; 4] = [1, 10, 100, 1000];

@@ -212,7 +212,7 @@ fn push_labels(out: &mut String, l: &Labels) {
 fn push_point(out: &mut String, t: i64, v: f64) {
     let mut vb = [0u8; SHORT_VALUE_MAX];
     match short_value(v, &mut vb) {
-        Some(text) if t.unsigned_abs() < 1_000_000_000_000_000 => {
+        Some(len) if t.unsigned_abs() < 1_000_000_000_000_000 => {
             let mut b = [0u8; 32 + SHORT_VALUE_MAX];
             b[0] = b'[';
             let mut n = 1 + seconds_into(&mut b[1..], t);
@@ -220,7 +220,6 @@ fn push_point(out: &mut String, t: i64, v: f64) {
             n += 2;
             // The whole value buffer, a fixed-size copy (no `memmove` call); the bytes past
             // the text are overwritten or cut off below.
-            let len = text.len();
             b[n..n + SHORT_VALUE_MAX].copy_from_slice(&vb);
             n += len;
             b[n..n + 2].copy_from_slice(b"\"]");
