@@ -805,8 +805,8 @@ pub fn push_value(out: &mut String, v: f64) {
 pub const SHORT_VALUE_MAX: usize = 24;
 
 /// Writes [`format_value`]'s text for the values a monitoring system mostly holds at the
-/// start of `buf`, with integer arithmetic only, and returns its length (the text is ASCII): `NaN`, `±Inf`, whole numbers below 10¹⁵ and numbers
-/// below 10⁹ with at most three decimals (`0.45`, `-12.5`). `None` for any other value
+/// start of `buf`, with integer arithmetic only, and returns its length (the text is ASCII):
+/// `NaN`, `±Inf`, whole numbers below 10¹⁵ and numbers below 10⁹ with at most three decimals (`0.45`, `-12.5`). `None` for any other value
 /// (`-0`, `0.1 + 0.2`, `1e-7`), which [`push_value`] formats in full.
 pub fn short_value(v: f64, buf: &mut [u8; SHORT_VALUE_MAX]) -> Option<usize> {
     let text: &[u8] = if v.is_nan() {
@@ -827,43 +827,53 @@ pub fn short_value(v: f64, buf: &mut [u8; SHORT_VALUE_MAX]) -> Option<usize> {
         } else {
             short_decimal(a)?
         };
-        let mut n = 0;
-        if neg {
-            buf[0] = b'-';
-            n = 1;
-        }
-        let p = POW10[k as usize];
-        let mut ib = itoa::Buffer::new();
-        let int = ib.format(m / p).as_bytes();
-        buf[n..n + int.len()].copy_from_slice(int);
-        n += int.len();
-        if k > 0 {
-            buf[n] = b'.';
-            let mut f = m % p;
-            for d in buf[n + 1..=n + k as usize].iter_mut().rev() {
-                *d = b'0' + (f % 10) as u8;
-                f /= 10;
-            }
-            n += 1 + k as usize;
-        }
-        return Some(n);
+        return Some(decimal_into(buf, neg, m, k));
     };
     buf[..text.len()].copy_from_slice(text);
     Some(text.len())
 }
 
-const POW10: [u64; 4] = [1, 10, 100, 1000];
+/// Writes `m × 10^-k` (`-` first when `neg`) with exactly `k` decimals, `k` at most 3, at the
+/// start of `buf` (room for 24 bytes), and returns the length: `(12345, 2)` is `123.45`,
+/// `(5, 0)` is `5`. The digit writer behind [`short_value`] and the API's sample times.
+pub fn decimal_into(buf: &mut [u8], neg: bool, m: u64, k: u32) -> usize {
+    let mut n = 0;
+    if neg {
+        buf[0] = b'-';
+        n = 1;
+    }
+    // One arm per `k`, so each division is by a constant (a multiply), not a `div`.
+    let (int, mut f) = match k {
+        0 => (m, 0),
+        1 => (m / 10, m % 10),
+        2 => (m / 100, m % 100),
+        _ => (m / 1000, m % 1000),
+    };
+    let mut ib = itoa::Buffer::new();
+    let int = ib.format(int).as_bytes();
+    buf[n..n + int.len()].copy_from_slice(int);
+    n += int.len();
+    if k > 0 {
+        buf[n] = b'.';
+        for d in buf[n + 1..=n + k as usize].iter_mut().rev() {
+            *d = b'0' + (f % 10) as u8;
+            f /= 10;
+        }
+        n += 1 + k as usize;
+    }
+    n
+}
 
 /// A non-integer `a ≥ 0` as `m × 10^-k` with the fewest decimals `k` in 1..=3, when that
 /// decimal reads back as exactly `a`. Below 10⁹ a float's spacing is under 10⁻³, so at most
 /// one `k`-decimal number reads back as `a`, and the first `k` that works gives the shortest
 /// form: the text Go's shortest formatting writes.
 fn short_decimal(a: f64) -> Option<(u64, u32)> {
-    if a.is_nan() || a >= 1e9 {
+    // NaN passes this test but no decimal reads back as it.
+    if a >= 1e9 {
         return None;
     }
-    for k in 1..=3u32 {
-        let p = POW10[k as usize] as f64;
+    for (k, p) in [(1, 10.0), (2, 100.0), (3, 1000.0)] {
         // Truncating `x + 0.5` rounds (no libm call, unlike `round`); a decimal that reads
         // back as `a` lies far closer to `a · 10^k` than ½, so ties cannot matter.
         let m = (a * p + 0.5) as i64;

@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use vigil_model::{EnvId, Labels, Matcher};
 use vigil_promql::{
-    Error as QError, SHORT_VALUE_MAX, Value, parse_duration, parse_time, push_value, short_value,
+    Error as QError, SHORT_VALUE_MAX, Value, decimal_into, parse_duration, parse_time, push_value,
+    short_value,
 };
 
 use crate::auth::Need;
@@ -207,72 +208,57 @@ fn push_labels(out: &mut String, l: &Labels) {
     out.push('}');
 }
 
-/// Appends `[<t in seconds>,"<v>"]`. The usual point (a time below 10¹⁵ ms, a
+/// Sample times below this many milliseconds (10¹⁸) are written with integer arithmetic.
+const EXACT_MS: u64 = 1_000_000_000_000_000;
+
+/// Appends `[<t in seconds>,"<v>"]`. The usual point (a time below [`EXACT_MS`], a
 /// [`short_value`]) is assembled on the stack and appended at once.
 fn push_point(out: &mut String, t: i64, v: f64) {
-    let mut vb = [0u8; SHORT_VALUE_MAX];
-    match short_value(v, &mut vb) {
-        Some(len) if t.unsigned_abs() < 1_000_000_000_000_000 => {
-            let mut b = [0u8; 32 + SHORT_VALUE_MAX];
-            b[0] = b'[';
-            let mut n = 1 + seconds_into(&mut b[1..], t);
-            b[n..n + 2].copy_from_slice(b",\"");
-            n += 2;
-            // The whole value buffer, a fixed-size copy (no `memmove` call); the bytes past
-            // the text are overwritten or cut off below.
-            b[n..n + SHORT_VALUE_MAX].copy_from_slice(&vb);
+    if t.unsigned_abs() < EXACT_MS {
+        let mut b = [0u8; 32 + SHORT_VALUE_MAX];
+        b[0] = b'[';
+        let mut n = 1 + seconds_into(&mut b[1..], t);
+        b[n..n + 2].copy_from_slice(b",\"");
+        n += 2;
+        if let Ok(vb) = <&mut [u8; SHORT_VALUE_MAX]>::try_from(&mut b[n..n + SHORT_VALUE_MAX])
+            && let Some(len) = short_value(v, vb)
+        {
             n += len;
             b[n..n + 2].copy_from_slice(b"\"]");
             n += 2;
             out.push_str(std::str::from_utf8(&b[..n]).unwrap_or_default());
-        }
-        _ => {
-            out.push('[');
-            push_seconds(out, t);
-            out.push_str(",\"");
-            push_value(out, v);
-            out.push_str("\"]");
+            return;
         }
     }
+    out.push('[');
+    push_seconds(out, t);
+    out.push_str(",\"");
+    push_value(out, v);
+    out.push_str("\"]");
 }
 
 /// Writes `t_ms / 1000` as [`push_seconds`] does into `b` (at least 24 bytes) for
-/// `|t_ms| < 10¹⁸`, returning the length.
+/// `|t_ms|` below [`EXACT_MS`], returning the length: the milliseconds as a decimal with
+/// their trailing zeros dropped.
 fn seconds_into(b: &mut [u8], t_ms: i64) -> usize {
-    let mut n = 0;
-    if t_ms < 0 {
-        b[0] = b'-';
-        n = 1;
-    }
-    let (secs, frac) = (t_ms.unsigned_abs() / 1000, t_ms.unsigned_abs() % 1000);
-    let mut ib = itoa::Buffer::new();
-    let d = ib.format(secs).as_bytes();
-    b[n..n + d.len()].copy_from_slice(d);
-    n += d.len();
-    if frac > 0 {
-        let digits = [
-            b'.',
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ];
-        let keep = if frac % 100 == 0 {
-            2
-        } else if frac % 10 == 0 {
-            3
-        } else {
-            4
-        };
-        b[n..n + keep].copy_from_slice(&digits[..keep]);
-        n += keep;
-    }
-    n
+    let ms = t_ms.unsigned_abs();
+    let frac = ms % 1000;
+    let (m, k) = if frac == 0 {
+        (ms / 1000, 0)
+    } else if frac.is_multiple_of(100) {
+        (ms / 100, 1)
+    } else if frac.is_multiple_of(10) {
+        (ms / 10, 2)
+    } else {
+        (ms, 3)
+    };
+    decimal_into(b, t_ms < 0, m, k)
 }
 
 /// Appends `t_ms / 1000` as Prometheus writes a sample time (the shortest decimal form of the
 /// float: `1700000000`, `1700000000.5`), with integer arithmetic where that form is exact.
 fn push_seconds(out: &mut String, t_ms: i64) {
-    if t_ms.unsigned_abs() >= 1_000_000_000_000_000 {
+    if t_ms.unsigned_abs() >= EXACT_MS {
         let _ = write!(out, "{}", t_ms as f64 / 1000.0);
         return;
     }
