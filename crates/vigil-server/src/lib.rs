@@ -86,6 +86,19 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Runs an accept loop as a task on a runtime worker and waits for it. `Server::run` is
+/// usually awaited by `block_on` on a thread that is not a worker: an accept loop there hands
+/// every connection across threads (the worker polling epoll wakes that thread, which spawns
+/// the connection task remotely and wakes a worker again). On a worker, the thread that sees
+/// the connection accepts it and runs its task next, from the LIFO slot.
+async fn on_worker<T: Send + 'static>(
+    accept_loop: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, ServeError> {
+    tokio::spawn(accept_loop)
+        .await
+        .map_err(|e| ServeError::Serve(std::io::Error::other(format!("accept loop: {e}"))))
+}
+
 /// The admin token file in a data directory.
 pub fn admin_token_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("admin.token")
@@ -298,20 +311,19 @@ impl Server {
                 shutdown.await;
                 h2.graceful_shutdown(Some(timeout));
             });
-            axum_server::from_tcp_rustls(
+            let server = axum_server::from_tcp_rustls(
                 listener,
                 axum_server::tls_rustls::RustlsConfig::from_config(rustls_cfg),
             )
             .map_err(ServeError::Serve)?
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await
-            .map_err(ServeError::Serve)
+            .handle(handle);
+            on_worker(server.serve(app.into_make_service()))
+                .await
+                .and_then(|r| r.map_err(ServeError::Serve))
         } else {
             let listener =
                 tokio::net::TcpListener::from_std(listener).map_err(ServeError::Serve)?;
-            http::serve::serve_plain(listener, app, shutdown, timeout).await;
-            Ok(())
+            on_worker(http::serve::serve_plain(listener, app, shutdown, timeout)).await
         };
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = ticker.await;
