@@ -843,25 +843,54 @@ pub fn decimal_into(buf: &mut [u8], neg: bool, m: u64, k: u32) -> usize {
         n = 1;
     }
     // One arm per `k`, so each division is by a constant (a multiply), not a `div`.
-    let (int, mut f) = match k {
+    let (int, f) = match k {
         0 => (m, 0),
         1 => (m / 10, m % 10),
         2 => (m / 100, m % 100),
         _ => (m / 1000, m % 1000),
     };
-    let mut ib = itoa::Buffer::new();
-    let int = ib.format(int).as_bytes();
-    buf[n..n + int.len()].copy_from_slice(int);
-    n += int.len();
+    n += digits_into(&mut buf[n..], int);
     if k > 0 {
         buf[n] = b'.';
-        for d in buf[n + 1..=n + k as usize].iter_mut().rev() {
+        let frac = &mut buf[n + 1..=n + k as usize];
+        let mut f = f;
+        for d in frac.iter_mut().rev() {
             *d = b'0' + (f % 10) as u8;
             f /= 10;
         }
         n += 1 + k as usize;
     }
     n
+}
+
+/// `"00" "01" … "99"`: two decimal digits per lookup.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes the decimal digits of `x` at the start of `buf` and returns how many: the count
+/// comes first (one `ilog10`), then the digits are written in place from the right, two per
+/// step, with no intermediate buffer and no copy.
+fn digits_into(buf: &mut [u8], mut x: u64) -> usize {
+    let len = x.checked_ilog10().map_or(1, |l| l as usize + 1);
+    let out = &mut buf[..len];
+    let mut i = len;
+    while x >= 100 {
+        let d = (x % 100) as usize * 2;
+        x /= 100;
+        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+        i -= 2;
+    }
+    if x >= 10 {
+        let d = x as usize * 2;
+        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    } else {
+        out[i - 1] = b'0' + x as u8;
+    }
+    len
 }
 
 /// A non-integer `a ≥ 0` as `m × 10^-k` with the fewest decimals `k` in 1..=3, when that
@@ -970,6 +999,39 @@ mod tests {
             (1e-7, "0.0000001"),
         ] {
             assert_eq!(format_value(v), s);
+        }
+    }
+
+    /// The digit writer agrees with `to_string` at every length, at both ends of each length
+    /// and on arbitrary values, and `decimal_into` places the point and zero padding.
+    #[test]
+    fn digits_are_written_as_to_string_writes_them() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut cases = vec![0, u64::MAX];
+        for p in 1..20 {
+            let t = 10u64.pow(p);
+            cases.extend([t - 1, t, t + 1]);
+        }
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(x >> (x % 64));
+        }
+        let mut b = [0u8; 24];
+        for v in cases {
+            let n = digits_into(&mut b, v);
+            assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), v.to_string());
+        }
+        for (neg, m, k, s) in [
+            (false, 5, 2, "0.05"),
+            (true, 12345, 3, "-12.345"),
+            (false, 0, 0, "0"),
+            (false, 1_700_000_000_500, 3, "1700000000.500"),
+            (true, 7, 1, "-0.7"),
+        ] {
+            let n = decimal_into(&mut b, neg, m, k);
+            assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), s);
         }
     }
 
