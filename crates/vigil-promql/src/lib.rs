@@ -872,21 +872,34 @@ const DIGIT_PAIRS: &[u8; 200] = b"\
 8081828384858687888990919293949596979899";
 
 /// Writes the decimal digits of `x` at the start of `buf` and returns how many: the count
-/// comes first (one `ilog10`), then the digits are written in place from the right, two per
-/// step, with no intermediate buffer and no copy.
+/// comes first (one `ilog10`), then the digits are written in place from the right, four at
+/// a time (each block split in two pairs, so the divisions of a block do not wait on each
+/// other), with no intermediate buffer and no copy.
 fn digits_into(buf: &mut [u8], mut x: u64) -> usize {
     let len = x.checked_ilog10().map_or(1, |l| l as usize + 1);
     let out = &mut buf[..len];
     let mut i = len;
-    while x >= 100 {
-        let d = (x % 100) as usize * 2;
-        x /= 100;
-        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
-        i -= 2;
+    while x >= 10_000 {
+        let block = (x % 10_000) as usize;
+        x /= 10_000;
+        let (hi, lo) = (block / 100 * 2, block % 100 * 2);
+        out[i - 4..i - 2].copy_from_slice(&DIGIT_PAIRS[hi..hi + 2]);
+        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[lo..lo + 2]);
+        i -= 4;
     }
-    if x >= 10 {
-        let d = x as usize * 2;
-        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    let x = x as usize;
+    if x >= 100 {
+        let lo = x % 100 * 2;
+        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[lo..lo + 2]);
+        i -= 2;
+        let hi = x / 100;
+        if hi >= 10 {
+            out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[hi * 2..hi * 2 + 2]);
+        } else {
+            out[i - 1] = b'0' + hi as u8;
+        }
+    } else if x >= 10 {
+        out[i - 2..i].copy_from_slice(&DIGIT_PAIRS[x * 2..x * 2 + 2]);
     } else {
         out[i - 1] = b'0' + x as u8;
     }
@@ -895,24 +908,32 @@ fn digits_into(buf: &mut [u8], mut x: u64) -> usize {
 
 /// A non-integer `a ≥ 0` as `m × 10^-k` with the fewest decimals `k` in 1..=3, when that
 /// decimal reads back as exactly `a`. Below 10⁹ a float's spacing is under 10⁻³, so at most
-/// one `k`-decimal number reads back as `a`, and the first `k` that works gives the shortest
-/// form: the text Go's shortest formatting writes.
+/// one 3-decimal number reads back as `a`, and a shorter decimal that does is that same
+/// number with trailing zeros (the same rational, so the same correctly rounded float): one
+/// test at `k = 3`, then the zeros dropped, gives the text Go's shortest formatting writes.
 fn short_decimal(a: f64) -> Option<(u64, u32)> {
     // NaN passes this test but no decimal reads back as it.
     if a >= 1e9 {
         return None;
     }
-    for (k, p) in [(1, 10.0), (2, 100.0), (3, 1000.0)] {
-        // Truncating `x + 0.5` rounds (no libm call, unlike `round`); a decimal that reads
-        // back as `a` lies far closer to `a · 10^k` than ½, so ties cannot matter.
-        let m = (a * p + 0.5) as i64;
-        // Both operands are exact, so the division is the correctly rounded value of the
-        // decimal, which is what parsing the decimal yields.
-        if m as f64 / p == a {
-            return Some((m as u64, k));
-        }
+    // Truncating `x + 0.5` rounds (no libm call, unlike `round`); a decimal that reads back
+    // as `a` lies far closer to `a · 1000` than ½, so ties cannot matter.
+    let m = (a * 1000.0 + 0.5) as i64;
+    // Both operands are exact, so the division is the correctly rounded value of the decimal,
+    // which is what parsing the decimal yields.
+    if m as f64 / 1000.0 != a {
+        return None;
     }
-    None
+    let m = m as u64;
+    Some(if m % 1000 == 0 {
+        (m / 1000, 0)
+    } else if m % 100 == 0 {
+        (m / 100, 1)
+    } else if m % 10 == 0 {
+        (m / 10, 2)
+    } else {
+        (m, 3)
+    })
 }
 
 /// Labels shared between samples of the same series across steps.
