@@ -925,11 +925,11 @@ fn short_decimal(a: f64) -> Option<(u64, u32)> {
         return None;
     }
     let m = m as u64;
-    Some(if m % 1000 == 0 {
+    Some(if m.is_multiple_of(1000) {
         (m / 1000, 0)
-    } else if m % 100 == 0 {
+    } else if m.is_multiple_of(100) {
         (m / 100, 1)
-    } else if m % 10 == 0 {
+    } else if m.is_multiple_of(10) {
         (m / 10, 2)
     } else {
         (m, 3)
