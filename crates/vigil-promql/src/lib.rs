@@ -402,12 +402,22 @@ impl Default for EngineOptions {
     }
 }
 
-/// Evaluates PromQL queries. Cheap to share; holds the options and a concurrency gate.
+/// Evaluates PromQL queries. Cheap to share; holds the options, a concurrency gate and the
+/// recently parsed queries.
 #[derive(Debug, Default)]
 pub struct Engine {
     opts: EngineOptions,
     running: AtomicUsize,
+    /// Parsed queries by their text: dashboards send the same queries on every refresh, and
+    /// parsing is a tenth of a small query's time. Only successful parses of queries up to
+    /// [`PARSE_CACHE_MAX_LEN`] bytes are kept; emptied when it holds [`PARSE_CACHE_ENTRIES`].
+    parsed: std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<Expr>>>,
 }
+
+/// Most queries [`Engine`] keeps parsed.
+const PARSE_CACHE_ENTRIES: usize = 512;
+/// Longest query text [`Engine`] keeps parsed (longer ones are parsed every time).
+const PARSE_CACHE_MAX_LEN: usize = 4096;
 
 /// Parses a query, mapping the parser's message to [`Error::Parse`].
 pub fn parse(query: &str) -> Result<Expr> {
@@ -620,7 +630,26 @@ impl Engine {
         Self {
             opts,
             running: AtomicUsize::new(0),
+            parsed: Default::default(),
         }
+    }
+
+    /// [`parse`], answered from the engine's cache of recently parsed queries when it can be
+    /// (the parse of a text never changes). Errors are not kept.
+    pub fn parse(&self, query: &str) -> Result<Arc<Expr>> {
+        let cache = || self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = cache().get(query) {
+            return Ok(e.clone());
+        }
+        let expr = Arc::new(parse(query)?);
+        if query.len() <= PARSE_CACHE_MAX_LEN {
+            let mut c = cache();
+            if c.len() >= PARSE_CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(query.into(), expr.clone());
+        }
+        Ok(expr)
     }
 
     /// The options in force.
@@ -650,7 +679,7 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<(Value, Annotations)> {
-        let expr = parse(query)?;
+        let expr = self.parse(query)?;
         self.run_instant(storage, &expr, Some(query), time_ms)
     }
 
@@ -698,7 +727,7 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<(Matrix, Annotations)> {
-        let expr = parse(query)?;
+        let expr = self.parse(query)?;
         self.run_range(storage, &expr, Some(query), start_ms, end_ms, step_ms)
     }
 
@@ -1054,6 +1083,48 @@ mod tests {
             let n = decimal_into(&mut b, neg, m, k);
             assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), s);
         }
+    }
+
+    /// The engine's parse cache answers what a fresh parse answers, keeps no errors, and
+    /// stays within its bound.
+    #[test]
+    fn cached_parses_are_fresh_parses() {
+        let e = Engine::default();
+        for q in [
+            "up",
+            "sum by (job) (rate(x[5m]))",
+            "a + on(b) group_left c",
+            "up",
+        ] {
+            let cached = e.parse(q).unwrap();
+            assert_eq!(
+                format!("{:?}", *cached),
+                format!("{:?}", parse(q).unwrap()),
+                "{q}"
+            );
+        }
+        assert!(Arc::ptr_eq(
+            &e.parse("up").unwrap(),
+            &e.parse("up").unwrap()
+        ));
+        for _ in 0..2 {
+            assert_eq!(
+                e.parse("sum(").unwrap_err().to_string(),
+                "1:4: parse error: unclosed left parenthesis"
+            );
+        }
+        assert!(
+            !e.parsed.lock().unwrap().contains_key("sum("),
+            "an error was kept"
+        );
+        for i in 0..PARSE_CACHE_ENTRIES * 2 + 7 {
+            e.parse(&format!("up{{i=\"{i}\"}}")).unwrap();
+        }
+        let long = format!("up{{a=\"{}\"}}", "x".repeat(PARSE_CACHE_MAX_LEN));
+        e.parse(&long).unwrap();
+        let c = e.parsed.lock().unwrap();
+        assert!(c.len() <= PARSE_CACHE_ENTRIES, "{} entries", c.len());
+        assert!(!c.contains_key(long.as_str()));
     }
 
     struct Empty;
