@@ -753,19 +753,34 @@ impl Block {
     /// Reads and verifies a chunk's bytes.
     pub(crate) fn read_chunk(&self, c: &ChunkMeta, buf: &mut Vec<u8>) -> Result<()> {
         buf.resize(c.len as usize + 4, 0);
-        let path = || self.dir.join("chunks");
-        self.file.read_exact_at(buf, c.off).map_err(|e| Error::Io {
-            op: "read block chunk",
-            path: path(),
-            source: e,
-        })?;
-        let (data, crc) = buf.split_at(c.len as usize);
-        let want = u32::from_le_bytes(crc.try_into().unwrap_or_default());
-        if crc32c::crc32c(data) != want {
-            return Err(Error::corrupt(path(), c.off, "chunk checksum mismatch"));
-        }
+        self.read_at(buf, c.off)?;
+        self.checked(c, buf)?;
         buf.truncate(c.len as usize);
         Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of the chunks file at `off`: several chunks stored one after
+    /// another are read with one call, then each is checked by [`checked`](Self::checked).
+    pub(crate) fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.file.read_exact_at(buf, off).map_err(|e| Error::Io {
+            op: "read block chunk",
+            path: self.dir.join("chunks"),
+            source: e,
+        })
+    }
+
+    /// A chunk's data from its bytes as stored (`c.len` bytes of data, then their CRC-32C),
+    /// once the checksum matches.
+    pub(crate) fn checked<'a>(&self, c: &ChunkMeta, raw: &'a [u8]) -> Result<&'a [u8]> {
+        let corrupt = |what: &str| Error::corrupt(self.dir.join("chunks"), c.off, what);
+        let (data, crc) = raw
+            .split_at_checked(c.len as usize)
+            .ok_or_else(|| corrupt("chunk cut short"))?;
+        let want = u32::from_le_bytes(crc.try_into().map_err(|_| corrupt("chunk cut short"))?);
+        if crc32c::crc32c(data) != want {
+            return Err(corrupt("chunk checksum mismatch"));
+        }
+        Ok(data)
     }
 
     /// Decodes a raw chunk's samples into `out` (appending).
@@ -776,6 +791,11 @@ impl Block {
         out: &mut Vec<(i64, f64)>,
     ) -> Result<()> {
         self.read_chunk(c, buf)?;
+        self.decode_data(c, buf, out)
+    }
+
+    /// [`decode_chunk`](Self::decode_chunk) of data already read and checked.
+    fn decode_data(&self, c: &ChunkMeta, data: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
         let enc = Encoding::from_u8(c.enc).ok_or_else(|| {
             Error::corrupt(
                 self.dir.join("index"),
@@ -785,9 +805,9 @@ impl Block {
         })?;
         let corrupt = |e: codec::DecodeError| Error::corrupt(self.dir.join("chunks"), c.off, e.0);
         if !matches!(enc, Encoding::PcoSharedTs | Encoding::DecimalSharedTs) {
-            return codec::decode(enc, buf, out).map_err(corrupt);
+            return codec::decode(enc, data, out).map_err(corrupt);
         }
-        let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(buf).map_err(corrupt)?;
+        let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(data).map_err(corrupt)?;
         let values = codec::decode_shared_values(enc, vals, n, n).map_err(corrupt)?;
         let ts = self.ts_column(ts_off, ts_len, n)?;
         out.extend(ts.iter().copied().zip(values));
@@ -805,17 +825,42 @@ impl Block {
         buf: &mut Vec<u8>,
         out: &mut Vec<(i64, f64)>,
     ) -> Result<()> {
+        self.read_chunk(c, buf)?;
+        self.decode_data_in(c, buf, mint, maxt, out)
+    }
+
+    /// [`decode_chunk_in`](Self::decode_chunk_in) of the chunk's bytes as stored (data and
+    /// checksum, as [`read_at`](Self::read_at) read them with their neighbours).
+    pub(crate) fn decode_raw_in(
+        &self,
+        c: &ChunkMeta,
+        raw: &[u8],
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<()> {
+        let data = self.checked(c, raw)?;
+        self.decode_data_in(c, data, mint, maxt, out)
+    }
+
+    fn decode_data_in(
+        &self,
+        c: &ChunkMeta,
+        data: &[u8],
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<()> {
         let enc = match Encoding::from_u8(c.enc) {
             Some(e @ (Encoding::PcoSharedTs | Encoding::DecimalSharedTs))
                 if mint > c.mint || maxt < c.maxt =>
             {
                 e
             }
-            _ => return self.decode_chunk(c, buf, out),
+            _ => return self.decode_data(c, data, out),
         };
-        self.read_chunk(c, buf)?;
         let corrupt = |e: codec::DecodeError| Error::corrupt(self.dir.join("chunks"), c.off, e.0);
-        let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(buf).map_err(corrupt)?;
+        let (n, ts_off, ts_len, vals) = codec::parse_shared_ts(data).map_err(corrupt)?;
         let ts = self.ts_column(ts_off, ts_len, n)?;
         let (a, b) = (
             ts.partition_point(|&t| t < mint),

@@ -89,6 +89,9 @@ impl Source {
     }
 }
 
+/// The most bytes of consecutive block chunks [`SampleIter::read_all`] reads with one call.
+const RUN_READ_MAX: u64 = 1 << 20;
+
 /// The most samples [`SampleIter::read_all`] reserves room for ahead of decoding (16 MiB).
 const READ_RESERVE_MAX: usize = 1 << 20;
 
@@ -638,6 +641,16 @@ impl SampleIter {
                     }
                 }
             }
+            if let Source::Block { block, chunk } = &first {
+                let run = self.contiguous_run(block, chunk);
+                if run > 0 {
+                    if let Err(e) = self.decode_run(&block.clone(), &chunk.clone(), run, out) {
+                        self.failed = true;
+                        return Err(e);
+                    }
+                    continue;
+                }
+            }
             let from = out.len();
             if let Err(e) = first.decode(&mut self.bytes, out, self.mint, self.maxt) {
                 out.truncate(from);
@@ -648,6 +661,68 @@ impl SampleIter {
         }
         self.buf.clear();
         self.pos = 0;
+        Ok(())
+    }
+
+    /// How many of the next sources (the back of `pending`) are chunks of `block` stored
+    /// right after `chunk` in its chunks file, one after another, so that they can be read
+    /// with `chunk` in one call: none that overlaps the source after it (the read merges
+    /// those) and at most [`RUN_READ_MAX`] bytes in all.
+    fn contiguous_run(&self, block: &Arc<Block>, chunk: &ChunkMeta) -> usize {
+        let p = &self.pending;
+        let mut end = chunk.off.saturating_add(u64::from(chunk.len) + 4);
+        let mut k = 0;
+        while k < p.len() {
+            let i = p.len() - 1 - k;
+            let Source::Block { block: b, chunk: c } = &p[i] else {
+                break;
+            };
+            let next_end = end.saturating_add(u64::from(c.len) + 4);
+            if !Arc::ptr_eq(b, block)
+                || c.off != end
+                || next_end - chunk.off > RUN_READ_MAX
+                || (i > 0 && p[i - 1].min_time() <= c.maxt)
+            {
+                break;
+            }
+            end = next_end;
+            k += 1;
+        }
+        k
+    }
+
+    /// Decodes `first` and the `run` chunks after it (see [`contiguous_run`](Self::contiguous_run))
+    /// from one read. On error, `out` holds the samples of the chunks before the damaged one.
+    fn decode_run(
+        &mut self,
+        block: &Block,
+        first: &ChunkMeta,
+        run: usize,
+        out: &mut Vec<(i64, f64)>,
+    ) -> Result<()> {
+        let rest = self.pending.len() - run;
+        let chunks: Vec<ChunkMeta> = std::iter::once(first.clone())
+            .chain(self.pending.drain(rest..).rev().filter_map(|s| match s {
+                Source::Block { chunk, .. } => Some(chunk),
+                Source::Head(_) => None,
+            }))
+            .collect();
+        let len: u64 = chunks.iter().map(|c| u64::from(c.len) + 4).sum();
+        self.bytes.resize(len as usize, 0);
+        block.read_at(&mut self.bytes, first.off)?;
+        let mut at = 0;
+        for c in &chunks {
+            let n = c.len as usize + 4;
+            let from = out.len();
+            if let Err(e) =
+                block.decode_raw_in(c, &self.bytes[at..at + n], self.mint, self.maxt, out)
+            {
+                out.truncate(from);
+                return Err(e);
+            }
+            self.trim_from(out, from);
+            at += n;
+        }
         Ok(())
     }
 }

@@ -251,3 +251,80 @@ fn garbage_wal_segment_does_not_panic() {
     assert_eq!(db.open_report().replay.repairs.len(), 1);
     assert_eq!(db.stats().head_series, 0);
 }
+
+/// A series whose block chunks lie one after another in the chunks file is read with one
+/// read per block: whole, over part of the range, around a deletion, and with a damaged
+/// chunk in the middle, which is an error after exactly the samples before it.
+#[test]
+fn consecutive_chunks_read_at_once_read_as_chunk_by_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let o = vigil_tsdb::Options {
+        block_chunk_samples: 30,
+        ..opts(&clock)
+    };
+    let db = Db::open(dir.path(), o.clone()).unwrap();
+    let l = labels("m", &[("s", "a")]);
+    let samples: Vec<(i64, f64)> = (0..5 * 60)
+        .map(|i| (T0 + i * 60_000, (i * 7 % 13) as f64 / 4.0))
+        .collect();
+    write(&db, "prod", &l, &samples);
+    clock.set(T0 + 6 * HOUR);
+    db.maintain().unwrap();
+    assert!(!db.stats().blocks.is_empty());
+    let m = [Matcher::eq("__name__", "m")];
+    let bits = |v: &[(i64, f64)]| -> Vec<(i64, u64)> {
+        v.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+    };
+    let within = |lo: i64, hi: i64| -> Vec<(i64, f64)> {
+        samples
+            .iter()
+            .copied()
+            .filter(|s| s.0 >= lo && s.0 <= hi)
+            .collect()
+    };
+    let got = read_parts(&db, "prod", &m, i64::MIN, i64::MAX, 1);
+    assert_eq!(got[0].1, bits(&samples));
+    for (lo, hi) in [
+        (T0 + 17 * 60_000, T0 + 151 * 60_000),
+        (T0 + 31 * 60_000, T0 + 89 * 60_000),
+    ] {
+        let got = read_parts(&db, "prod", &m, lo, hi, 1);
+        assert_eq!(got[0].1, bits(&within(lo, hi)), "[{lo}, {hi}]");
+    }
+    db.delete("prod", &m, T0 + 40 * 60_000, T0 + 70 * 60_000)
+        .unwrap();
+    let kept: Vec<(i64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|s| s.0 < T0 + 40 * 60_000 || s.0 > T0 + 70 * 60_000)
+        .collect();
+    assert_eq!(
+        read_parts(&db, "prod", &m, i64::MIN, i64::MAX, 1)[0].1,
+        bits(&kept)
+    );
+    drop(db);
+
+    // Damage a byte in the middle of the first block's chunks.
+    let victim = blocks(dir.path())[0].join("chunks");
+    let mut b = fs::read(&victim).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x5a;
+    fs::write(&victim, b).unwrap();
+    let db = Db::open(dir.path(), o).unwrap();
+    let mut part = db
+        .querier("prod", i64::MIN, i64::MAX)
+        .select_parts(&m, 1)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = part.read_next(&mut buf).unwrap();
+    assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    assert!(buf.len() < kept.len(), "{} samples", buf.len());
+    assert!(
+        !buf.is_empty(),
+        "the chunks before the damaged one were not kept"
+    );
+    assert_eq!(bits(&buf), bits(&kept[..buf.len()]));
+}
