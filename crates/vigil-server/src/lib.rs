@@ -90,11 +90,19 @@ impl std::fmt::Debug for Server {
 /// usually awaited by `block_on` on a thread that is not a worker: an accept loop there hands
 /// every connection across threads (the worker polling epoll wakes that thread, which spawns
 /// the connection task remotely and wakes a worker again). On a worker, the thread that sees
-/// the connection accepts it and runs its task next, from the LIFO slot.
+/// the connection accepts it and runs its task next, from the LIFO slot. Dropping the
+/// returned future stops the loop, as dropping the loop itself would.
 async fn on_worker<T: Send + 'static>(
     accept_loop: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T, ServeError> {
-    tokio::spawn(accept_loop)
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(accept_loop));
+    (&mut task.0)
         .await
         .map_err(|e| ServeError::Serve(std::io::Error::other(format!("accept loop: {e}"))))
 }
@@ -362,5 +370,46 @@ impl Server {
             tracing::info!("Store closed.");
         }
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An accept loop moved onto a worker runs there, gives back its result, and is stopped
+    /// when the future waiting for it is dropped.
+    #[test]
+    fn accept_loops_run_on_a_worker_and_stop_with_their_caller() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("worker")
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let on = on_worker(async { std::thread::current().name().map(str::to_owned) });
+            let name = on.await.unwrap();
+            assert_eq!(name.as_deref(), Some("worker"));
+
+            struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+            impl Drop for Dropped {
+                fn drop(&mut self) {
+                    let _ = self.0.take().map(|t| t.send(()));
+                }
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let guard = Dropped(Some(tx));
+            let waiting = on_worker(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            });
+            // Polled once (the loop starts), then dropped.
+            let _ = tokio::time::timeout(Duration::from_millis(20), waiting).await;
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .expect("the accept loop kept running after its caller was dropped")
+                .unwrap();
+        });
     }
 }
