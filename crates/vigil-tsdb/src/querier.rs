@@ -644,7 +644,7 @@ impl SampleIter {
             if let Source::Block { block, chunk } = &first {
                 let run = self.contiguous_run(block, chunk);
                 if run > 0 {
-                    if let Err(e) = self.decode_run(&block.clone(), &chunk.clone(), run, out) {
+                    if let Err(e) = self.decode_run(block, chunk, run, out) {
                         self.failed = true;
                         return Err(e);
                     }
@@ -701,7 +701,7 @@ impl SampleIter {
         out: &mut Vec<(i64, f64)>,
     ) -> Result<()> {
         let rest = self.pending.len() - run;
-        let chunks: Vec<ChunkMeta> = std::iter::once(first.clone())
+        let chunks: Vec<ChunkMeta> = std::iter::once(*first)
             .chain(self.pending.drain(rest..).rev().filter_map(|s| match s {
                 Source::Block { chunk, .. } => Some(chunk),
                 Source::Head(_) => None,
