@@ -642,9 +642,9 @@ impl SampleIter {
                 }
             }
             if let Source::Block { block, chunk } = &first {
-                let run = self.contiguous_run(block, chunk);
+                let (run, bytes) = self.contiguous_run(block, chunk);
                 if run > 0 {
-                    if let Err(e) = self.decode_run(block, chunk, run, out) {
+                    if let Err(e) = self.decode_run(block, chunk, run, bytes, out) {
                         self.failed = true;
                         return Err(e);
                     }
@@ -666,9 +666,9 @@ impl SampleIter {
 
     /// How many of the next sources (the back of `pending`) are chunks of `block` stored
     /// right after `chunk` in its chunks file, one after another, so that they can be read
-    /// with `chunk` in one call: none that overlaps the source after it (the read merges
-    /// those) and at most [`RUN_READ_MAX`] bytes in all.
-    fn contiguous_run(&self, block: &Arc<Block>, chunk: &ChunkMeta) -> usize {
+    /// with `chunk` in one call (none that overlaps the source after it: the read merges
+    /// those), and how many bytes that call reads, at most [`RUN_READ_MAX`].
+    fn contiguous_run(&self, block: &Arc<Block>, chunk: &ChunkMeta) -> (usize, u64) {
         let p = &self.pending;
         let mut end = chunk.off.saturating_add(u64::from(chunk.len) + 4);
         let mut k = 0;
@@ -688,40 +688,40 @@ impl SampleIter {
             end = next_end;
             k += 1;
         }
-        k
+        (k, end - chunk.off)
     }
 
-    /// Decodes `first` and the `run` chunks after it (see [`contiguous_run`](Self::contiguous_run))
-    /// from one read. On error, `out` holds the samples of the chunks before the damaged one.
+    /// Decodes `first` and the `run` chunks after it, `bytes` in all (see
+    /// [`contiguous_run`](Self::contiguous_run)), from one read. On error, `out` holds the
+    /// samples of the chunks before the damaged one.
     fn decode_run(
         &mut self,
         block: &Block,
         first: &ChunkMeta,
         run: usize,
+        bytes: u64,
         out: &mut Vec<(i64, f64)>,
     ) -> Result<()> {
-        let rest = self.pending.len() - run;
-        let chunks: Vec<ChunkMeta> = std::iter::once(*first)
-            .chain(self.pending.drain(rest..).rev().filter_map(|s| match s {
-                Source::Block { chunk, .. } => Some(chunk),
-                Source::Head(_) => None,
-            }))
-            .collect();
-        let len: u64 = chunks.iter().map(|c| u64::from(c.len) + 4).sum();
-        self.bytes.resize(len as usize, 0);
+        self.bytes.resize(bytes as usize, 0);
         block.read_at(&mut self.bytes, first.off)?;
-        let mut at = 0;
-        for c in &chunks {
-            let n = c.len as usize + 4;
+        let mut c = *first;
+        for left in (0..=run).rev() {
+            let at = (c.off - first.off) as usize;
+            let raw = &self.bytes[at..at + c.len as usize + 4];
             let from = out.len();
-            if let Err(e) =
-                block.decode_raw_in(c, &self.bytes[at..at + n], self.mint, self.maxt, out)
-            {
+            if let Err(e) = block.decode_raw_in(&c, raw, self.mint, self.maxt, out) {
                 out.truncate(from);
                 return Err(e);
             }
             self.trim_from(out, from);
-            at += n;
+            if left == 0 {
+                break;
+            }
+            // `contiguous_run` counted only block chunks.
+            match self.pending.pop() {
+                Some(Source::Block { chunk, .. }) => c = chunk,
+                _ => break,
+            }
         }
         Ok(())
     }

@@ -231,11 +231,16 @@ fn point_into(b: &mut [u8], t: i64, v: f64) -> Option<usize> {
     Some(n + 2)
 }
 
+/// Appends text the writers above assembled as bytes (ASCII by construction).
+fn push_ascii(out: &mut String, b: &[u8]) {
+    out.push_str(std::str::from_utf8(b).unwrap_or_default());
+}
+
 /// Appends `[<t in seconds>,"<v>"]`.
 fn push_point(out: &mut String, t: i64, v: f64) {
     let mut b = [0u8; POINT_MAX];
     if let Some(n) = point_into(&mut b, t, v) {
-        out.push_str(std::str::from_utf8(&b[..n]).unwrap_or_default());
+        push_ascii(out, &b[..n]);
         return;
     }
     out.push('[');
@@ -249,14 +254,11 @@ fn push_point(out: &mut String, t: i64, v: f64) {
 /// buffer and appended a few kilobytes at a time, so a point costs no copy or UTF-8 check
 /// of its own (a day of one-minute points is 1,440 of them).
 fn push_points(out: &mut String, points: &[(i64, f64)]) {
-    fn flush(out: &mut String, b: &[u8]) {
-        out.push_str(std::str::from_utf8(b).unwrap_or_default());
-    }
     let mut b = [0u8; 4096];
     let mut n = 0;
     for (j, &(t, v)) in points.iter().enumerate() {
         if n + 1 + POINT_MAX > b.len() {
-            flush(out, &b[..n]);
+            push_ascii(out, &b[..n]);
             n = 0;
         }
         if j > 0 {
@@ -266,13 +268,13 @@ fn push_points(out: &mut String, points: &[(i64, f64)]) {
         match point_into(&mut b[n..], t, v) {
             Some(len) => n += len,
             None => {
-                flush(out, &b[..n]);
+                push_ascii(out, &b[..n]);
                 n = 0;
                 push_point(out, t, v);
             }
         }
     }
-    flush(out, &b[..n]);
+    push_ascii(out, &b[..n]);
 }
 
 /// Writes `t_ms / 1000` as [`push_seconds`] does into `b` (at least 24 bytes) for
@@ -302,7 +304,7 @@ fn push_seconds(out: &mut String, t_ms: i64) {
     }
     let mut b = [0u8; 24];
     let n = seconds_into(&mut b, t_ms);
-    out.push_str(std::str::from_utf8(&b[..n]).unwrap_or_default());
+    push_ascii(out, &b[..n]);
 }
 
 /// `{"status":"success","data":<data>}` from pre-rendered JSON.
